@@ -7,5 +7,6 @@
 //! conformance suite (feature `testing`) against themselves.
 
 pub mod model;
+pub mod store;
 
 pub use model::*;

@@ -159,8 +159,16 @@ mod tests {
 
     #[test]
     fn validation() {
-        assert_eq!(ChunkPolicy::new(0).validate().unwrap_err().field, "chunk_size");
-        assert!(ChunkPolicy::new(3).max_failed_percent(101.0).validate().is_err());
+        assert_eq!(
+            ChunkPolicy::new(0).validate().unwrap_err().field,
+            "chunk_size"
+        );
+        assert!(
+            ChunkPolicy::new(3)
+                .max_failed_percent(101.0)
+                .validate()
+                .is_err()
+        );
         assert!(ChunkPolicy::class(SizeClass::Simple).validate().is_ok());
     }
 }

@@ -92,11 +92,7 @@ impl Threshold {
     pub fn validate(&self) -> Result<(), InvalidField> {
         match *self {
             Threshold::First => Ok(()),
-            Threshold::Count(0) => Err(InvalidField::new(
-                "max_failures",
-                0,
-                "must be at least 1",
-            )),
+            Threshold::Count(0) => Err(InvalidField::new("max_failures", 0, "must be at least 1")),
             Threshold::Count(_) => Ok(()),
             Threshold::Percent { percent, .. } => {
                 if percent.is_finite() && percent > 0.0 && percent <= 100.0 {

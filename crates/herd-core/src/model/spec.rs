@@ -184,7 +184,9 @@ pub enum SubmitError {
         path: Vec<String>,
     },
     /// Tasks appended to an open batch cannot have dependencies.
-    #[error("tasks of an open (streamed) batch cannot have `after`: submit the whole batch at once")]
+    #[error(
+        "tasks of an open (streamed) batch cannot have `after`: submit the whole batch at once"
+    )]
     AfterInOpenBatch,
 }
 
@@ -301,7 +303,11 @@ mod tests {
 
     #[test]
     fn resolves_dependencies_to_positions() {
-        let b = batch(vec![task("a", &[]), task("b", &["a"]), task("c", &["a", "b", "a"])]);
+        let b = batch(vec![
+            task("a", &[]),
+            task("b", &["a"]),
+            task("c", &["a", "b", "a"]),
+        ]);
         assert_eq!(b.validate(None).unwrap(), vec![vec![], vec![0], vec![0, 1]]);
     }
 
@@ -333,7 +339,10 @@ mod tests {
         let err = SubmitError::Cycle { path }.to_string();
         assert!(err.contains("dependency cycle"), "{err}");
         let selfloop = batch(vec![task("a", &["a"])]);
-        assert!(matches!(selfloop.validate(None), Err(SubmitError::Cycle { .. })));
+        assert!(matches!(
+            selfloop.validate(None),
+            Err(SubmitError::Cycle { .. })
+        ));
     }
 
     #[test]

@@ -197,7 +197,10 @@ impl BatchState {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            BatchState::Succeeded | BatchState::Partial | BatchState::Failed | BatchState::Cancelled
+            BatchState::Succeeded
+                | BatchState::Partial
+                | BatchState::Failed
+                | BatchState::Cancelled
         )
     }
 

@@ -122,8 +122,7 @@ impl DurationHistogram {
 
     /// The duration at quantile `q` (0.0–1.0), `None` when nothing was recorded.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        (!self.inner.is_empty())
-            .then(|| Duration::from_micros(self.inner.value_at_quantile(q)))
+        (!self.inner.is_empty()).then(|| Duration::from_micros(self.inner.value_at_quantile(q)))
     }
 
     /// Attempts recorded.

@@ -1,0 +1,1292 @@
+//! The in-memory store: the library's default, and the reference for the
+//! store contract.
+//!
+//! One mutex guards everything; every operation is one critical section, which
+//! makes it the memory equivalent of one transaction. Finished tasks are
+//! forgotten (only their batch's counters and histogram remain) unless the
+//! store was built with [`MemoryStore::retaining`], so memory follows the work
+//! in flight, not the work done.
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+
+use super::Store;
+use super::signals::Signals;
+use super::types::*;
+use crate::model::{
+    Attempt, BatchId, BatchPolicy, BatchSpec, BatchState, BatchStats, DependencyRule,
+    DurationHistogram, ErrorPolicy, Event, EventKind, OnFailure, Priority, Reason, StateCounts,
+    TaskId, TaskSpec, TaskState, Timestamp, WorkerId, batch_outcome,
+};
+
+/// Hashes the integer ids used as keys; they are dense and not attacker-chosen.
+#[derive(Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
+type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+
+/// Capacity of the event broadcast: subscribers further behind than this many
+/// operations see a `Lagged` error rather than slowing the store down.
+const EVENT_CAPACITY: usize = 4096;
+
+/// A store in process memory, for the library and for tests.
+///
+/// `P` is the task payload, `O` the output kept for dependents.
+pub struct MemoryStore<P, O> {
+    inner: Mutex<Inner<P, O>>,
+    signals: Signals,
+    events: broadcast::Sender<Events>,
+    retain: bool,
+}
+
+impl<P, O> std::fmt::Debug for MemoryStore<P, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("retain", &self.retain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P, O> Default for MemoryStore<P, O> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<P, O> MemoryStore<P, O> {
+    /// A store that forgets finished tasks.
+    pub fn new() -> Self {
+        Self::build(false)
+    }
+
+    /// A store that keeps finished tasks readable with `task_get`.
+    pub fn retaining() -> Self {
+        Self::build(true)
+    }
+
+    fn build(retain: bool) -> Self {
+        MemoryStore {
+            inner: Mutex::new(Inner::new(retain)),
+            signals: Signals::default(),
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            retain,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<P, O>> {
+        // A panic while holding the lock leaves no half-applied operation
+        // behind that matters more than stopping everything; keep going.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends the operation's events to subscribers and returns them.
+    fn publish(&self, events: Vec<Event>) -> Events {
+        let events = Arc::new(events);
+        if !events.is_empty() && self.events.receiver_count() > 0 {
+            let _ = self.events.send(events.clone());
+        }
+        events
+    }
+
+    fn wake(&self, inner: &mut Inner<P, O>) {
+        if std::mem::take(&mut inner.work_ready) {
+            self.signals.work.notify_waiters();
+        }
+        if std::mem::take(&mut inner.control_pending) {
+            self.signals.control.notify_waiters();
+        }
+    }
+}
+
+/// A ready task in its batch's queue: highest priority first, then submission order.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Ready {
+    priority: Priority,
+    index: u64,
+    cost: u32,
+    task: TaskId,
+}
+
+impl Ord for Ready {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.priority
+            .cmp(&other.priority)
+            .then_with(|| other.index.cmp(&self.index))
+    }
+}
+
+impl PartialOrd for Ready {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+struct BatchRec {
+    name: Option<String>,
+    state: BatchState,
+    priority: Priority,
+    concurrency: u32,
+    policy: Arc<BatchPolicy>,
+    error_policy: ErrorPolicy,
+    counts: StateCounts,
+    retries: u64,
+    running_cost: u32,
+    ready: BinaryHeap<Ready>,
+    in_ready_list: bool,
+    /// Tasks not yet terminal.
+    live: IdSet<TaskId>,
+    /// Finished tasks whose outputs are kept for dependents.
+    kept_outputs: Vec<TaskId>,
+    open: bool,
+    paused: bool,
+    started: bool,
+    /// No new task starts: cancelled, stopped by policy, or past its deadline.
+    stopped: Option<Reason>,
+    cancelled: bool,
+    failed_by_policy: bool,
+    last_served: u64,
+    next_index: u64,
+    durations: DurationHistogram,
+    created_at: Timestamp,
+    started_at: Option<Timestamp>,
+    finished_at: Option<Timestamp>,
+}
+
+struct TaskRec<P> {
+    batch: BatchId,
+    index: u64,
+    key: Option<Arc<str>>,
+    priority: Priority,
+    cost: u32,
+    payload: P,
+    state: TaskState,
+    reason: Option<Reason>,
+    message: Option<String>,
+    attempt: Attempt,
+    lost: u32,
+    worker: Option<WorkerId>,
+    lease_until: Timestamp,
+    cancel: Option<(CancelMode, Reason)>,
+    deps_left: u32,
+    rule: DependencyRule,
+    upstream: Vec<TaskId>,
+    dependents: Vec<TaskId>,
+    started_at: Timestamp,
+}
+
+struct Inner<P, O> {
+    next_batch: i64,
+    next_task: i64,
+    next_worker: i64,
+    next_event: u64,
+    tick: u64,
+    batches: IdMap<BatchId, BatchRec>,
+    tasks: IdMap<TaskId, TaskRec<P>>,
+    /// Finished tasks as their dependents see them.
+    outputs: IdMap<TaskId, Upstream<O>>,
+    /// Tasks in `retry_wait`, by due time; entries whose attempt moved on are skipped.
+    retries: BinaryHeap<Reverse<(Timestamp, TaskId, Attempt)>>,
+    running: IdSet<TaskId>,
+    ready_batches: Vec<BatchId>,
+    deadlines: BTreeSet<(Timestamp, BatchId)>,
+    idempotency: HashMap<String, BatchId>,
+    events: Vec<Event>,
+    work_ready: bool,
+    control_pending: bool,
+    /// Keep finished task records (for `task_get`) instead of forgetting them.
+    retain: bool,
+}
+
+impl<P, O> Inner<P, O> {
+    fn new(retain: bool) -> Self {
+        Inner {
+            next_batch: 1,
+            next_task: 1,
+            next_worker: 1,
+            next_event: 1,
+            tick: 0,
+            batches: IdMap::default(),
+            tasks: IdMap::default(),
+            outputs: IdMap::default(),
+            retries: BinaryHeap::new(),
+            running: IdSet::default(),
+            ready_batches: Vec::new(),
+            deadlines: BTreeSet::new(),
+            idempotency: HashMap::new(),
+            events: Vec::new(),
+            work_ready: false,
+            control_pending: false,
+            retain,
+        }
+    }
+}
+
+/// A task reaching a terminal state, and what the store does about it.
+struct Finish {
+    task: TaskId,
+    state: TaskState,
+    reason: Option<Reason>,
+}
+
+impl<P: Clone, O: Clone> Inner<P, O> {
+    fn emit(&mut self, at: Timestamp, batch: BatchId, kind: EventKind) {
+        let seq = self.next_event;
+        self.next_event += 1;
+        self.events.push(Event {
+            seq,
+            at,
+            batch,
+            kind,
+        });
+    }
+
+    fn batch(&self, id: BatchId) -> Result<&BatchRec, StoreError> {
+        self.batches.get(&id).ok_or(StoreError::UnknownBatch(id))
+    }
+
+    fn set_batch_state(&mut self, id: BatchId, to: BatchState, now: Timestamp) {
+        let Some(b) = self.batches.get_mut(&id) else {
+            return;
+        };
+        let from = b.state;
+        if from == to || !from.can_become(to) {
+            return;
+        }
+        b.state = to;
+        if to.is_terminal() {
+            b.finished_at = Some(now);
+        }
+        self.emit(
+            now,
+            id,
+            EventKind::Batch {
+                from: Some(from),
+                to,
+            },
+        );
+    }
+
+    /// Moves a task to a non-terminal state, keeping counters and the event log.
+    fn move_task(&mut self, id: TaskId, to: TaskState, reason: Option<Reason>, now: Timestamp) {
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let from = t.state;
+        debug_assert!(from.can_become(to), "{from} -> {to}");
+        debug_assert!(to.accepts_reason(reason), "{to} with {reason:?}");
+        t.state = to;
+        t.reason = reason;
+        let (batch, index, attempt) = (t.batch, t.index, t.attempt);
+        if let Some(b) = self.batches.get_mut(&batch) {
+            b.counts.shift(Some(from), to);
+        }
+        self.emit(
+            now,
+            batch,
+            EventKind::Task {
+                task: id,
+                index,
+                attempt,
+                from: Some(from),
+                to,
+                reason,
+            },
+        );
+    }
+
+    fn push_ready(&mut self, id: TaskId) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let entry = Ready {
+            priority: t.priority,
+            index: t.index,
+            cost: t.cost,
+            task: id,
+        };
+        let batch = t.batch;
+        if let Some(b) = self.batches.get_mut(&batch) {
+            b.ready.push(entry);
+            if !b.in_ready_list {
+                b.in_ready_list = true;
+                self.ready_batches.push(batch);
+            }
+            if !b.paused {
+                self.work_ready = true;
+            }
+        }
+    }
+
+    /// Creates a task record from its spec and emits its creation.
+    fn create_task(
+        &mut self,
+        batch: BatchId,
+        spec: TaskSpec<P>,
+        upstream: Vec<TaskId>,
+        now: Timestamp,
+    ) -> TaskId {
+        let id = TaskId(self.next_task);
+        self.next_task += 1;
+        let b = self.batches.get_mut(&batch).expect("batch exists");
+        let index = b.next_index;
+        b.next_index += 1;
+        let state = if upstream.is_empty() {
+            TaskState::Queued
+        } else {
+            TaskState::Pending
+        };
+        b.counts.shift(None, state);
+        b.live.insert(id);
+        let priority = spec.priority.unwrap_or(b.priority);
+        self.tasks.insert(
+            id,
+            TaskRec {
+                batch,
+                index,
+                key: spec.key.map(Arc::from),
+                priority,
+                cost: spec.cost,
+                payload: spec.payload,
+                state,
+                reason: None,
+                message: None,
+                attempt: Attempt(0),
+                lost: 0,
+                worker: None,
+                lease_until: Timestamp::EPOCH,
+                cancel: None,
+                deps_left: upstream.len() as u32,
+                rule: spec.rule,
+                upstream,
+                dependents: Vec::new(),
+                started_at: Timestamp::EPOCH,
+            },
+        );
+        self.emit(
+            now,
+            batch,
+            EventKind::Task {
+                task: id,
+                index,
+                attempt: Attempt(0),
+                from: None,
+                to: state,
+                reason: None,
+            },
+        );
+        if state == TaskState::Queued {
+            self.push_ready(id);
+        }
+        id
+    }
+
+    /// Finishes tasks, releasing or skipping their dependents transitively,
+    /// applying the error policy, and finishing batches that are done.
+    fn finish_all(&mut self, mut work: Vec<Finish>, output: Option<(TaskId, O)>, now: Timestamp) {
+        let mut output = output;
+        let mut touched: Vec<BatchId> = Vec::new();
+        while let Some(Finish {
+            task,
+            state,
+            reason,
+        }) = work.pop()
+        {
+            let Some(t) = self.tasks.get(&task) else {
+                continue;
+            };
+            if t.state.is_terminal() {
+                continue;
+            }
+            let (from, batch, index, attempt, cost) =
+                (t.state, t.batch, t.index, t.attempt, t.cost);
+            debug_assert!(from.can_become(state), "{from} -> {state}");
+            debug_assert!(state.accepts_reason(reason), "{state} with {reason:?}");
+            if from == TaskState::Running {
+                self.running.remove(&task);
+                if let Some(b) = self.batches.get_mut(&batch) {
+                    b.running_cost -= cost;
+                }
+            }
+            let t = self.tasks.get_mut(&task).expect("checked above");
+            t.state = state;
+            t.reason = reason;
+            t.cancel = None;
+            let dependents = std::mem::take(&mut t.dependents);
+            let key = t.key.clone();
+            let Some(b) = self.batches.get_mut(&batch) else {
+                continue;
+            };
+            b.counts.shift(Some(from), state);
+            b.live.remove(&task);
+            if !touched.contains(&batch) {
+                touched.push(batch);
+            }
+            self.emit(
+                now,
+                batch,
+                EventKind::Task {
+                    task,
+                    index,
+                    attempt,
+                    from: Some(from),
+                    to: state,
+                    reason,
+                },
+            );
+            if !dependents.is_empty() {
+                let out = match &output {
+                    Some((id, _)) if *id == task => output.take().map(|(_, o)| o),
+                    _ => None,
+                };
+                self.outputs.insert(
+                    task,
+                    Upstream {
+                        task,
+                        key,
+                        state,
+                        output: out,
+                    },
+                );
+                if let Some(b) = self.batches.get_mut(&batch) {
+                    b.kept_outputs.push(task);
+                }
+                for d in dependents {
+                    let Some(dep) = self.tasks.get_mut(&d) else {
+                        continue;
+                    };
+                    if dep.state != TaskState::Pending {
+                        continue;
+                    }
+                    if state == TaskState::Succeeded || dep.rule == DependencyRule::Done {
+                        dep.deps_left -= 1;
+                        if dep.deps_left == 0 {
+                            self.move_task(d, TaskState::Queued, None, now);
+                            self.push_ready(d);
+                        }
+                    } else {
+                        work.push(Finish {
+                            task: d,
+                            state: TaskState::Skipped,
+                            reason: Some(Reason::UpstreamFailed),
+                        });
+                    }
+                }
+            }
+            if state == TaskState::Failed {
+                self.apply_error_policy(batch, now);
+            }
+            if !self.retain {
+                self.tasks.remove(&task);
+            }
+        }
+        for batch in touched {
+            self.finish_batch_if_done(batch, now);
+        }
+    }
+
+    fn apply_error_policy(&mut self, batch: BatchId, now: Timestamp) {
+        let Some(b) = self.batches.get(&batch) else {
+            return;
+        };
+        if b.stopped.is_some() || !b.error_policy.tripped(b.counts.failed, b.counts.finished()) {
+            return;
+        }
+        let mode = match b.error_policy.on_failure {
+            OnFailure::Abort => Some(CancelMode::Forced),
+            OnFailure::Stop | OnFailure::Continue => None,
+        };
+        self.batches
+            .get_mut(&batch)
+            .expect("exists")
+            .failed_by_policy = true;
+        self.stop_batch(batch, Reason::BatchStopped, mode, now);
+    }
+
+    /// Cancels every waiting task of a batch with `reason`; asks workers to
+    /// cancel running ones when `running` is given. Nothing new starts after.
+    fn stop_batch(
+        &mut self,
+        batch: BatchId,
+        reason: Reason,
+        running: Option<CancelMode>,
+        now: Timestamp,
+    ) {
+        let Some(b) = self.batches.get_mut(&batch) else {
+            return;
+        };
+        b.stopped.get_or_insert(reason);
+        b.ready.clear();
+        let mut live: Vec<TaskId> = b.live.iter().copied().collect();
+        live.sort_unstable();
+        for id in live {
+            let Some(t) = self.tasks.get_mut(&id) else {
+                continue;
+            };
+            match t.state {
+                TaskState::Running => {
+                    if let Some(mode) = running
+                        && t.cancel.is_none()
+                    {
+                        t.cancel = Some((mode, reason));
+                        self.control_pending = true;
+                    }
+                }
+                // Waiting tasks end here, without passing their fate on:
+                // their dependents are waiting too, and end the same way.
+                TaskState::Pending | TaskState::Queued | TaskState::RetryWait => {
+                    t.dependents.clear();
+                    self.finish_all(
+                        vec![Finish {
+                            task: id,
+                            state: TaskState::Cancelled,
+                            reason: Some(reason),
+                        }],
+                        None,
+                        now,
+                    );
+                }
+                _ => {}
+            }
+        }
+        self.finish_batch_if_done(batch, now);
+    }
+
+    fn finish_batch_if_done(&mut self, batch: BatchId, now: Timestamp) {
+        let Some(b) = self.batches.get(&batch) else {
+            return;
+        };
+        if b.open || b.counts.active() > 0 || b.state.is_terminal() {
+            return;
+        }
+        let to = batch_outcome(
+            b.cancelled,
+            b.failed_by_policy,
+            b.counts.succeeded == b.counts.total(),
+        );
+        let kept = std::mem::take(&mut self.batches.get_mut(&batch).expect("exists").kept_outputs);
+        for task in kept {
+            self.outputs.remove(&task);
+        }
+        self.deadlines.retain(|(_, b)| *b != batch);
+        self.ready_batches.retain(|b| *b != batch);
+        self.set_batch_state(batch, to, now);
+    }
+
+    fn promote_due_retries(&mut self, now: Timestamp) {
+        while let Some(Reverse((due, task, attempt))) = self.retries.peek().copied() {
+            if due > now {
+                break;
+            }
+            self.retries.pop();
+            let current = self
+                .tasks
+                .get(&task)
+                .is_some_and(|t| t.state == TaskState::RetryWait && t.attempt == attempt);
+            if current {
+                self.move_task(task, TaskState::Queued, None, now);
+                self.push_ready(task);
+            }
+        }
+    }
+
+    fn next_due(&self) -> Option<Timestamp> {
+        let retry = self.retries.peek().map(|Reverse((due, _, _))| *due);
+        let deadline = self.deadlines.first().map(|(at, _)| *at);
+        match (retry, deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The batch whose head task should start next, if any fits its batch.
+    fn best_batch(&self) -> Option<(usize, Ready)> {
+        let mut best: Option<(usize, Ready, (Priority, Reverse<u32>, Reverse<u64>))> = None;
+        for (pos, id) in self.ready_batches.iter().enumerate() {
+            let b = &self.batches[id];
+            if b.paused || b.stopped.is_some() {
+                continue;
+            }
+            let Some(head) = b.ready.peek() else { continue };
+            if b.running_cost + head.cost > b.concurrency {
+                continue;
+            }
+            let rank = (
+                head.priority,
+                Reverse(b.running_cost),
+                Reverse(b.last_served),
+            );
+            if best.as_ref().is_none_or(|(_, _, r)| rank > *r) {
+                best = Some((pos, *head, rank));
+            }
+        }
+        best.map(|(pos, head, _)| (pos, head))
+    }
+}
+
+impl<P, O> MemoryStore<P, O>
+where
+    P: Clone + Send + Sync + 'static,
+    O: Clone + Send + Sync + 'static,
+{
+    fn insert_locked(
+        &self,
+        inner: &mut Inner<P, O>,
+        mut spec: BatchSpec<P>,
+        now: Timestamp,
+    ) -> Result<Inserted, StoreError> {
+        if let Some(key) = &spec.idempotency_key
+            && let Some(&existing) = inner.idempotency.get(key)
+        {
+            return Ok(Inserted {
+                batch: existing,
+                tasks: Vec::new(),
+                existing: true,
+                events: Arc::new(Vec::new()),
+            });
+        }
+        let upstream = spec.validate(None)?;
+        let id = BatchId(inner.next_batch);
+        inner.next_batch += 1;
+        if let Some(key) = spec.idempotency_key.clone() {
+            inner.idempotency.insert(key, id);
+        }
+        let state = if spec.paused {
+            BatchState::Paused
+        } else {
+            BatchState::Queued
+        };
+        if let Some(deadline) = spec.policy.deadline {
+            inner.deadlines.insert((deadline, id));
+        }
+        inner.batches.insert(
+            id,
+            BatchRec {
+                name: spec.name.take(),
+                state,
+                priority: spec.priority,
+                concurrency: spec.concurrency,
+                policy: Arc::new(spec.policy.clone()),
+                error_policy: spec.error_policy,
+                counts: StateCounts::default(),
+                retries: 0,
+                running_cost: 0,
+                ready: BinaryHeap::new(),
+                in_ready_list: false,
+                live: IdSet::default(),
+                kept_outputs: Vec::new(),
+                open: spec.open,
+                paused: spec.paused,
+                started: false,
+                stopped: None,
+                cancelled: false,
+                failed_by_policy: false,
+                last_served: 0,
+                next_index: 0,
+                durations: DurationHistogram::default(),
+                created_at: now,
+                started_at: None,
+                finished_at: None,
+            },
+        );
+        inner.emit(
+            now,
+            id,
+            EventKind::Batch {
+                from: None,
+                to: state,
+            },
+        );
+        let first = inner.next_task;
+        let ids: Vec<TaskId> = (0..spec.tasks.len() as i64)
+            .map(|i| TaskId(first + i))
+            .collect();
+        let mut links = Vec::new();
+        for (spec, ups) in spec.tasks.drain(..).zip(upstream) {
+            let ups: Vec<TaskId> = ups.into_iter().map(|u| ids[u as usize]).collect();
+            let task = inner.create_task(id, spec, ups.clone(), now);
+            links.extend(ups.into_iter().map(|u| (u, task)));
+        }
+        // Dependencies may point forward in submission order, so dependents
+        // are linked once every task exists.
+        for (upstream, dependent) in links {
+            if let Some(t) = inner.tasks.get_mut(&upstream) {
+                t.dependents.push(dependent);
+            }
+        }
+        inner.finish_batch_if_done(id, now);
+        Ok(Inserted {
+            batch: id,
+            tasks: ids,
+            existing: false,
+            events: Arc::new(Vec::new()),
+        })
+    }
+}
+
+impl<P, O> Store for MemoryStore<P, O>
+where
+    P: Clone + Send + Sync + 'static,
+    O: Clone + Send + Sync + 'static,
+{
+    type Payload = P;
+    type Output = O;
+
+    async fn worker_register(
+        &self,
+        _host: &str,
+        _pid: u32,
+        _now: Timestamp,
+    ) -> Result<WorkerId, StoreError> {
+        let mut inner = self.lock();
+        let id = WorkerId(inner.next_worker);
+        inner.next_worker += 1;
+        Ok(id)
+    }
+
+    async fn batch_insert(
+        &self,
+        spec: BatchSpec<P>,
+        now: Timestamp,
+    ) -> Result<Inserted, StoreError> {
+        let mut inner = self.lock();
+        // Validate before touching anything: a rejected batch leaves no trace.
+        let result = self.insert_locked(&mut inner, spec, now);
+        let events = std::mem::take(&mut inner.events);
+        self.wake(&mut inner);
+        drop(inner);
+        let mut inserted = result?;
+        inserted.events = self.publish(events);
+        Ok(inserted)
+    }
+
+    async fn task_append(
+        &self,
+        batch: BatchId,
+        tasks: Vec<TaskSpec<P>>,
+        now: Timestamp,
+    ) -> Result<Appended, StoreError> {
+        let mut inner = self.lock();
+        let b = inner.batch(batch)?;
+        if !b.open {
+            return Err(StoreError::Sealed(batch));
+        }
+        let limit = b.concurrency;
+        for task in &tasks {
+            if !task.after.is_empty() {
+                return Err(crate::model::SubmitError::AfterInOpenBatch.into());
+            }
+            if task.cost == 0 || task.cost > limit {
+                return Err(
+                    crate::model::SubmitError::Invalid(crate::model::InvalidField::new(
+                        "cost",
+                        task.cost,
+                        format!("must be between 1 and the concurrency ({limit})"),
+                    ))
+                    .into(),
+                );
+            }
+        }
+        let first_index = b.next_index;
+        let stopped = b.stopped;
+        for spec in tasks {
+            let id = inner.create_task(batch, spec, Vec::new(), now);
+            if let Some(reason) = stopped {
+                let b = inner.batches.get_mut(&batch).expect("exists");
+                b.ready.clear();
+                inner.finish_all(
+                    vec![Finish {
+                        task: id,
+                        state: TaskState::Cancelled,
+                        reason: Some(reason),
+                    }],
+                    None,
+                    now,
+                );
+            }
+        }
+        let events = std::mem::take(&mut inner.events);
+        self.wake(&mut inner);
+        drop(inner);
+        Ok(Appended {
+            first_index,
+            stopped: stopped.is_some(),
+            events: self.publish(events),
+        })
+    }
+
+    async fn batch_seal(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
+        let mut inner = self.lock();
+        let b = inner
+            .batches
+            .get_mut(&batch)
+            .ok_or(StoreError::UnknownBatch(batch))?;
+        b.open = false;
+        inner.finish_batch_if_done(batch, now);
+        let events = std::mem::take(&mut inner.events);
+        drop(inner);
+        Ok(self.publish(events))
+    }
+
+    async fn task_claim(
+        &self,
+        request: ClaimRequest,
+        now: Timestamp,
+    ) -> Result<Claim<P, O>, StoreError> {
+        let mut inner = self.lock();
+        inner.promote_due_retries(now);
+        let mut capacity = request.capacity;
+        let mut tasks = Vec::new();
+        let lease_until = now.add(request.lease);
+        while tasks.len() < request.max_tasks {
+            let Some((pos, head)) = inner.best_batch() else {
+                break;
+            };
+            if head.cost > capacity {
+                // Strict order: a smaller task behind it must not jump ahead.
+                break;
+            }
+            capacity -= head.cost;
+            let batch_id = inner.ready_batches[pos];
+            inner.tick += 1;
+            let tick = inner.tick;
+            let b = inner
+                .batches
+                .get_mut(&batch_id)
+                .expect("listed batches exist");
+            b.ready.pop();
+            if b.ready.is_empty() {
+                b.in_ready_list = false;
+                inner.ready_batches.swap_remove(pos);
+            }
+            let b = inner.batches.get_mut(&batch_id).expect("exists");
+            b.running_cost += head.cost;
+            b.last_served = tick;
+            let policy = b.policy.clone();
+            let first_start = !b.started;
+            if first_start {
+                b.started = true;
+                b.started_at = Some(now);
+            }
+            if first_start && b.state == BatchState::Queued {
+                inner.set_batch_state(batch_id, BatchState::Running, now);
+            }
+            let t = inner.tasks.get_mut(&head.task).expect("ready tasks exist");
+            t.attempt = t.attempt.next();
+            t.worker = Some(request.worker);
+            t.lease_until = lease_until;
+            t.started_at = now;
+            inner.running.insert(head.task);
+            inner.move_task(head.task, TaskState::Running, None, now);
+            let t = &inner.tasks[&head.task];
+            let upstream = t
+                .upstream
+                .iter()
+                .filter_map(|u| inner.outputs.get(u).cloned())
+                .collect();
+            tasks.push(ClaimedTask {
+                id: head.task,
+                batch: batch_id,
+                index: t.index,
+                key: t.key.clone(),
+                attempt: t.attempt,
+                lost: t.lost,
+                cost: t.cost,
+                priority: t.priority,
+                payload: t.payload.clone(),
+                upstream,
+                has_dependents: !t.dependents.is_empty(),
+                policy,
+                lease_until,
+            });
+        }
+        let next_due = inner.next_due();
+        let events = std::mem::take(&mut inner.events);
+        inner.work_ready = false;
+        drop(inner);
+        Ok(Claim {
+            tasks,
+            next_due,
+            events: self.publish(events),
+        })
+    }
+
+    async fn lease_renew(
+        &self,
+        worker: WorkerId,
+        running: Vec<Fence>,
+        lease_until: Timestamp,
+        _now: Timestamp,
+    ) -> Result<Renewal, StoreError> {
+        let mut inner = self.lock();
+        let mut renewal = Renewal::default();
+        for fence in running {
+            match inner.tasks.get_mut(&fence.task) {
+                Some(t)
+                    if t.state == TaskState::Running
+                        && t.attempt == fence.attempt
+                        && t.worker == Some(worker) =>
+                {
+                    t.lease_until = lease_until;
+                    if let Some((mode, reason)) = t.cancel {
+                        renewal.cancel.push(CancelRequest {
+                            fence,
+                            mode,
+                            reason,
+                        });
+                    }
+                }
+                _ => renewal.lost.push(fence),
+            }
+        }
+        Ok(renewal)
+    }
+
+    async fn task_complete(
+        &self,
+        _worker: WorkerId,
+        completions: Vec<Completion<O>>,
+        now: Timestamp,
+    ) -> Result<Applied, StoreError> {
+        let mut inner = self.lock();
+        let mut results = Vec::with_capacity(completions.len());
+        for c in completions {
+            let fence = c.fence;
+            let current = inner
+                .tasks
+                .get(&fence.task)
+                .is_some_and(|t| t.state == TaskState::Running && t.attempt == fence.attempt);
+            if !current {
+                results.push(Err(Stale(fence)));
+                continue;
+            }
+            let t = inner.tasks.get_mut(&fence.task).expect("checked");
+            let batch = t.batch;
+            let cost = t.cost;
+            let b = inner.batches.get_mut(&batch).expect("tasks have batches");
+            b.durations.record(c.duration);
+            let stopped = b.stopped.is_some();
+            let entered = match c.outcome {
+                AttemptOutcome::Succeeded { output } => {
+                    let output = output.map(|o| (fence.task, o));
+                    inner.finish_all(
+                        vec![Finish {
+                            task: fence.task,
+                            state: TaskState::Succeeded,
+                            reason: None,
+                        }],
+                        output,
+                        now,
+                    );
+                    TaskState::Succeeded
+                }
+                AttemptOutcome::Failed {
+                    reason,
+                    message,
+                    retry_at: Some(at),
+                } if !stopped => {
+                    let t = inner.tasks.get_mut(&fence.task).expect("checked");
+                    t.message = message;
+                    inner.running.remove(&fence.task);
+                    let b = inner.batches.get_mut(&batch).expect("exists");
+                    b.running_cost -= cost;
+                    b.retries += 1;
+                    inner.move_task(fence.task, TaskState::RetryWait, Some(reason), now);
+                    inner.retries.push(Reverse((at, fence.task, fence.attempt)));
+                    TaskState::RetryWait
+                }
+                AttemptOutcome::Failed {
+                    reason, message, ..
+                } => {
+                    inner.tasks.get_mut(&fence.task).expect("checked").message = message;
+                    inner.finish_all(
+                        vec![Finish {
+                            task: fence.task,
+                            state: TaskState::Failed,
+                            reason: Some(reason),
+                        }],
+                        None,
+                        now,
+                    );
+                    TaskState::Failed
+                }
+                AttemptOutcome::Cancelled { reason } => {
+                    inner.finish_all(
+                        vec![Finish {
+                            task: fence.task,
+                            state: TaskState::Cancelled,
+                            reason: Some(reason),
+                        }],
+                        None,
+                        now,
+                    );
+                    TaskState::Cancelled
+                }
+            };
+            results.push(Ok(entered));
+        }
+        let events = std::mem::take(&mut inner.events);
+        self.wake(&mut inner);
+        drop(inner);
+        Ok(Applied {
+            results,
+            events: self.publish(events),
+        })
+    }
+
+    async fn task_cancel(
+        &self,
+        task: TaskId,
+        mode: CancelMode,
+        now: Timestamp,
+    ) -> Result<Events, StoreError> {
+        let mut inner = self.lock();
+        let t = inner
+            .tasks
+            .get_mut(&task)
+            .ok_or(StoreError::UnknownTask(task))?;
+        match t.state {
+            TaskState::Running => {
+                if t.cancel.is_none() {
+                    t.cancel = Some((mode, Reason::ByUser));
+                    inner.control_pending = true;
+                }
+            }
+            TaskState::Pending | TaskState::Queued | TaskState::RetryWait => {
+                let (batch, state) = (t.batch, t.state);
+                if state == TaskState::Queued {
+                    let b = inner.batches.get_mut(&batch).expect("exists");
+                    b.ready.retain(|r| r.task != task);
+                }
+                inner.finish_all(
+                    vec![Finish {
+                        task,
+                        state: TaskState::Cancelled,
+                        reason: Some(Reason::ByUser),
+                    }],
+                    None,
+                    now,
+                );
+            }
+            _ => {}
+        }
+        let events = std::mem::take(&mut inner.events);
+        self.wake(&mut inner);
+        drop(inner);
+        Ok(self.publish(events))
+    }
+
+    async fn batch_cancel(
+        &self,
+        batch: BatchId,
+        mode: CancelMode,
+        now: Timestamp,
+    ) -> Result<Events, StoreError> {
+        let mut inner = self.lock();
+        let b = inner
+            .batches
+            .get_mut(&batch)
+            .ok_or(StoreError::UnknownBatch(batch))?;
+        if !b.state.is_terminal() {
+            b.cancelled = true;
+            b.open = false;
+            inner.stop_batch(batch, Reason::ByUser, Some(mode), now);
+        }
+        let events = std::mem::take(&mut inner.events);
+        self.wake(&mut inner);
+        drop(inner);
+        Ok(self.publish(events))
+    }
+
+    async fn batch_pause(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
+        let mut inner = self.lock();
+        let b = inner
+            .batches
+            .get_mut(&batch)
+            .ok_or(StoreError::UnknownBatch(batch))?;
+        if !b.state.is_terminal() {
+            b.paused = true;
+            inner.set_batch_state(batch, BatchState::Paused, now);
+        }
+        let events = std::mem::take(&mut inner.events);
+        drop(inner);
+        Ok(self.publish(events))
+    }
+
+    async fn batch_resume(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
+        let mut inner = self.lock();
+        let b = inner
+            .batches
+            .get_mut(&batch)
+            .ok_or(StoreError::UnknownBatch(batch))?;
+        if b.paused && !b.state.is_terminal() {
+            b.paused = false;
+            let to = if b.started {
+                BatchState::Running
+            } else {
+                BatchState::Queued
+            };
+            inner.work_ready |= !b.ready.is_empty();
+            inner.set_batch_state(batch, to, now);
+        }
+        let events = std::mem::take(&mut inner.events);
+        self.wake(&mut inner);
+        drop(inner);
+        Ok(self.publish(events))
+    }
+
+    async fn task_rescue(&self, now: Timestamp) -> Result<Events, StoreError> {
+        let mut inner = self.lock();
+        let mut expired: Vec<TaskId> = inner
+            .running
+            .iter()
+            .copied()
+            .filter(|id| inner.tasks.get(id).is_some_and(|t| t.lease_until < now))
+            .collect();
+        expired.sort_unstable();
+        for id in expired {
+            let t = inner.tasks.get_mut(&id).expect("running tasks exist");
+            t.lost += 1;
+            t.message = Some("the worker running it stopped renewing its lease".into());
+            let (batch, cost, lost, attempt) = (t.batch, t.cost, t.lost, t.attempt);
+            let b = &inner.batches[&batch];
+            if b.stopped.is_none() && b.policy.retry.should_retry_lost(lost) {
+                inner.running.remove(&id);
+                let b = inner.batches.get_mut(&batch).expect("exists");
+                b.running_cost -= cost;
+                b.retries += 1;
+                inner.move_task(id, TaskState::RetryWait, Some(Reason::Lost), now);
+                inner.retries.push(Reverse((now, id, attempt)));
+                inner.work_ready = true;
+            } else {
+                inner.finish_all(
+                    vec![Finish {
+                        task: id,
+                        state: TaskState::Failed,
+                        reason: Some(Reason::Lost),
+                    }],
+                    None,
+                    now,
+                );
+            }
+        }
+        let events = std::mem::take(&mut inner.events);
+        self.wake(&mut inner);
+        drop(inner);
+        Ok(self.publish(events))
+    }
+
+    async fn batch_expire(&self, now: Timestamp) -> Result<Events, StoreError> {
+        let mut inner = self.lock();
+        while let Some(&(at, batch)) = inner.deadlines.first() {
+            if at > now {
+                break;
+            }
+            inner.deadlines.pop_first();
+            let Some(b) = inner.batches.get_mut(&batch) else {
+                continue;
+            };
+            if b.state.is_terminal() {
+                continue;
+            }
+            b.failed_by_policy = true;
+            b.open = false;
+            inner.stop_batch(batch, Reason::Deadline, Some(CancelMode::Forced), now);
+        }
+        let events = std::mem::take(&mut inner.events);
+        self.wake(&mut inner);
+        drop(inner);
+        Ok(self.publish(events))
+    }
+
+    async fn batch_get(&self, batch: BatchId) -> Result<BatchInfo, StoreError> {
+        let inner = self.lock();
+        let b = inner.batch(batch)?;
+        Ok(BatchInfo {
+            id: batch,
+            name: b.name.clone(),
+            state: b.state,
+            priority: b.priority,
+            concurrency: b.concurrency,
+            policy: b.policy.clone(),
+            counts: b.counts,
+            retries: b.retries,
+            open: b.open,
+            created_at: b.created_at,
+            started_at: b.started_at,
+            finished_at: b.finished_at,
+        })
+    }
+
+    async fn batch_stats(&self, batch: BatchId, now: Timestamp) -> Result<BatchStats, StoreError> {
+        let inner = self.lock();
+        let b = inner.batch(batch)?;
+        let wall = match b.started_at {
+            Some(start) => b.finished_at.unwrap_or(now).since(start),
+            None => std::time::Duration::ZERO,
+        };
+        let finished = b.counts.finished();
+        Ok(BatchStats {
+            counts: b.counts,
+            retries: b.retries,
+            p50: b.durations.quantile(0.50),
+            p95: b.durations.quantile(0.95),
+            p99: b.durations.quantile(0.99),
+            throughput: if wall.is_zero() {
+                0.0
+            } else {
+                finished as f64 / wall.as_secs_f64()
+            },
+            wall,
+        })
+    }
+
+    async fn task_get(&self, task: TaskId) -> Result<TaskInfo, StoreError> {
+        let inner = self.lock();
+        let t = inner
+            .tasks
+            .get(&task)
+            .ok_or(StoreError::UnknownTask(task))?;
+        Ok(TaskInfo {
+            id: task,
+            batch: t.batch,
+            index: t.index,
+            key: t.key.clone(),
+            state: t.state,
+            reason: t.reason,
+            attempt: t.attempt,
+            lost: t.lost,
+            priority: t.priority,
+            cost: t.cost,
+            message: t.message.clone(),
+        })
+    }
+
+    fn events(&self) -> broadcast::Receiver<Events> {
+        self.events.subscribe()
+    }
+
+    fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    fn retains_finished_tasks(&self) -> bool {
+        self.retain
+    }
+}

@@ -1,0 +1,162 @@
+//! The store contract, and the in-memory store.
+//!
+//! A [`Store`] keeps batches, tasks, attempts and events, and makes every
+//! state change under its own lock or transaction: claims take a lease,
+//! completions are fenced by (task, attempt), dependency release and error
+//! policy run in the same step as the completion that causes them. The
+//! scheduler holds no state that the store does not also have, which is what
+//! lets durable stores resume a batch after a crash.
+//!
+//! Stores never read a clock; every operation takes `now` (see [`crate::Clock`]).
+
+mod memory;
+mod signals;
+mod types;
+
+pub use memory::MemoryStore;
+pub use signals::Signals;
+pub use types::*;
+
+use std::future::Future;
+
+use tokio::sync::broadcast;
+
+use crate::model::{BatchId, BatchSpec, BatchStats, TaskId, TaskSpec, Timestamp, WorkerId};
+
+/// Where batches and tasks live, and the only place their state changes.
+///
+/// Methods are named noun-verb. Every mutation returns the events it produced,
+/// in order; the same events go to [`Store::events`] subscribers.
+pub trait Store: Send + Sync + 'static {
+    /// What a task works on.
+    type Payload: Clone + Send + Sync + 'static;
+    /// What a task produces, kept for its dependents.
+    type Output: Clone + Send + Sync + 'static;
+
+    /// Registers a worker; its id goes into claims and renewals.
+    fn worker_register(
+        &self,
+        host: &str,
+        pid: u32,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<WorkerId, StoreError>> + Send;
+
+    /// Stores a batch and all its tasks and dependencies at once, or nothing.
+    fn batch_insert(
+        &self,
+        spec: BatchSpec<Self::Payload>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Inserted, StoreError>> + Send;
+
+    /// Adds tasks (without dependencies) to an open batch.
+    fn task_append(
+        &self,
+        batch: BatchId,
+        tasks: Vec<TaskSpec<Self::Payload>>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Appended, StoreError>> + Send;
+
+    /// Closes an open batch: it finishes once its tasks have.
+    fn batch_seal(
+        &self,
+        batch: BatchId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Events, StoreError>> + Send;
+
+    /// Claims ready tasks: highest priority first, FIFO within a priority,
+    /// fair between batches of equal priority, within each batch's
+    /// concurrency and the worker's capacity, skipping paused batches.
+    /// Retries whose backoff has passed become ready first.
+    fn task_claim(
+        &self,
+        request: ClaimRequest,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Claim<Self::Payload, Self::Output>, StoreError>> + Send;
+
+    /// Extends the leases of a worker's running attempts; reports attempts to
+    /// cancel and attempts the worker no longer owns.
+    fn lease_renew(
+        &self,
+        worker: WorkerId,
+        running: Vec<Fence>,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Renewal, StoreError>> + Send;
+
+    /// Records finished attempts, each fenced by its attempt number.
+    fn task_complete(
+        &self,
+        worker: WorkerId,
+        completions: Vec<Completion<Self::Output>>,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
+
+    /// Cancels a task: at once if not running, else asks its worker.
+    fn task_cancel(
+        &self,
+        task: TaskId,
+        mode: CancelMode,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Events, StoreError>> + Send;
+
+    /// Cancels a batch: waiting tasks at once, running ones through their workers.
+    fn batch_cancel(
+        &self,
+        batch: BatchId,
+        mode: CancelMode,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Events, StoreError>> + Send;
+
+    /// Stops a batch from starting new tasks.
+    fn batch_pause(
+        &self,
+        batch: BatchId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Events, StoreError>> + Send;
+
+    /// Lets a paused batch start tasks again.
+    fn batch_resume(
+        &self,
+        batch: BatchId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Events, StoreError>> + Send;
+
+    /// Requeues (or fails, once the `lost` budget is spent) attempts whose lease expired.
+    fn task_rescue(
+        &self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Events, StoreError>> + Send;
+
+    /// Cancels what remains of batches whose deadline has passed.
+    fn batch_expire(
+        &self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Events, StoreError>> + Send;
+
+    /// A batch's state and counts.
+    fn batch_get(
+        &self,
+        batch: BatchId,
+    ) -> impl Future<Output = Result<BatchInfo, StoreError>> + Send;
+
+    /// A batch's figures: counts, retries, duration percentiles, throughput.
+    fn batch_stats(
+        &self,
+        batch: BatchId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<BatchStats, StoreError>> + Send;
+
+    /// A task's state.
+    fn task_get(&self, task: TaskId) -> impl Future<Output = Result<TaskInfo, StoreError>> + Send;
+
+    /// Subscribes to the events of every later operation.
+    fn events(&self) -> broadcast::Receiver<Events>;
+
+    /// Wake-ups for workers: new work, and cancellations to pick up.
+    fn signals(&self) -> &Signals;
+
+    /// Whether finished tasks can still be read with [`Store::task_get`].
+    /// The memory store forgets them by default, so that memory is bounded by
+    /// the work in flight rather than the work done.
+    fn retains_finished_tasks(&self) -> bool;
+}

@@ -1,0 +1,275 @@
+//! The values that cross the store contract.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::model::{
+    Attempt, BatchId, BatchPolicy, BatchState, Event, Priority, Reason, StateCounts, SubmitError,
+    TaskId, TaskState, Timestamp, WorkerId,
+};
+
+/// Events produced by one store operation, in order. Shared with subscribers.
+pub type Events = Arc<Vec<Event>>;
+
+/// What a batch insert did.
+#[derive(Clone, Debug)]
+pub struct Inserted {
+    /// The batch: new, or the earlier one with the same idempotency key.
+    pub batch: BatchId,
+    /// Ids of the tasks, in submission order (empty when `existing`).
+    pub tasks: Vec<TaskId>,
+    /// The idempotency key matched an earlier batch; nothing was inserted.
+    pub existing: bool,
+    /// The transitions of the insert (the batch and every task created).
+    pub events: Events,
+}
+
+/// What appending tasks to an open batch did.
+#[derive(Clone, Debug)]
+pub struct Appended {
+    /// Position in the batch of the first appended task.
+    pub first_index: u64,
+    /// The batch no longer starts tasks (cancelled, stopped by policy or past
+    /// its deadline): the appended tasks were cancelled at once, and the
+    /// submitter should stop appending.
+    pub stopped: bool,
+    /// The transitions of the append.
+    pub events: Events,
+}
+
+/// A worker's request for work.
+#[derive(Clone, Copy, Debug)]
+pub struct ClaimRequest {
+    /// Who claims.
+    pub worker: WorkerId,
+    /// Free cost units at the worker: the claimed tasks' costs add up to at most this.
+    pub capacity: u32,
+    /// At most this many tasks.
+    pub max_tasks: usize,
+    /// Lease length: the task is rescued if not renewed within it.
+    pub lease: Duration,
+}
+
+/// An upstream task's result as a dependent sees it.
+#[derive(Clone, Debug)]
+pub struct Upstream<O> {
+    /// The upstream task.
+    pub task: TaskId,
+    /// Its key.
+    pub key: Option<Arc<str>>,
+    /// How it ended.
+    pub state: TaskState,
+    /// What it produced, if it succeeded and produced something.
+    pub output: Option<O>,
+}
+
+/// A task handed to a worker, under a lease, for one attempt.
+#[derive(Clone, Debug)]
+pub struct ClaimedTask<P, O> {
+    /// The task.
+    pub id: TaskId,
+    /// Its batch.
+    pub batch: BatchId,
+    /// Its position in the batch, from 0.
+    pub index: u64,
+    /// Its key, if it has one.
+    pub key: Option<Arc<str>>,
+    /// The attempt this claim starts; every report about it names it.
+    pub attempt: Attempt,
+    /// How many earlier attempts were lost to dead workers.
+    pub lost: u32,
+    /// Slots it occupies.
+    pub cost: u32,
+    /// Its priority.
+    pub priority: Priority,
+    /// What it works on.
+    pub payload: P,
+    /// Results of the tasks it depends on, in the order of its `after`.
+    pub upstream: Vec<Upstream<O>>,
+    /// Whether other tasks depend on it: its output must reach the store.
+    pub has_dependents: bool,
+    /// Its batch's policies.
+    pub policy: Arc<BatchPolicy>,
+    /// The lease expires then unless renewed.
+    pub lease_until: Timestamp,
+}
+
+/// What a claim returned.
+#[derive(Debug)]
+pub struct Claim<P, O> {
+    /// The claimed tasks, best first.
+    pub tasks: Vec<ClaimedTask<P, O>>,
+    /// The earliest time at which something becomes due without any further
+    /// operation: a retry's backoff ending, or a batch deadline.
+    pub next_due: Option<Timestamp>,
+    /// The transitions of the claim.
+    pub events: Events,
+}
+
+/// (task, attempt): the fence every report after a claim carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The task.
+    pub task: TaskId,
+    /// The attempt.
+    pub attempt: Attempt,
+}
+
+/// How an attempt ended, as the worker reports it.
+#[derive(Clone, Debug)]
+pub enum AttemptOutcome<O> {
+    /// It worked; `output` is kept when tasks depend on it.
+    Succeeded {
+        /// The result, for dependents.
+        output: Option<O>,
+    },
+    /// It failed; `retry_at` schedules another attempt, `None` ends the task.
+    Failed {
+        /// Why.
+        reason: Reason,
+        /// What the handler or process said.
+        message: Option<String>,
+        /// When to try again, if the retry policy allows.
+        retry_at: Option<Timestamp>,
+    },
+    /// It was cancelled (by a user, the error policy or the deadline).
+    Cancelled {
+        /// Why.
+        reason: Reason,
+    },
+}
+
+/// A finished attempt, reported by the worker that ran it.
+#[derive(Clone, Debug)]
+pub struct Completion<O> {
+    /// Which attempt of which task.
+    pub fence: Fence,
+    /// How it ended.
+    pub outcome: AttemptOutcome<O>,
+    /// How long it ran.
+    pub duration: Duration,
+}
+
+/// A report refused because it names an attempt that is no longer current
+/// (the task was rescued and claimed again, cancelled, or finished).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("stale report for task {} attempt {}: the task has moved on", .0.task, .0.attempt)]
+pub struct Stale(pub Fence);
+
+/// What a batch of completions did.
+#[derive(Debug)]
+pub struct Applied {
+    /// Per completion, in order: the state the task entered, or why it was refused.
+    pub results: Vec<Result<TaskState, Stale>>,
+    /// The transitions: the completions and everything they caused
+    /// (dependents released or skipped, tasks cancelled by a tripped policy,
+    /// the batch finishing).
+    pub events: Events,
+}
+
+/// Whether a cancelled task's handler is asked to stop or dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelMode {
+    /// Signal the attempt (a cancellation token, SIGTERM) and let it finish within the grace.
+    Graceful,
+    /// Stop the attempt now (drop its future, SIGKILL).
+    Forced,
+}
+
+/// A running attempt that must be cancelled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CancelRequest {
+    /// The attempt.
+    pub fence: Fence,
+    /// How.
+    pub mode: CancelMode,
+    /// The reason it will end with.
+    pub reason: Reason,
+}
+
+/// What a lease renewal found.
+#[derive(Clone, Debug, Default)]
+pub struct Renewal {
+    /// Attempts to cancel.
+    pub cancel: Vec<CancelRequest>,
+    /// Attempts this worker no longer owns (rescued or finished): stop them,
+    /// their reports would be refused.
+    pub lost: Vec<Fence>,
+}
+
+/// A batch as the store knows it.
+#[derive(Clone, Debug)]
+pub struct BatchInfo {
+    /// The batch.
+    pub id: BatchId,
+    /// Its name.
+    pub name: Option<String>,
+    /// Its state.
+    pub state: BatchState,
+    /// Its priority.
+    pub priority: Priority,
+    /// Its concurrency.
+    pub concurrency: u32,
+    /// Its policies.
+    pub policy: Arc<BatchPolicy>,
+    /// Tasks per state.
+    pub counts: StateCounts,
+    /// Attempts scheduled again.
+    pub retries: u64,
+    /// More tasks may still be appended.
+    pub open: bool,
+    /// When it was inserted.
+    pub created_at: Timestamp,
+    /// When its first task started.
+    pub started_at: Option<Timestamp>,
+    /// When it reached a terminal state.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// A task as the store knows it.
+#[derive(Clone, Debug)]
+pub struct TaskInfo {
+    /// The task.
+    pub id: TaskId,
+    /// Its batch.
+    pub batch: BatchId,
+    /// Its position in the batch.
+    pub index: u64,
+    /// Its key.
+    pub key: Option<Arc<str>>,
+    /// Its state.
+    pub state: TaskState,
+    /// Why it is in that state.
+    pub reason: Option<Reason>,
+    /// Its latest attempt (0 before the first claim).
+    pub attempt: Attempt,
+    /// Attempts lost to dead workers.
+    pub lost: u32,
+    /// Its priority.
+    pub priority: Priority,
+    /// Its cost.
+    pub cost: u32,
+    /// The message of its last failed attempt.
+    pub message: Option<String>,
+}
+
+/// An operation the store could not carry out. Nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The batch was invalid.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// No such batch.
+    #[error("no batch {0} in this store")]
+    UnknownBatch(BatchId),
+    /// No such task (or, in a store that forgets finished tasks, no longer).
+    #[error("no task {0} in this store")]
+    UnknownTask(TaskId),
+    /// Tasks were appended to a batch that is not open.
+    #[error("batch {0} is sealed: no more tasks can be added")]
+    Sealed(BatchId),
+    /// The backend failed.
+    #[error("store backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
