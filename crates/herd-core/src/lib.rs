@@ -7,6 +7,8 @@
 //! conformance suite (feature `testing`) against themselves.
 
 pub mod model;
+pub mod scheduler;
 pub mod store;
 
 pub use model::*;
+pub use store::BatchInfo;

@@ -21,6 +21,8 @@ pub use ids::{Attempt, BatchId, TaskId, Timestamp, WorkerId};
 pub use invalid::InvalidField;
 pub use priority::{ParsePriorityError, Priority};
 pub use retry::{Backoff, ExitCodes, Failure, Jitter, RetryPolicy};
-pub use spec::{BatchPolicy, BatchSpec, DependencyRule, SubmitError, TaskSpec, find_cycle};
+pub use spec::{
+    BatchPolicy, BatchSpec, DependencyRule, SubmitError, TaskSpec, find_cycle, shuffle_seeded,
+};
 pub use state::{BatchState, ParseStateError, Reason, TaskState, batch_outcome};
 pub use stats::{BatchStats, DurationHistogram, StateCounts};

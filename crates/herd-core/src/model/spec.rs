@@ -117,7 +117,7 @@ impl<P> BatchSpec<P> {
     /// dependency cut away by `max_records` is reported as unknown.
     pub fn select(&mut self, shuffle_seed: Option<u64>, max_records: Option<usize>) {
         if let Some(seed) = shuffle_seed {
-            fastrand::Rng::with_seed(seed).shuffle(&mut self.tasks);
+            shuffle_seeded(&mut self.tasks, seed);
         }
         if let Some(max) = max_records {
             self.tasks.truncate(max);
@@ -156,6 +156,12 @@ impl<P> BatchSpec<P> {
         }
         resolve_dependencies(&self.tasks)
     }
+}
+
+/// Shuffles `items` in an order that depends only on `seed` (and the length):
+/// the same seed gives the same order on every run and machine.
+pub fn shuffle_seeded<T>(items: &mut [T], seed: u64) {
+    fastrand::Rng::with_seed(seed).shuffle(items);
 }
 
 /// A batch that cannot be accepted. Nothing of it was stored.

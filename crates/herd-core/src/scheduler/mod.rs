@@ -1,0 +1,10 @@
+//! The scheduler: the worker loop that every face of herd runs, the runner
+//! contract it drives, and the router that connects batches to runners.
+
+mod router;
+mod runner;
+mod worker;
+
+pub use router::{Router, Routes};
+pub use runner::{AttemptReport, AttemptResult, Runner, TaskEnd};
+pub use worker::{WorkerConfig, WorkerHandle, spawn_worker};

@@ -1,0 +1,574 @@
+//! The worker loop: claim, run, report, renew — one loop per worker.
+//!
+//! Each turn of the loop reports every attempt that finished since the last
+//! turn in one store call (group commit), then claims as many tasks as it has
+//! free slots in one more, spawns them, and waits for the next finished
+//! attempt, a wake-up from the store, or a timer (heartbeat, retry due,
+//! deadline). Attempts run as their own tokio tasks, each under its timeout
+//! and its batch deadline; their futures are dropped when either passes.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::router::Router;
+use super::runner::{AttemptReport, AttemptResult, Runner, TaskEnd};
+use crate::model::{
+    Attempt, BatchId, BatchPolicy, Clock, Failure, Reason, TaskId, Timestamp, WorkerId,
+};
+use crate::store::{
+    AttemptOutcome, CancelMode, ClaimRequest, Completion, Fence, Store, StoreError,
+};
+
+/// How a worker runs.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Cost units it runs at once.
+    pub slots: u32,
+    /// How long a claim holds without renewal.
+    pub lease: Duration,
+    /// How often leases are renewed and expired leases rescued.
+    pub heartbeat: Duration,
+    /// The host name it registers under.
+    pub host: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            slots: 1,
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            host: "localhost".into(),
+        }
+    }
+}
+
+/// A running worker. Dropping the handle leaves the worker running; call
+/// [`WorkerHandle::shutdown`] or [`WorkerHandle::abort`] to stop it.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    stop: CancellationToken,
+    join: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
+impl WorkerHandle {
+    /// Stops claiming, lets running attempts finish and report, then returns.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        self.stop.cancel();
+        match self.join.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Stops the worker at once; its running attempts are dropped, and their
+    /// leases expire to be rescued (as with a worker that died).
+    pub fn abort(&self) {
+        self.join.abort();
+    }
+
+    /// Whether the worker loop has ended (after shutdown, or a store error).
+    pub fn is_finished(&self) -> bool {
+        self.join.is_finished()
+    }
+}
+
+/// Starts a worker over `store`, running the flows known to `router`.
+pub fn spawn_worker<S: Store>(
+    store: Arc<S>,
+    router: Arc<Router<S>>,
+    clock: Arc<dyn Clock>,
+    config: WorkerConfig,
+) -> WorkerHandle {
+    let stop = CancellationToken::new();
+    let worker = Worker {
+        store,
+        router,
+        clock,
+        config,
+        stop: stop.clone(),
+    };
+    WorkerHandle {
+        stop,
+        join: tokio::spawn(worker.run()),
+    }
+}
+
+struct Worker<S: Store> {
+    store: Arc<S>,
+    router: Arc<Router<S>>,
+    clock: Arc<dyn Clock>,
+    config: WorkerConfig,
+    stop: CancellationToken,
+}
+
+/// An attempt in flight at this worker.
+struct Running<S: Store> {
+    attempt: Attempt,
+    lost: u32,
+    batch: BatchId,
+    index: u64,
+    cost: u32,
+    policy: Arc<BatchPolicy>,
+    runner: Arc<dyn Runner<S>>,
+    cancel: CancellationToken,
+    abort: AbortHandle,
+    started: Instant,
+    /// A graceful cancellation was asked for, with this reason.
+    cancelling: Option<Reason>,
+}
+
+/// How a spawned attempt ended.
+enum Ended<O> {
+    Report(AttemptReport<O>),
+    Timeout,
+    Deadline,
+}
+
+/// A finished attempt, sent from its task to the worker loop.
+struct Done<O> {
+    fence: Fence,
+    ended: Ended<O>,
+    duration: Duration,
+}
+
+impl<S: Store> Worker<S> {
+    async fn run(self) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        let id = store
+            .worker_register(&self.config.host, std::process::id(), self.clock.now())
+            .await?;
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done<S::Output>>();
+        let mut state = LoopState::<S> {
+            id,
+            running: HashMap::new(),
+            free: self.config.slots,
+            finished: Vec::new(),
+            completions: Vec::new(),
+            deliveries: Vec::new(),
+            runner_cache: None,
+        };
+        let mut next_heartbeat = Instant::now() + self.config.heartbeat;
+        let mut next_due: Option<Timestamp> = None;
+        let mut stopping = false;
+        let mut control = true;
+        loop {
+            while let Ok(done) = done_rx.try_recv() {
+                state.finished.push(done);
+                if state.finished.len() >= 4096 {
+                    break;
+                }
+            }
+            if !state.finished.is_empty() {
+                self.report(&mut state).await?;
+            }
+
+            let now = Instant::now();
+            if control || now >= next_heartbeat {
+                control = false;
+                next_heartbeat = now + self.config.heartbeat;
+                self.heartbeat(&mut state).await?;
+                if !state.completions.is_empty() {
+                    self.flush(&mut state).await?;
+                }
+            }
+            if next_due.is_some_and(|due| due <= self.clock.now()) {
+                let events = store.batch_expire(self.clock.now()).await?;
+                self.router.route(&events, &[]).await;
+                next_due = None;
+            }
+
+            let work = store.signals().work.notified();
+            let cancel = store.signals().control.notified();
+            tokio::pin!(work, cancel);
+            work.as_mut().enable();
+            cancel.as_mut().enable();
+
+            let mut claimed_all = false;
+            if !stopping && state.free > 0 {
+                let want = state.free;
+                let claim = store
+                    .task_claim(
+                        ClaimRequest {
+                            worker: id,
+                            capacity: want,
+                            max_tasks: want as usize,
+                            lease: self.config.lease,
+                        },
+                        self.clock.now(),
+                    )
+                    .await?;
+                next_due = claim.next_due;
+                claimed_all = claim.tasks.len() == want as usize;
+                for task in claim.tasks {
+                    self.start(&mut state, task, &done_tx).await;
+                }
+            }
+            if stopping && state.running.is_empty() {
+                return Ok(());
+            }
+            if claimed_all && state.free > 0 {
+                continue;
+            }
+
+            let wake = self.wake_at(next_heartbeat, next_due);
+            tokio::select! {
+                biased;
+                done = done_rx.recv() => {
+                    if let Some(done) = done {
+                        state.finished.push(done);
+                    }
+                }
+                _ = &mut cancel => control = true,
+                _ = &mut work => {}
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.stop.cancelled(), if !stopping => stopping = true,
+            }
+        }
+    }
+
+    fn wake_at(&self, heartbeat: Instant, due: Option<Timestamp>) -> Instant {
+        match due {
+            Some(due) => {
+                let until = due.since(self.clock.now());
+                heartbeat.min(Instant::now() + until)
+            }
+            None => heartbeat,
+        }
+    }
+
+    async fn runner_for(
+        &self,
+        state: &mut LoopState<S>,
+        policy: &Arc<BatchPolicy>,
+    ) -> Option<Arc<dyn Runner<S>>> {
+        if let Some((cached, runner)) = &state.runner_cache
+            && Arc::ptr_eq(cached, policy)
+        {
+            return Some(runner.clone());
+        }
+        let runner = self.router.flow(&policy.flow).await?;
+        state.runner_cache = Some((policy.clone(), runner.clone()));
+        Some(runner)
+    }
+
+    async fn start(
+        &self,
+        state: &mut LoopState<S>,
+        task: crate::store::ClaimedTask<S::Payload, S::Output>,
+        done_tx: &mpsc::UnboundedSender<Done<S::Output>>,
+    ) {
+        let fence = Fence {
+            task: task.id,
+            attempt: task.attempt,
+        };
+        let Some(runner) = self.runner_for(state, &task.policy).await else {
+            // Nothing here can run this flow: fail the attempt rather than
+            // hold it until its lease runs out.
+            let message = format!("no runner for flow {:?} at this worker", task.policy.flow);
+            state.completions.push(Completion {
+                fence,
+                outcome: AttemptOutcome::Failed {
+                    reason: Reason::StartFailed,
+                    message: Some(message),
+                    retry_at: None,
+                },
+                duration: Duration::ZERO,
+            });
+            state.deliveries.push(None);
+            return;
+        };
+        let now = Instant::now();
+        let timeout = task.policy.timeout.map(|t| now + t);
+        let deadline = task
+            .policy
+            .deadline
+            .map(|d| now + d.since(self.clock.now()));
+        let cut = match (timeout, deadline) {
+            (Some(t), Some(d)) if d <= t => Some((d, true)),
+            (Some(t), _) => Some((t, false)),
+            (None, Some(d)) => Some((d, true)),
+            (None, None) => None,
+        };
+        let cancel = CancellationToken::new();
+        let (batch, index, cost, lost) = (task.batch, task.index, task.cost, task.lost);
+        let policy = task.policy.clone();
+        let work = runner.start(task, cancel.clone());
+        let tx = done_tx.clone();
+        let handle = tokio::spawn(async move {
+            let work = std::panic::AssertUnwindSafe(work).catch_unwind();
+            let report = match cut {
+                Some((at, is_deadline)) => match tokio::time::timeout_at(at, work).await {
+                    Ok(r) => Ok(r),
+                    Err(_) if is_deadline => Err(Ended::Deadline),
+                    Err(_) => Err(Ended::Timeout),
+                },
+                None => Ok(work.await),
+            };
+            let ended = match report {
+                Ok(Ok(report)) => Ended::Report(report),
+                Ok(Err(panic)) => Ended::Report(AttemptReport::failed(
+                    Failure::Error { permanent: false },
+                    format!("handler panicked: {}", panic_message(&panic)),
+                )),
+                Err(ended) => ended,
+            };
+            let _ = tx.send(Done {
+                fence,
+                ended,
+                duration: now.elapsed(),
+            });
+        });
+        state.free -= cost;
+        state.running.insert(
+            fence.task,
+            Running {
+                attempt: fence.attempt,
+                lost,
+                batch,
+                index,
+                cost,
+                policy,
+                runner,
+                cancel,
+                abort: handle.abort_handle(),
+                started: now,
+                cancelling: None,
+            },
+        );
+    }
+
+    /// Turns finished attempts into completions and reports them.
+    async fn report(&self, state: &mut LoopState<S>) -> Result<(), StoreError> {
+        let now = self.clock.now();
+        for done in std::mem::take(&mut state.finished) {
+            let Some(run) = state.running.get(&done.fence.task) else {
+                continue; // cancelled by force or lost: already accounted for
+            };
+            if run.attempt != done.fence.attempt {
+                continue;
+            }
+            let run = state.running.remove(&done.fence.task).expect("checked");
+            state.free += run.cost;
+            let (outcome, delivery) = match done.ended {
+                Ended::Report(report) => {
+                    let AttemptReport {
+                        result,
+                        output,
+                        delivery,
+                    } = report;
+                    match result {
+                        AttemptResult::Succeeded => {
+                            (AttemptOutcome::Succeeded { output }, delivery)
+                        }
+                        AttemptResult::Failed { failure, message } => match run.cancelling {
+                            Some(reason) => (AttemptOutcome::Cancelled { reason }, delivery),
+                            None => (failed(&run, failure, message, now), delivery),
+                        },
+                    }
+                }
+                Ended::Timeout => (
+                    failed(
+                        &run,
+                        Failure::Timeout,
+                        Some("attempt timed out".into()),
+                        now,
+                    ),
+                    None,
+                ),
+                Ended::Deadline => (
+                    AttemptOutcome::Cancelled {
+                        reason: Reason::Deadline,
+                    },
+                    None,
+                ),
+            };
+            state.completions.push(Completion {
+                fence: done.fence,
+                outcome,
+                duration: done.duration,
+            });
+            state.deliveries.push(Some(Delivery {
+                runner: run.runner,
+                batch: run.batch,
+                index: run.index,
+                payload: delivery,
+            }));
+        }
+        self.flush(state).await
+    }
+
+    /// Sends pending completions to the store and delivers the ends it accepted.
+    async fn flush(&self, state: &mut LoopState<S>) -> Result<(), StoreError> {
+        if state.completions.is_empty() {
+            return Ok(());
+        }
+        let completions = std::mem::take(&mut state.completions);
+        let deliveries = std::mem::take(&mut state.deliveries);
+        let ends: Vec<(Fence, Option<Reason>)> = completions
+            .iter()
+            .map(|c| (c.fence, reason_of(&c.outcome)))
+            .collect();
+        let applied = self
+            .store
+            .task_complete(state.id, completions, self.clock.now())
+            .await?;
+        let mut delivered = Vec::new();
+        for ((result, delivery), (fence, reason)) in
+            applied.results.iter().zip(deliveries).zip(ends)
+        {
+            // A refused report (stale fence) delivers nothing: the attempt
+            // that superseded it will.
+            let (Ok(entered), Some(delivery)) = (result, delivery) else {
+                continue;
+            };
+            if !entered.is_terminal() {
+                continue;
+            }
+            delivered.push(fence.task);
+            delivery.runner.deliver(
+                TaskEnd {
+                    batch: delivery.batch,
+                    task: fence.task,
+                    index: delivery.index,
+                    attempt: fence.attempt,
+                    state: *entered,
+                    reason,
+                },
+                delivery.payload,
+            );
+        }
+        delivered.sort_unstable();
+        self.router.route(&applied.events, &delivered).await;
+        Ok(())
+    }
+
+    /// Renews leases; cancels what the store asks to; rescues expired leases.
+    async fn heartbeat(&self, state: &mut LoopState<S>) -> Result<(), StoreError> {
+        let fences: Vec<Fence> = state
+            .running
+            .iter()
+            .map(|(task, run)| Fence {
+                task: *task,
+                attempt: run.attempt,
+            })
+            .collect();
+        let now = self.clock.now();
+        if !fences.is_empty() {
+            let renewal = self
+                .store
+                .lease_renew(state.id, fences, now.add(self.config.lease), now)
+                .await?;
+            for fence in renewal.lost {
+                // Someone else owns the task now; our report would be refused.
+                if let Some(run) = state.running.remove(&fence.task) {
+                    run.abort.abort();
+                    state.free += run.cost;
+                }
+            }
+            for request in renewal.cancel {
+                let Some(run) = state.running.get_mut(&request.fence.task) else {
+                    continue;
+                };
+                match request.mode {
+                    CancelMode::Graceful => {
+                        run.cancelling = Some(request.reason);
+                        run.cancel.cancel();
+                    }
+                    CancelMode::Forced => {
+                        let run = state.running.remove(&request.fence.task).expect("checked");
+                        run.abort.abort();
+                        state.free += run.cost;
+                        state.completions.push(Completion {
+                            fence: request.fence,
+                            outcome: AttemptOutcome::Cancelled {
+                                reason: request.reason,
+                            },
+                            duration: run.started.elapsed(),
+                        });
+                        state.deliveries.push(Some(Delivery {
+                            runner: run.runner,
+                            batch: run.batch,
+                            index: run.index,
+                            payload: None,
+                        }));
+                    }
+                }
+            }
+        }
+        let events = self.store.task_rescue(now).await?;
+        self.router.route(&events, &[]).await;
+        Ok(())
+    }
+}
+
+/// The reason a completion's task ends with, should it end.
+fn reason_of<O>(outcome: &AttemptOutcome<O>) -> Option<Reason> {
+    match outcome {
+        AttemptOutcome::Succeeded { .. } => None,
+        AttemptOutcome::Failed { reason, .. } | AttemptOutcome::Cancelled { reason } => {
+            Some(*reason)
+        }
+    }
+}
+
+/// The outcome of a failed attempt: retried after a backoff if the policy allows.
+fn failed<S: Store>(
+    run: &Running<S>,
+    failure: Failure,
+    message: Option<String>,
+    now: Timestamp,
+) -> AttemptOutcome<S::Output> {
+    let retry = &run.policy.retry;
+    let attempt = run.attempt.0;
+    let retry_at = retry
+        .should_retry(attempt, run.lost, failure)
+        .then(|| now.add(retry.delay(attempt - run.lost.min(attempt), fastrand::f64())));
+    let reason = match failure {
+        Failure::Error { .. } => Reason::Error,
+        Failure::Timeout => Reason::Timeout,
+        Failure::ExitCode(code) => Reason::ExitCode(code),
+        Failure::Signal(signal) => Reason::Signal(signal),
+        Failure::StartFailed => Reason::StartFailed,
+    };
+    AttemptOutcome::Failed {
+        reason,
+        message,
+        retry_at,
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
+/// Where the end of a reported attempt goes, should the store accept it as the last.
+struct Delivery<S: Store> {
+    runner: Arc<dyn Runner<S>>,
+    batch: BatchId,
+    index: u64,
+    payload: Option<Box<dyn std::any::Any + Send>>,
+}
+
+struct LoopState<S: Store> {
+    id: WorkerId,
+    running: HashMap<TaskId, Running<S>>,
+    free: u32,
+    finished: Vec<Done<S::Output>>,
+    completions: Vec<Completion<S::Output>>,
+    /// One per completion, in the same order.
+    deliveries: Vec<Option<Delivery<S>>>,
+    runner_cache: Option<(Arc<BatchPolicy>, Arc<dyn Runner<S>>)>,
+}

@@ -1,0 +1,76 @@
+//! Live events: one per state transition.
+
+use herd_core::Event;
+use herd_core::store::Events;
+use tokio::sync::broadcast;
+
+/// A subscription to every state transition in an executor, in order.
+///
+/// Events are kept for a bounded number of store operations; a subscriber that
+/// falls further behind gets [`Lagged`] once and then continues with the
+/// newest events, so a slow subscriber never slows the work down.
+#[derive(Debug)]
+pub struct Subscription {
+    rx: broadcast::Receiver<Events>,
+    current: Events,
+    pos: usize,
+}
+
+/// Events were dropped because the subscriber fell behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("subscriber fell behind: {0} groups of events were dropped")]
+pub struct Lagged(pub u64);
+
+impl Subscription {
+    pub(crate) fn new(rx: broadcast::Receiver<Events>) -> Self {
+        Subscription {
+            rx,
+            current: Default::default(),
+            pos: 0,
+        }
+    }
+
+    /// The next event; `None` once the executor is gone.
+    pub async fn recv(&mut self) -> Option<Result<Event, Lagged>> {
+        loop {
+            if let Some(event) = self.current.get(self.pos) {
+                self.pos += 1;
+                return Some(Ok(event.clone()));
+            }
+            match self.rx.recv().await {
+                Ok(events) => {
+                    self.current = events;
+                    self.pos = 0;
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => return Some(Err(Lagged(n))),
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+
+    /// The next event if one is ready now, without waiting.
+    pub fn try_recv(&mut self) -> Option<Result<Event, Lagged>> {
+        loop {
+            if let Some(event) = self.current.get(self.pos) {
+                self.pos += 1;
+                return Some(Ok(event.clone()));
+            }
+            match self.rx.try_recv() {
+                Ok(events) => {
+                    self.current = events;
+                    self.pos = 0;
+                }
+                Err(broadcast::error::TryRecvError::Lagged(n)) => return Some(Err(Lagged(n))),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The events as a stream.
+    pub fn into_stream(self) -> impl futures::Stream<Item = Result<Event, Lagged>> {
+        futures::stream::unfold(
+            self,
+            |mut sub| async move { sub.recv().await.map(|e| (e, sub)) },
+        )
+    }
+}
