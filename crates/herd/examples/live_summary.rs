@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use herd::{
     Backoff, CancelMode, ErrorPolicy, EventKind, Executor, RetryPolicy, TaskContext, TaskError,
     TaskState, Threshold,

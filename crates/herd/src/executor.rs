@@ -437,7 +437,7 @@ impl BatchBuilder<'_> {
         spec.policy.timeout = self.timeout;
         spec.policy.deadline = self
             .deadline
-            .map(|d| self.executor.shared.clock.now().add(d));
+            .map(|d| self.executor.shared.clock.now().plus(d));
         spec.error_policy = self.error_policy;
         spec.paused = self.paused;
         spec.open = open;

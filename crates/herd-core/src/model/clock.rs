@@ -55,6 +55,6 @@ impl Default for TokioClock {
 
 impl Clock for TokioClock {
     fn now(&self) -> Timestamp {
-        self.origin_wall.add(self.origin.elapsed())
+        self.origin_wall.plus(self.origin.elapsed())
     }
 }

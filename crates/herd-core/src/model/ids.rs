@@ -73,7 +73,7 @@ impl Timestamp {
     pub const EPOCH: Timestamp = Timestamp(0);
 
     /// This instant plus `d`, saturating.
-    pub fn add(self, d: Duration) -> Timestamp {
+    pub fn plus(self, d: Duration) -> Timestamp {
         let micros = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
         Timestamp(self.0.saturating_add(micros))
     }

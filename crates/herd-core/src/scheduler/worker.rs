@@ -465,7 +465,7 @@ impl<S: Store> Worker<S> {
         if !fences.is_empty() {
             let renewal = self
                 .store
-                .lease_renew(state.id, fences, now.add(self.config.lease), now)
+                .lease_renew(state.id, fences, now.plus(self.config.lease), now)
                 .await?;
             for fence in renewal.lost {
                 // Someone else owns the task now; our report would be refused.
@@ -531,7 +531,7 @@ fn failed<S: Store>(
     let attempt = run.attempt.0;
     let retry_at = retry
         .should_retry(attempt, run.lost, failure)
-        .then(|| now.add(retry.delay(attempt - run.lost.min(attempt), fastrand::f64())));
+        .then(|| now.plus(retry.delay(attempt - run.lost.min(attempt), fastrand::f64())));
     let reason = match failure {
         Failure::Error { .. } => Reason::Error,
         Failure::Timeout => Reason::Timeout,

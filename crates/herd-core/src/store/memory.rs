@@ -140,6 +140,10 @@ impl PartialOrd for Ready {
     }
 }
 
+/// How a batch's head task ranks for the next slot: priority first, then the
+/// batch with fewer slots in use, then the batch served longest ago.
+type Rank = (Priority, Reverse<u32>, Reverse<u64>);
+
 struct BatchRec {
     name: Option<String>,
     state: BatchState,
@@ -617,7 +621,7 @@ impl<P: Clone, O: Clone> Inner<P, O> {
 
     /// The batch whose head task should start next, if any fits its batch.
     fn best_batch(&self) -> Option<(usize, Ready)> {
-        let mut best: Option<(usize, Ready, (Priority, Reverse<u32>, Reverse<u64>))> = None;
+        let mut best: Option<(usize, Ready, Rank)> = None;
         for (pos, id) in self.ready_batches.iter().enumerate() {
             let b = &self.batches[id];
             if b.paused || b.stopped.is_some() {
@@ -853,7 +857,7 @@ where
         inner.promote_due_retries(now);
         let mut capacity = request.capacity;
         let mut tasks = Vec::new();
-        let lease_until = now.add(request.lease);
+        let lease_until = now.plus(request.lease);
         while tasks.len() < request.max_tasks {
             let Some((pos, head)) = inner.best_batch() else {
                 break;
@@ -1062,11 +1066,9 @@ where
             .get_mut(&task)
             .ok_or(StoreError::UnknownTask(task))?;
         match t.state {
-            TaskState::Running => {
-                if t.cancel.is_none() {
-                    t.cancel = Some((mode, Reason::ByUser));
-                    inner.control_pending = true;
-                }
+            TaskState::Running if t.cancel.is_none() => {
+                t.cancel = Some((mode, Reason::ByUser));
+                inner.control_pending = true;
             }
             TaskState::Pending | TaskState::Queued | TaskState::RetryWait => {
                 let (batch, state) = (t.batch, t.state);
