@@ -299,12 +299,10 @@ pub(crate) async fn feed<T, O, St>(
             .task_append(batch, tasks, shared.clock.now())
             .await
         {
+            Ok(appended) if appended.stopped => break, // nothing was stored
             Ok(appended) => {
                 total += count;
                 shared.router.route(&appended.events, &[]).await;
-                if appended.stopped {
-                    break;
-                }
             }
             Err(error) => {
                 let _ = tx.send(RunMsg::Failed(error.into()));

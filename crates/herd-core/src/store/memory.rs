@@ -493,9 +493,9 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                     }
                 }
             }
-            if state == TaskState::Failed {
-                self.apply_error_policy(batch, now);
-            }
+            // Any end may trip a share threshold: a success adds to the
+            // finished tasks the share is judged over.
+            self.apply_error_policy(batch, now);
             if !self.retain {
                 self.tasks.remove(&task);
             }
@@ -788,6 +788,15 @@ where
     ) -> Result<Appended, StoreError> {
         let mut inner = self.lock();
         let b = inner.batch(batch)?;
+        if b.stopped.is_some() {
+            // Nothing new starts in a stopped batch: store nothing, and tell
+            // the submitter to stop appending.
+            return Ok(Appended {
+                first_index: b.next_index,
+                stopped: true,
+                events: Arc::new(Vec::new()),
+            });
+        }
         if !b.open {
             return Err(StoreError::Sealed(batch));
         }
@@ -808,29 +817,15 @@ where
             }
         }
         let first_index = b.next_index;
-        let stopped = b.stopped;
         for spec in tasks {
-            let id = inner.create_task(batch, spec, Vec::new(), now);
-            if let Some(reason) = stopped {
-                let b = inner.batches.get_mut(&batch).expect("exists");
-                b.ready.clear();
-                inner.finish_all(
-                    vec![Finish {
-                        task: id,
-                        state: TaskState::Cancelled,
-                        reason: Some(reason),
-                    }],
-                    None,
-                    now,
-                );
-            }
+            inner.create_task(batch, spec, Vec::new(), now);
         }
         let events = std::mem::take(&mut inner.events);
         self.wake(&mut inner);
         drop(inner);
         Ok(Appended {
             first_index,
-            stopped: stopped.is_some(),
+            stopped: false,
             events: self.publish(events),
         })
     }

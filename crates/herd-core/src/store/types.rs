@@ -30,8 +30,7 @@ pub struct Appended {
     /// Position in the batch of the first appended task.
     pub first_index: u64,
     /// The batch no longer starts tasks (cancelled, stopped by policy or past
-    /// its deadline): the appended tasks were cancelled at once, and the
-    /// submitter should stop appending.
+    /// its deadline): nothing was stored, and the submitter should stop appending.
     pub stopped: bool,
     /// The transitions of the append.
     pub events: Events,
