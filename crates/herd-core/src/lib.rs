@@ -6,9 +6,12 @@
 //! `Executor`. Store implementations depend on this crate directly and run the
 //! conformance suite (feature `testing`) against themselves.
 
+#[cfg(feature = "testing")]
+pub mod conformance;
 pub mod model;
 pub mod scheduler;
 pub mod store;
+mod util;
 
 pub use model::*;
 pub use store::BatchInfo;

@@ -5,9 +5,9 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::sync::Arc;
 
+use herd_core::scheduler::Cancellation;
 use herd_core::store::Upstream as StoredUpstream;
 use herd_core::{Attempt, BatchId, TaskId, TaskState};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 pub(crate) type AnyValue = Arc<dyn Any + Send + Sync>;
 
@@ -19,8 +19,8 @@ pub struct TaskContext {
     pub(crate) index: u64,
     pub(crate) attempt: Attempt,
     pub(crate) key: Option<Arc<str>>,
-    pub(crate) cancel: CancellationToken,
-    pub(crate) upstream: Arc<[StoredUpstream<AnyValue>]>,
+    pub(crate) cancel: Cancellation,
+    pub(crate) upstream: Vec<StoredUpstream<AnyValue>>,
 }
 
 impl TaskContext {
@@ -52,18 +52,13 @@ impl TaskContext {
     /// Completes when the attempt is cancelled gracefully (the task or its
     /// batch was cancelled): wind down and return. A forced cancellation, a
     /// timeout or a deadline drops the handler's future instead.
-    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
-        self.cancel.cancelled()
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await
     }
 
     /// Whether the attempt has been cancelled gracefully.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
-    }
-
-    /// The cancellation token, to hand to code that takes one.
-    pub fn cancellation_token(&self) -> &CancellationToken {
-        &self.cancel
     }
 
     /// The results of the tasks this one depends on, in the order of its

@@ -76,6 +76,7 @@ pub struct ExecutorBuilder {
     slots: usize,
     defaults: Defaults,
     lease: Duration,
+    spawn: bool,
     clock: Option<Arc<dyn ClockDebug>>,
 }
 
@@ -95,6 +96,7 @@ impl Default for ExecutorBuilder {
                 error_policy: ErrorPolicy::CONTINUE,
             },
             lease: Duration::from_secs(30),
+            spawn: false,
             clock: None,
         }
     }
@@ -136,6 +138,19 @@ impl ExecutorBuilder {
     /// lost; renewed every third of it. Default 30 s.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
+        self
+    }
+
+    /// Runs every attempt as its own tokio task, so that CPU-heavy handlers
+    /// run in parallel on every worker thread of the runtime.
+    ///
+    /// By default attempts are polled by the executor's worker task itself, as
+    /// `buffer_unordered` polls its futures: no spawn and no hand-off between
+    /// threads per task, which is what async, I/O-bound handlers want. A
+    /// handler that computes for long between awaits then holds up the
+    /// others; turn this on, or move such work to `spawn_blocking`.
+    pub fn spawn_tasks(mut self, spawn: bool) -> Self {
+        self.spawn = spawn;
         self
     }
 
@@ -187,6 +202,7 @@ impl ExecutorBuilder {
                 lease: self.lease,
                 heartbeat: self.lease / 3,
                 host: "localhost".into(),
+                spawn_attempts: self.spawn,
             },
         );
         Ok(Executor {

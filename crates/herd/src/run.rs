@@ -41,6 +41,8 @@ pub struct Run<O> {
     total: Option<u64>,
     yielded: u64,
     reorder: Option<Reorder<O>>,
+    /// Outcomes received and not yet yielded (completion order).
+    received: std::collections::VecDeque<Outcome<O>>,
     feeder: Option<AbortHandle>,
     error: Option<crate::Error>,
     ended: bool,
@@ -87,6 +89,7 @@ impl<O> Run<O> {
                 next: 0,
                 waiting: BTreeMap::new(),
             }),
+            received: std::collections::VecDeque::new(),
             feeder,
             error: None,
             ended: false,
@@ -179,6 +182,9 @@ impl<O> Run<O> {
     }
 }
 
+// Nothing in a run is pinned structurally: its outcomes are plain values.
+impl<O> Unpin for Run<O> {}
+
 impl<O> Stream for Run<O> {
     type Item = Outcome<O>;
 
@@ -191,15 +197,20 @@ impl<O> Stream for Run<O> {
             if let Some(outcome) = this.take_ready() {
                 return this.yielded(outcome);
             }
+            if let Some(outcome) = this.received.pop_front() {
+                return this.yielded(outcome);
+            }
             if this.total.is_some_and(|total| this.yielded >= total) {
                 return this.end();
             }
             match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(RunMsg::Outcome(outcome))) => match &mut this.reorder {
+                Poll::Ready(Some(RunMsg::Outcomes(outcomes))) => match &mut this.reorder {
                     Some(reorder) => {
-                        reorder.waiting.insert(outcome.index, outcome);
+                        reorder
+                            .waiting
+                            .extend(outcomes.into_iter().map(|o| (o.index, o)));
                     }
-                    None => return this.yielded(outcome),
+                    None => this.received.extend(outcomes),
                 },
                 Poll::Ready(Some(RunMsg::Total(total))) => this.total = Some(total),
                 Poll::Ready(Some(RunMsg::Failed(error))) => {

@@ -6,11 +6,10 @@ use std::future::Future;
 use std::marker::PhantomData;
 
 use futures::future::BoxFuture;
-use herd_core::scheduler::{AttemptReport, AttemptResult, Runner, TaskEnd};
+use herd_core::scheduler::{AttemptReport, AttemptResult, Cancellation, Runner, TaskEnd};
 use herd_core::store::ClaimedTask;
 use herd_core::{Failure, TaskState};
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use crate::context::{AnyValue, TaskContext, TaskError};
 use crate::executor::Mem;
@@ -18,8 +17,8 @@ use crate::outcome::{Outcome, TaskFailure};
 
 /// What a run's stream receives.
 pub(crate) enum RunMsg<O> {
-    /// A task ended.
-    Outcome(Outcome<O>),
+    /// Tasks ended.
+    Outcomes(Vec<Outcome<O>>),
     /// Every task of the run has been submitted: this many.
     Total(u64),
     /// Submitting failed; the run ends early.
@@ -54,6 +53,8 @@ where
 pub(crate) struct FnRunner<T, O, H> {
     handler: H,
     tx: mpsc::UnboundedSender<RunMsg<O>>,
+    /// Outcomes delivered since the last flush.
+    pending: std::sync::Mutex<Vec<Outcome<O>>>,
     /// Turns an output into what the store keeps for dependents (DAG runs only).
     keep: Option<fn(&O) -> AnyValue>,
     _item: PhantomData<fn(T)>,
@@ -68,6 +69,7 @@ impl<T, O, H> FnRunner<T, O, H> {
         FnRunner {
             handler,
             tx,
+            pending: std::sync::Mutex::new(Vec::new()),
             keep,
             _item: PhantomData,
         }
@@ -83,7 +85,7 @@ where
     fn start(
         &self,
         task: ClaimedTask<AnyValue, AnyValue>,
-        cancel: CancellationToken,
+        cancel: Cancellation,
     ) -> BoxFuture<'static, AttemptReport<AnyValue>> {
         let item = task
             .payload
@@ -98,7 +100,7 @@ where
             attempt: task.attempt,
             key: task.key,
             cancel,
-            upstream: task.upstream.into(),
+            upstream: task.upstream,
         };
         let attempt = self.handler.call(item, ctx);
         Box::pin(async move {
@@ -145,11 +147,22 @@ where
                     .map(|e| *e),
             }),
         };
-        let _ = self.tx.send(RunMsg::Outcome(Outcome {
+        let outcome = Outcome {
             index: end.index,
             task: end.task,
             attempts: end.attempt.0,
             result,
-        }));
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(outcome);
+    }
+
+    fn flush(&self) {
+        let outcomes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if !outcomes.is_empty() {
+            let _ = self.tx.send(RunMsg::Outcomes(outcomes));
+        }
     }
 }

@@ -3,8 +3,10 @@
 
 mod router;
 mod runner;
+mod signal;
 mod worker;
 
 pub use router::{Router, Routes};
 pub use runner::{AttemptReport, AttemptResult, Runner, TaskEnd};
+pub use signal::Cancellation;
 pub use worker::{WorkerConfig, WorkerHandle, spawn_worker};

@@ -74,10 +74,17 @@ impl<S: Store> Router<S> {
         });
         let Some(first) = ends.next() else { return };
         let routes = self.inner.lock().await;
+        let mut touched: Vec<&Arc<dyn Runner<S>>> = Vec::new();
         for end in std::iter::once(first).chain(ends) {
             if let Some(runner) = routes.batches.get(&end.batch) {
                 runner.deliver(end, None);
+                if !touched.iter().any(|r| Arc::ptr_eq(r, runner)) {
+                    touched.push(runner);
+                }
             }
+        }
+        for runner in touched {
+            runner.flush();
         }
     }
 }

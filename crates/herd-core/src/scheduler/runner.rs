@@ -3,8 +3,8 @@
 use std::any::Any;
 
 use futures::future::BoxFuture;
-use tokio_util::sync::CancellationToken;
 
+use super::signal::Cancellation;
 use crate::model::{Attempt, BatchId, Failure, Reason, TaskId, TaskState};
 use crate::store::{ClaimedTask, Store};
 
@@ -86,10 +86,15 @@ pub trait Runner<S: Store>: Send + Sync + 'static {
     fn start(
         &self,
         task: ClaimedTask<S::Payload, S::Output>,
-        cancel: CancellationToken,
+        cancel: Cancellation,
     ) -> BoxFuture<'static, AttemptReport<S::Output>>;
 
     /// Receives the end of a task; `delivery` is what the last attempt's
     /// report carried, if that attempt is what ended it.
     fn deliver(&self, end: TaskEnd, delivery: Option<Box<dyn Any + Send>>);
+
+    /// Called after a group of [`Runner::deliver`] calls: a runner that
+    /// buffers deliveries passes them on here, as one message per group
+    /// rather than one per task.
+    fn flush(&self) {}
 }

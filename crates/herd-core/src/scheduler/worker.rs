@@ -2,29 +2,37 @@
 //!
 //! Each turn of the loop reports every attempt that finished since the last
 //! turn in one store call (group commit), then claims as many tasks as it has
-//! free slots in one more, spawns them, and waits for the next finished
+//! free slots in one more, starts them, and waits for the next finished
 //! attempt, a wake-up from the store, or a timer (heartbeat, retry due,
-//! deadline). Attempts run as their own tokio tasks, each under its timeout
-//! and its batch deadline; their futures are dropped when either passes.
+//! deadline).
+//!
+//! Attempts are futures polled by the loop itself, in a `FuturesUnordered`
+//! (as nextest's runner and `buffer_unordered` do), each under its timeout and
+//! its batch deadline, and dropped when either passes; the loop keeps polling
+//! them while it waits for the store. This keeps a task's whole life on one
+//! thread: no hand-off between threads per task. With
+//! [`WorkerConfig::spawn_attempts`], each attempt runs as its own tokio task
+//! instead, so that CPU-heavy handlers use every core.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::mpsc;
-use tokio::task::AbortHandle;
+use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::router::Router;
 use super::runner::{AttemptReport, AttemptResult, Runner, TaskEnd};
+use super::signal::Cancellation;
 use crate::model::{
     Attempt, BatchId, BatchPolicy, Clock, Failure, Reason, TaskId, Timestamp, WorkerId,
 };
 use crate::store::{
-    AttemptOutcome, CancelMode, ClaimRequest, Completion, Fence, Store, StoreError,
+    AttemptOutcome, CancelMode, ClaimRequest, ClaimedTask, Completion, Fence, Store, StoreError,
 };
+use crate::util::IdMap;
 
 /// How a worker runs.
 #[derive(Clone, Debug)]
@@ -37,6 +45,9 @@ pub struct WorkerConfig {
     pub heartbeat: Duration,
     /// The host name it registers under.
     pub host: String,
+    /// Run each attempt as its own tokio task (parallel on every core, one
+    /// spawn per attempt) instead of polling it in the worker loop.
+    pub spawn_attempts: bool,
 }
 
 impl Default for WorkerConfig {
@@ -46,6 +57,7 @@ impl Default for WorkerConfig {
             lease: Duration::from_secs(30),
             heartbeat: Duration::from_secs(10),
             host: "localhost".into(),
+            spawn_attempts: false,
         }
     }
 }
@@ -119,25 +131,80 @@ struct Running<S: Store> {
     cost: u32,
     policy: Arc<BatchPolicy>,
     runner: Arc<dyn Runner<S>>,
-    cancel: CancellationToken,
-    abort: AbortHandle,
+    cancel: Cancellation,
     started: Instant,
     /// A graceful cancellation was asked for, with this reason.
     cancelling: Option<Reason>,
 }
 
-/// How a spawned attempt ended.
+/// How an attempt ended.
 enum Ended<O> {
     Report(AttemptReport<O>),
     Timeout,
     Deadline,
 }
 
-/// A finished attempt, sent from its task to the worker loop.
+/// A finished attempt.
 struct Done<O> {
     fence: Fence,
     ended: Ended<O>,
     duration: Duration,
+}
+
+struct LoopState<S: Store> {
+    id: WorkerId,
+    running: IdMap<TaskId, Running<S>>,
+    free: u32,
+    finished: Vec<Done<S::Output>>,
+    completions: Vec<Completion<S::Output>>,
+    /// One per completion, in the same order.
+    deliveries: Vec<Option<Delivery<S>>>,
+    runner_cache: Option<(Arc<BatchPolicy>, Arc<dyn Runner<S>>)>,
+}
+
+/// Where the end of a reported attempt goes, should the store accept it as the last.
+struct Delivery<S: Store> {
+    runner: Arc<dyn Runner<S>>,
+    batch: BatchId,
+    index: u64,
+    payload: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// The attempts in flight: a set of futures each ending in a `Done`, or in
+/// `None` when the attempt was forced to stop. Its element type is the
+/// compiler's (see `Worker::start`), hence the generic bound everywhere.
+trait Attempts<O>: Stream<Item = Option<Done<O>>> + Unpin + Send {
+    fn is_empty(&self) -> bool;
+}
+
+impl<O, F: Future<Output = Option<Done<O>>> + Send> Attempts<O> for FuturesUnordered<F> {
+    fn is_empty(&self) -> bool {
+        FuturesUnordered::is_empty(self)
+    }
+}
+
+/// Takes every attempt that has finished by now, without waiting.
+fn collect_finished<O>(attempts: &mut impl Attempts<O>, finished: &mut Vec<Done<O>>) {
+    while let Some(Some(done)) = attempts.next().now_or_never() {
+        finished.extend(done);
+    }
+}
+
+/// Awaits `op` while polling the running attempts, so that a slow store does
+/// not stall them; attempts that finish meanwhile are kept for the next report.
+async fn drive<O, F: Future>(
+    attempts: &mut impl Attempts<O>,
+    finished: &mut Vec<Done<O>>,
+    op: F,
+) -> F::Output {
+    let mut op = std::pin::pin!(op);
+    loop {
+        tokio::select! {
+            biased;
+            out = &mut op => return out,
+            Some(done) = attempts.next(), if !attempts.is_empty() => finished.extend(done),
+        }
+    }
 }
 
 impl<S: Store> Worker<S> {
@@ -146,10 +213,10 @@ impl<S: Store> Worker<S> {
         let id = store
             .worker_register(&self.config.host, std::process::id(), self.clock.now())
             .await?;
-        let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done<S::Output>>();
+        let mut attempts = FuturesUnordered::new();
         let mut state = LoopState::<S> {
             id,
-            running: HashMap::new(),
+            running: IdMap::default(),
             free: self.config.slots,
             finished: Vec::new(),
             completions: Vec::new(),
@@ -161,27 +228,21 @@ impl<S: Store> Worker<S> {
         let mut stopping = false;
         let mut control = true;
         loop {
-            while let Ok(done) = done_rx.try_recv() {
-                state.finished.push(done);
-                if state.finished.len() >= 4096 {
-                    break;
-                }
-            }
+            collect_finished(&mut attempts, &mut state.finished);
             if !state.finished.is_empty() {
-                self.report(&mut state).await?;
+                self.report(&mut state, &mut attempts).await?;
             }
 
             let now = Instant::now();
             if control || now >= next_heartbeat {
                 control = false;
                 next_heartbeat = now + self.config.heartbeat;
-                self.heartbeat(&mut state).await?;
-                if !state.completions.is_empty() {
-                    self.flush(&mut state).await?;
-                }
+                self.heartbeat(&mut state, &mut attempts).await?;
+                self.flush(&mut state, &mut attempts).await?;
             }
             if next_due.is_some_and(|due| due <= self.clock.now()) {
-                let events = store.batch_expire(self.clock.now()).await?;
+                let op = store.batch_expire(self.clock.now());
+                let events = drive(&mut attempts, &mut state.finished, op).await?;
                 self.router.route(&events, &[]).await;
                 next_due = None;
             }
@@ -195,38 +256,40 @@ impl<S: Store> Worker<S> {
             let mut claimed_all = false;
             if !stopping && state.free > 0 {
                 let want = state.free;
-                let claim = store
-                    .task_claim(
-                        ClaimRequest {
-                            worker: id,
-                            capacity: want,
-                            max_tasks: want as usize,
-                            lease: self.config.lease,
-                        },
-                        self.clock.now(),
-                    )
-                    .await?;
+                let op = store.task_claim(
+                    ClaimRequest {
+                        worker: id,
+                        capacity: want,
+                        max_tasks: want as usize,
+                        lease: self.config.lease,
+                    },
+                    self.clock.now(),
+                );
+                let claim = drive(&mut attempts, &mut state.finished, op).await?;
                 next_due = claim.next_due;
-                claimed_all = claim.tasks.len() == want as usize;
+                claimed_all = !claim.tasks.is_empty() && claim.tasks.len() == want as usize;
+                let started = Instant::now();
+                let wall = self.clock.now();
                 for task in claim.tasks {
-                    self.start(&mut state, task, &done_tx).await;
+                    if let Some(attempt) = self.start(&mut state, task, started, wall).await {
+                        attempts.push(attempt);
+                    }
                 }
             }
-            if stopping && state.running.is_empty() {
+            if stopping && state.running.is_empty() && state.completions.is_empty() {
                 return Ok(());
             }
-            if claimed_all && state.free > 0 {
+            if (claimed_all && state.free > 0)
+                || !state.finished.is_empty()
+                || !state.completions.is_empty()
+            {
                 continue;
             }
 
             let wake = self.wake_at(next_heartbeat, next_due);
             tokio::select! {
                 biased;
-                done = done_rx.recv() => {
-                    if let Some(done) = done {
-                        state.finished.push(done);
-                    }
-                }
+                Some(done) = attempts.next(), if !attempts.is_empty() => state.finished.extend(done),
                 _ = &mut cancel => control = true,
                 _ = &mut work => {}
                 _ = tokio::time::sleep_until(wake) => {}
@@ -260,12 +323,15 @@ impl<S: Store> Worker<S> {
         Some(runner)
     }
 
+    /// Starts one claimed attempt; `now` and `wall` are the claim's instant.
+    /// Returns the attempt's future, for the loop to poll.
     async fn start(
         &self,
         state: &mut LoopState<S>,
-        task: crate::store::ClaimedTask<S::Payload, S::Output>,
-        done_tx: &mpsc::UnboundedSender<Done<S::Output>>,
-    ) {
+        task: ClaimedTask<S::Payload, S::Output>,
+        now: Instant,
+        wall: Timestamp,
+    ) -> Option<impl Future<Output = Option<Done<S::Output>>> + Send + 'static + use<S>> {
         let fence = Fence {
             task: task.id,
             attempt: task.attempt,
@@ -284,27 +350,39 @@ impl<S: Store> Worker<S> {
                 duration: Duration::ZERO,
             });
             state.deliveries.push(None);
-            return;
+            return None;
         };
-        let now = Instant::now();
         let timeout = task.policy.timeout.map(|t| now + t);
-        let deadline = task
-            .policy
-            .deadline
-            .map(|d| now + d.since(self.clock.now()));
+        let deadline = task.policy.deadline.map(|d| now + d.since(wall));
         let cut = match (timeout, deadline) {
             (Some(t), Some(d)) if d <= t => Some((d, true)),
             (Some(t), _) => Some((t, false)),
             (None, Some(d)) => Some((d, true)),
             (None, None) => None,
         };
-        let cancel = CancellationToken::new();
+        let cancel = Cancellation::new();
         let (batch, index, cost, lost) = (task.batch, task.index, task.cost, task.lost);
         let policy = task.policy.clone();
         let work = runner.start(task, cancel.clone());
-        let tx = done_tx.clone();
-        let handle = tokio::spawn(async move {
-            let work = std::panic::AssertUnwindSafe(work).catch_unwind();
+        let work = std::panic::AssertUnwindSafe(work).catch_unwind();
+        let work = if self.config.spawn_attempts {
+            let handle = tokio::spawn(work);
+            let guard = AbortOnDrop(handle.abort_handle());
+            futures::future::Either::Right(async move {
+                let _guard = guard;
+                match handle.await {
+                    Ok(result) => result,
+                    Err(e) if e.is_panic() => Err(e.into_panic()),
+                    Err(_) => {
+                        Err(Box::new("attempt task aborted") as Box<dyn std::any::Any + Send>)
+                    }
+                }
+            })
+        } else {
+            futures::future::Either::Left(work)
+        };
+        let signal = cancel.clone();
+        let attempt = async move {
             let report = match cut {
                 Some((at, is_deadline)) => match tokio::time::timeout_at(at, work).await {
                     Ok(r) => Ok(r),
@@ -321,12 +399,22 @@ impl<S: Store> Worker<S> {
                 )),
                 Err(ended) => ended,
             };
-            let _ = tx.send(Done {
+            Done {
                 fence,
                 ended,
                 duration: now.elapsed(),
-            });
-        });
+            }
+        };
+        // A forced cancellation drops the attempt's future where it stands.
+        let attempt = async move {
+            let attempt = std::pin::pin!(attempt);
+            let forced = signal.forced();
+            tokio::select! {
+                biased;
+                done = attempt => Some(done),
+                () = forced => None,
+            }
+        };
         state.free -= cost;
         state.running.insert(
             fence.task,
@@ -339,17 +427,22 @@ impl<S: Store> Worker<S> {
                 policy,
                 runner,
                 cancel,
-                abort: handle.abort_handle(),
                 started: now,
                 cancelling: None,
             },
         );
+        Some(attempt)
     }
 
     /// Turns finished attempts into completions and reports them.
-    async fn report(&self, state: &mut LoopState<S>) -> Result<(), StoreError> {
+    async fn report(
+        &self,
+        state: &mut LoopState<S>,
+        attempts: &mut impl Attempts<S::Output>,
+    ) -> Result<(), StoreError> {
         let now = self.clock.now();
-        for done in std::mem::take(&mut state.finished) {
+        let mut finished = std::mem::take(&mut state.finished);
+        for done in finished.drain(..) {
             let Some(run) = state.running.get(&done.fence.task) else {
                 continue; // cancelled by force or lost: already accounted for
             };
@@ -403,27 +496,38 @@ impl<S: Store> Worker<S> {
                 payload: delivery,
             }));
         }
-        self.flush(state).await
+        state.finished = finished;
+        self.flush(state, attempts).await
     }
 
     /// Sends pending completions to the store and delivers the ends it accepted.
-    async fn flush(&self, state: &mut LoopState<S>) -> Result<(), StoreError> {
+    async fn flush(
+        &self,
+        state: &mut LoopState<S>,
+        attempts: &mut impl Attempts<S::Output>,
+    ) -> Result<(), StoreError> {
         if state.completions.is_empty() {
             return Ok(());
         }
-        let completions = std::mem::take(&mut state.completions);
-        let deliveries = std::mem::take(&mut state.deliveries);
+        let completions = std::mem::replace(
+            &mut state.completions,
+            Vec::with_capacity(self.config.slots as usize),
+        );
         let ends: Vec<(Fence, Option<Reason>)> = completions
             .iter()
             .map(|c| (c.fence, reason_of(&c.outcome)))
             .collect();
-        let applied = self
+        let op = self
             .store
-            .task_complete(state.id, completions, self.clock.now())
-            .await?;
-        let mut delivered = Vec::new();
-        for ((result, delivery), (fence, reason)) in
-            applied.results.iter().zip(deliveries).zip(ends)
+            .task_complete(state.id, completions, self.clock.now());
+        let applied = drive(attempts, &mut state.finished, op).await?;
+        let mut delivered = Vec::with_capacity(ends.len());
+        let mut last_runner: Option<Arc<dyn Runner<S>>> = None;
+        for ((result, delivery), (fence, reason)) in applied
+            .results
+            .iter()
+            .zip(state.deliveries.drain(..))
+            .zip(ends)
         {
             // A refused report (stale fence) delivers nothing: the attempt
             // that superseded it will.
@@ -434,6 +538,14 @@ impl<S: Store> Worker<S> {
                 continue;
             }
             delivered.push(fence.task);
+            match &last_runner {
+                Some(last) if Arc::ptr_eq(last, &delivery.runner) => {}
+                _ => {
+                    if let Some(last) = last_runner.replace(delivery.runner.clone()) {
+                        last.flush();
+                    }
+                }
+            }
             delivery.runner.deliver(
                 TaskEnd {
                     batch: delivery.batch,
@@ -446,13 +558,20 @@ impl<S: Store> Worker<S> {
                 delivery.payload,
             );
         }
+        if let Some(last) = last_runner {
+            last.flush();
+        }
         delivered.sort_unstable();
         self.router.route(&applied.events, &delivered).await;
         Ok(())
     }
 
     /// Renews leases; cancels what the store asks to; rescues expired leases.
-    async fn heartbeat(&self, state: &mut LoopState<S>) -> Result<(), StoreError> {
+    async fn heartbeat(
+        &self,
+        state: &mut LoopState<S>,
+        attempts: &mut impl Attempts<S::Output>,
+    ) -> Result<(), StoreError> {
         let fences: Vec<Fence> = state
             .running
             .iter()
@@ -463,14 +582,14 @@ impl<S: Store> Worker<S> {
             .collect();
         let now = self.clock.now();
         if !fences.is_empty() {
-            let renewal = self
+            let op = self
                 .store
-                .lease_renew(state.id, fences, now.plus(self.config.lease), now)
-                .await?;
+                .lease_renew(state.id, fences, now.plus(self.config.lease), now);
+            let renewal = drive(attempts, &mut state.finished, op).await?;
             for fence in renewal.lost {
                 // Someone else owns the task now; our report would be refused.
                 if let Some(run) = state.running.remove(&fence.task) {
-                    run.abort.abort();
+                    run.cancel.force();
                     state.free += run.cost;
                 }
             }
@@ -485,7 +604,7 @@ impl<S: Store> Worker<S> {
                     }
                     CancelMode::Forced => {
                         let run = state.running.remove(&request.fence.task).expect("checked");
-                        run.abort.abort();
+                        run.cancel.force();
                         state.free += run.cost;
                         state.completions.push(Completion {
                             fence: request.fence,
@@ -504,7 +623,8 @@ impl<S: Store> Worker<S> {
                 }
             }
         }
-        let events = self.store.task_rescue(now).await?;
+        let op = self.store.task_rescue(now);
+        let events = drive(attempts, &mut state.finished, op).await?;
         self.router.route(&events, &[]).await;
         Ok(())
     }
@@ -554,21 +674,12 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
         .unwrap_or("(no message)")
 }
 
-/// Where the end of a reported attempt goes, should the store accept it as the last.
-struct Delivery<S: Store> {
-    runner: Arc<dyn Runner<S>>,
-    batch: BatchId,
-    index: u64,
-    payload: Option<Box<dyn std::any::Any + Send>>,
-}
+/// Aborts a spawned attempt when the future awaiting it is dropped (timeout,
+/// forced cancellation), so that it does not run on unobserved.
+struct AbortOnDrop(tokio::task::AbortHandle);
 
-struct LoopState<S: Store> {
-    id: WorkerId,
-    running: HashMap<TaskId, Running<S>>,
-    free: u32,
-    finished: Vec<Done<S::Output>>,
-    completions: Vec<Completion<S::Output>>,
-    /// One per completion, in the same order.
-    deliveries: Vec<Option<Delivery<S>>>,
-    runner_cache: Option<(Arc<BatchPolicy>, Arc<dyn Runner<S>>)>,
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -8,8 +8,7 @@
 //! in flight, not the work done.
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -23,26 +22,7 @@ use crate::model::{
     TaskId, TaskSpec, TaskState, Timestamp, WorkerId, batch_outcome,
 };
 
-/// Hashes the integer ids used as keys; they are dense and not attacker-chosen.
-#[derive(Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-    fn write_i64(&mut self, n: i64) {
-        self.0 = (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;
+use crate::util::{IdMap, IdSet};
 
 /// Capacity of the event broadcast: subscribers further behind than this many
 /// operations see a `Lagged` error rather than slowing the store down.
@@ -99,6 +79,10 @@ impl<P, O> MemoryStore<P, O> {
     }
 
     /// Sends the operation's events to subscribers and returns them.
+    ///
+    /// Called with the lock held: operations take their `seq` numbers under
+    /// the lock, and publishing under it too is what delivers them to
+    /// subscribers in `seq` order when operations run in parallel.
     fn publish(&self, events: Vec<Event>) -> Events {
         let events = Arc::new(events);
         if !events.is_empty() && self.events.receiver_count() > 0 {
@@ -252,6 +236,12 @@ struct Finish {
 }
 
 impl<P: Clone, O: Clone> Inner<P, O> {
+    /// The events of the operation so far, leaving room for as many in the next.
+    fn take_events(&mut self) -> Vec<Event> {
+        let capacity = self.events.len().max(16);
+        std::mem::replace(&mut self.events, Vec::with_capacity(capacity))
+    }
+
     fn emit(&mut self, at: Timestamp, batch: BatchId, kind: EventKind) {
         let seq = self.next_event;
         self.next_event += 1;
@@ -772,11 +762,11 @@ where
         let mut inner = self.lock();
         // Validate before touching anything: a rejected batch leaves no trace.
         let result = self.insert_locked(&mut inner, spec, now);
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         self.wake(&mut inner);
         drop(inner);
         let mut inserted = result?;
-        inserted.events = self.publish(events);
+        inserted.events = events;
         Ok(inserted)
     }
 
@@ -820,13 +810,13 @@ where
         for spec in tasks {
             inner.create_task(batch, spec, Vec::new(), now);
         }
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         self.wake(&mut inner);
         drop(inner);
         Ok(Appended {
             first_index,
             stopped: false,
-            events: self.publish(events),
+            events,
         })
     }
 
@@ -838,9 +828,9 @@ where
             .ok_or(StoreError::UnknownBatch(batch))?;
         b.open = false;
         inner.finish_batch_if_done(batch, now);
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         drop(inner);
-        Ok(self.publish(events))
+        Ok(events)
     }
 
     async fn task_claim(
@@ -916,13 +906,13 @@ where
             });
         }
         let next_due = inner.next_due();
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         inner.work_ready = false;
         drop(inner);
         Ok(Claim {
             tasks,
             next_due,
-            events: self.publish(events),
+            events,
         })
     }
 
@@ -1040,13 +1030,10 @@ where
             };
             results.push(Ok(entered));
         }
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         self.wake(&mut inner);
         drop(inner);
-        Ok(Applied {
-            results,
-            events: self.publish(events),
-        })
+        Ok(Applied { results, events })
     }
 
     async fn task_cancel(
@@ -1083,10 +1070,10 @@ where
             }
             _ => {}
         }
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         self.wake(&mut inner);
         drop(inner);
-        Ok(self.publish(events))
+        Ok(events)
     }
 
     async fn batch_cancel(
@@ -1105,10 +1092,10 @@ where
             b.open = false;
             inner.stop_batch(batch, Reason::ByUser, Some(mode), now);
         }
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         self.wake(&mut inner);
         drop(inner);
-        Ok(self.publish(events))
+        Ok(events)
     }
 
     async fn batch_pause(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
@@ -1121,9 +1108,9 @@ where
             b.paused = true;
             inner.set_batch_state(batch, BatchState::Paused, now);
         }
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         drop(inner);
-        Ok(self.publish(events))
+        Ok(events)
     }
 
     async fn batch_resume(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
@@ -1142,10 +1129,10 @@ where
             inner.work_ready |= !b.ready.is_empty();
             inner.set_batch_state(batch, to, now);
         }
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         self.wake(&mut inner);
         drop(inner);
-        Ok(self.publish(events))
+        Ok(events)
     }
 
     async fn task_rescue(&self, now: Timestamp) -> Result<Events, StoreError> {
@@ -1183,10 +1170,10 @@ where
                 );
             }
         }
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         self.wake(&mut inner);
         drop(inner);
-        Ok(self.publish(events))
+        Ok(events)
     }
 
     async fn batch_expire(&self, now: Timestamp) -> Result<Events, StoreError> {
@@ -1206,10 +1193,10 @@ where
             b.open = false;
             inner.stop_batch(batch, Reason::Deadline, Some(CancelMode::Forced), now);
         }
-        let events = std::mem::take(&mut inner.events);
+        let events = self.publish(inner.take_events());
         self.wake(&mut inner);
         drop(inner);
-        Ok(self.publish(events))
+        Ok(events)
     }
 
     async fn batch_get(&self, batch: BatchId) -> Result<BatchInfo, StoreError> {

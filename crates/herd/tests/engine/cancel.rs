@@ -25,16 +25,31 @@ async fn graceful_cancel_signals_running_tasks_and_cancels_the_rest() {
     assert_eq!(tokio::time::Instant::now().elapsed(), Duration::ZERO);
     for o in &all {
         let f = o.result.as_ref().unwrap_err();
-        assert_eq!((f.state, f.reason), (TaskState::Cancelled, Some(Reason::ByUser)), "item {}", o.index);
+        assert_eq!(
+            (f.state, f.reason),
+            (TaskState::Cancelled, Some(Reason::ByUser)),
+            "item {}",
+            o.index
+        );
     }
     assert_eq!(all[0].attempts, 1);
     assert_eq!(
-        all[0].result.as_ref().unwrap_err().error.as_ref().unwrap().to_string(),
+        all[0]
+            .result
+            .as_ref()
+            .unwrap_err()
+            .error
+            .as_ref()
+            .unwrap()
+            .to_string(),
         "item 0 wound down",
         "the handler saw its token and returned"
     );
     assert_eq!(all[5].attempts, 0);
-    assert_eq!(exec.batch_info(batch).await.unwrap().state, BatchState::Cancelled);
+    assert_eq!(
+        exec.batch_info(batch).await.unwrap().state,
+        BatchState::Cancelled
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -96,7 +111,10 @@ async fn cancelling_one_task_leaves_the_others() {
     exec.cancel_task(victim, CancelMode::Forced).await.unwrap();
     let all = outcomes(run).await;
     let f = all[1].result.as_ref().unwrap_err();
-    assert_eq!((f.state, f.reason), (TaskState::Cancelled, Some(Reason::ByUser)));
+    assert_eq!(
+        (f.state, f.reason),
+        (TaskState::Cancelled, Some(Reason::ByUser))
+    );
     assert_eq!(all[1].task, victim);
     assert!(all[0].is_success() && all[2].is_success());
 }

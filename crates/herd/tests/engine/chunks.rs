@@ -1,7 +1,9 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use herd::{Backoff, ChunkPolicy, ChunkStatus, Jitter, RetryPolicy, SizeClass, TaskContext, TaskError};
+use herd::{
+    Backoff, ChunkPolicy, ChunkStatus, Jitter, RetryPolicy, SizeClass, TaskContext, TaskError,
+};
 
 use crate::common::executor;
 
@@ -12,12 +14,22 @@ async fn chunks_get_a_result_per_item_and_a_status_by_threshold() {
     let mut run = exec
         .batch()
         .ordered()
-        .run_chunks(0..95u32, ChunkPolicy::new(10).max_failed_percent(25.0), |items: Vec<u32>, _: TaskContext| async move {
-            items
-                .into_iter()
-                .map(|i| if i % 7 == 0 { Err(TaskError::new(format!("{i}"))) } else { Ok(i * 2) })
-                .collect()
-        })
+        .run_chunks(
+            0..95u32,
+            ChunkPolicy::new(10).max_failed_percent(25.0),
+            |items: Vec<u32>, _: TaskContext| async move {
+                items
+                    .into_iter()
+                    .map(|i| {
+                        if i % 7 == 0 {
+                            Err(TaskError::new(format!("{i}")))
+                        } else {
+                            Ok(i * 2)
+                        }
+                    })
+                    .collect()
+            },
+        )
         .await
         .unwrap();
     let mut chunks = Vec::new();
@@ -40,18 +52,32 @@ async fn chunks_get_a_result_per_item_and_a_status_by_threshold() {
 #[tokio::test(start_paused = true)]
 async fn a_failed_chunk_is_retried_with_backoff() {
     let exec = executor(1);
-    let policy = RetryPolicy::attempts(3).with_backoff(Backoff::Fixed { delay: Duration::from_secs(1) }).with_jitter(Jitter::None);
+    let policy = RetryPolicy::attempts(3)
+        .with_backoff(Backoff::Fixed {
+            delay: Duration::from_secs(1),
+        })
+        .with_jitter(Jitter::None);
     let start = tokio::time::Instant::now();
     let mut run = exec
         .batch()
         .retry(policy)
-        .run_chunks(0..4u32, ChunkPolicy::new(4), |items: Vec<u32>, ctx: TaskContext| async move {
-            let attempt = ctx.attempt().0;
-            items
-                .into_iter()
-                .map(|i| if attempt < 3 && i > 0 { Err(TaskError::new("flaky")) } else { Ok(i) })
-                .collect()
-        })
+        .run_chunks(
+            0..4u32,
+            ChunkPolicy::new(4),
+            |items: Vec<u32>, ctx: TaskContext| async move {
+                let attempt = ctx.attempt().0;
+                items
+                    .into_iter()
+                    .map(|i| {
+                        if attempt < 3 && i > 0 {
+                            Err(TaskError::new("flaky"))
+                        } else {
+                            Ok(i)
+                        }
+                    })
+                    .collect()
+            },
+        )
         .await
         .unwrap();
     let chunk = run.next().await.unwrap();
@@ -66,17 +92,35 @@ async fn a_chunk_that_keeps_failing_reports_its_last_results() {
     let exec = executor(1);
     let mut run = exec
         .batch()
-        .retry(RetryPolicy::attempts(2).with_backoff(Backoff::Fixed { delay: Duration::ZERO }))
-        .run_chunks(0..3u32, ChunkPolicy::new(3), |items: Vec<u32>, _: TaskContext| async move {
-            items.into_iter().map(|i| if i == 0 { Ok(i) } else { Err(TaskError::new("down")) }).collect()
-        })
+        .retry(RetryPolicy::attempts(2).with_backoff(Backoff::Fixed {
+            delay: Duration::ZERO,
+        }))
+        .run_chunks(
+            0..3u32,
+            ChunkPolicy::new(3),
+            |items: Vec<u32>, _: TaskContext| async move {
+                items
+                    .into_iter()
+                    .map(|i| {
+                        if i == 0 {
+                            Ok(i)
+                        } else {
+                            Err(TaskError::new("down"))
+                        }
+                    })
+                    .collect()
+            },
+        )
         .await
         .unwrap();
     let chunk = run.next().await.unwrap();
     assert_eq!((chunk.status, chunk.attempts), (ChunkStatus::Failed, 2));
     assert_eq!(chunk.results.len(), 3);
     assert!(chunk.results[0].is_ok() && chunk.results[2].is_err());
-    assert_eq!(chunk.failure.unwrap().error.unwrap().to_string(), "2 of 3 items failed");
+    assert_eq!(
+        chunk.failure.unwrap().error.unwrap().to_string(),
+        "2 of 3 items failed"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -84,9 +128,11 @@ async fn size_classes_set_the_chunk_size() {
     let exec = executor(2);
     let mut run = exec
         .batch()
-        .run_chunks(0..45u32, ChunkPolicy::class(SizeClass::Moderate), |items: Vec<u32>, _: TaskContext| async move {
-            items.into_iter().map(Ok).collect()
-        })
+        .run_chunks(
+            0..45u32,
+            ChunkPolicy::class(SizeClass::Moderate),
+            |items: Vec<u32>, _: TaskContext| async move { items.into_iter().map(Ok).collect() },
+        )
         .await
         .unwrap();
     let mut sizes = Vec::new();

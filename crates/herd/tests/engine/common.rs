@@ -10,7 +10,10 @@ use tokio::time::Instant;
 
 /// An executor with `slots` slots and otherwise default settings.
 pub fn executor(slots: usize) -> Executor {
-    Executor::builder().concurrency(slots).build().expect("valid executor")
+    Executor::builder()
+        .concurrency(slots)
+        .build()
+        .expect("valid executor")
 }
 
 /// Collects every outcome, sorted by index.

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use herd::{TaskContext, TaskError, Task, RetryPolicy, Backoff, Jitter};
+use herd::{Backoff, Jitter, RetryPolicy, Task, TaskContext, TaskError};
 use tokio::time::Instant;
 
 use crate::common::{Gauge, Log, executor, ms, outcomes};
@@ -62,7 +62,9 @@ async fn costs_weigh_against_the_limit() {
     let exec = executor(4);
     let gauge = Gauge::default();
     let g = gauge.clone();
-    let tasks: Vec<Task<u32>> = (0..12).map(|i| Task::new(1 + i % 3).cost(1 + i % 3)).collect();
+    let tasks: Vec<Task<u32>> = (0..12)
+        .map(|i| Task::new(1 + i % 3).cost(1 + i % 3))
+        .collect();
     let run = exec
         .batch()
         .concurrency(4)
@@ -77,7 +79,11 @@ async fn costs_weigh_against_the_limit() {
         .await
         .unwrap();
     assert_eq!(outcomes(run).await.len(), 12);
-    assert_eq!(gauge.max(), 4, "weighted load reaches the limit and stays within it");
+    assert_eq!(
+        gauge.max(),
+        4,
+        "weighted load reaches the limit and stays within it"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -88,19 +94,28 @@ async fn a_task_waiting_for_its_retry_holds_no_slot() {
     let start = Instant::now();
     let run = exec
         .batch()
-        .retry(RetryPolicy::attempts(2).with_backoff(Backoff::Fixed { delay: Duration::from_secs(1) }).with_jitter(Jitter::None))
+        .retry(
+            RetryPolicy::attempts(2)
+                .with_backoff(Backoff::Fixed {
+                    delay: Duration::from_secs(1),
+                })
+                .with_jitter(Jitter::None),
+        )
         .ordered()
-        .run(["flaky", "steady"], move |name: &'static str, ctx: TaskContext| {
-            let l = l.clone();
-            async move {
-                l.push((name, ctx.attempt().0));
-                tokio::time::sleep(ms(100)).await;
-                if name == "flaky" && ctx.attempt().0 == 1 {
-                    return Err(TaskError::new("try again"));
+        .run(
+            ["flaky", "steady"],
+            move |name: &'static str, ctx: TaskContext| {
+                let l = l.clone();
+                async move {
+                    l.push((name, ctx.attempt().0));
+                    tokio::time::sleep(ms(100)).await;
+                    if name == "flaky" && ctx.attempt().0 == 1 {
+                        return Err(TaskError::new("try again"));
+                    }
+                    Ok(())
                 }
-                Ok(())
-            }
-        })
+            },
+        )
         .await
         .unwrap();
     let all = outcomes(run).await;

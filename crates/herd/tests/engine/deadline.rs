@@ -25,9 +25,17 @@ async fn a_deadline_cancels_what_remains_and_fails_the_batch() {
     assert_eq!(states[..2], [TaskState::Succeeded, TaskState::Succeeded]);
     for o in &all[2..] {
         let failure = o.result.as_ref().unwrap_err();
-        assert_eq!((failure.state, failure.reason), (TaskState::Cancelled, Some(Reason::Deadline)), "item {}", o.index);
+        assert_eq!(
+            (failure.state, failure.reason),
+            (TaskState::Cancelled, Some(Reason::Deadline)),
+            "item {}",
+            o.index
+        );
     }
     assert_eq!(all[2].attempts, 1, "the running one was cut off");
     assert_eq!(all[3].attempts, 0, "the rest never started");
-    assert_eq!(exec.batch_info(batch).await.unwrap().state, BatchState::Failed);
+    assert_eq!(
+        exec.batch_info(batch).await.unwrap().state,
+        BatchState::Failed
+    );
 }

@@ -22,7 +22,11 @@ async fn dependents_start_after_their_upstream_and_see_its_output() {
             async move {
                 l.push(ctx.key().unwrap().to_string());
                 tokio::time::sleep(Duration::from_millis(n)).await;
-                let upstream: u64 = ctx.upstream::<u64>().iter().map(|u| u.output.unwrap()).sum();
+                let upstream: u64 = ctx
+                    .upstream::<u64>()
+                    .iter()
+                    .map(|u| u.output.unwrap())
+                    .sum();
                 Ok::<_, TaskError>(n + upstream)
             }
         })
@@ -33,7 +37,10 @@ async fn dependents_start_after_their_upstream_and_see_its_output() {
     // a = 1, b = 2, sum = 3 + 1 + 2 = 6, report = 10 + 6.
     assert_eq!(results, [6, 1, 2, 16]);
     let order = log.labels();
-    assert_eq!(order[..2].iter().filter(|k| *k == "a" || *k == "b").count(), 2);
+    assert_eq!(
+        order[..2].iter().filter(|k| *k == "a" || *k == "b").count(),
+        2
+    );
     assert_eq!(order[2..], ["sum", "report"]);
 }
 
@@ -49,7 +56,11 @@ async fn a_failure_skips_dependents_transitively() {
     let run = exec
         .batch()
         .submit(tasks, |what: &'static str, _: TaskContext| async move {
-            if what == "fail" { Err(TaskError::new("root failed")) } else { Ok(()) }
+            if what == "fail" {
+                Err(TaskError::new("root failed"))
+            } else {
+                Ok(())
+            }
         })
         .await
         .unwrap();
@@ -57,7 +68,10 @@ async fn a_failure_skips_dependents_transitively() {
     assert_eq!(all[0].state(), TaskState::Failed);
     for o in &all[1..3] {
         let f = o.result.as_ref().unwrap_err();
-        assert_eq!((f.state, f.reason), (TaskState::Skipped, Some(Reason::UpstreamFailed)));
+        assert_eq!(
+            (f.state, f.reason),
+            (TaskState::Skipped, Some(Reason::UpstreamFailed))
+        );
         assert_eq!(o.attempts, 0);
     }
     assert!(all[3].is_success());
@@ -77,13 +91,20 @@ async fn a_done_rule_runs_after_failure_and_sees_how_upstream_ended() {
                 return Err(TaskError::new("work failed"));
             }
             let up = ctx.upstream::<String>();
-            Ok(format!("cleaned up after {} ({})", up[0].key.as_deref().unwrap(), up[0].state))
+            Ok(format!(
+                "cleaned up after {} ({})",
+                up[0].key.as_deref().unwrap(),
+                up[0].state
+            ))
         })
         .await
         .unwrap();
     let all = outcomes(run).await;
     assert_eq!(all[0].state(), TaskState::Failed);
-    assert_eq!(all[1].result.as_ref().unwrap(), "cleaned up after work (failed)");
+    assert_eq!(
+        all[1].result.as_ref().unwrap(),
+        "cleaned up after work (failed)"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -101,14 +122,22 @@ async fn cycles_and_unknown_keys_are_rejected_before_anything_runs() {
         Task::new(()).key("c").after(["b"]),
     ];
     let err = exec.batch().submit(cycle, handler).await.err().unwrap();
-    let Error::Invalid(SubmitError::Cycle { path }) = &err else { panic!("{err}") };
+    let Error::Invalid(SubmitError::Cycle { path }) = &err else {
+        panic!("{err}")
+    };
     assert_eq!(path.len(), 4);
     assert!(err.to_string().starts_with("dependency cycle"), "{err}");
 
     let unknown = vec![Task::new(()).key("a").after(["nope"])];
     let err = exec.batch().submit(unknown, handler).await.err().unwrap();
-    assert!(matches!(err, Error::Invalid(SubmitError::UnknownDependency { .. })), "{err}");
-    assert_eq!(err.to_string(), "task \"a\" depends on unknown task \"nope\": `after` must name keys of tasks in the same batch");
+    assert!(
+        matches!(err, Error::Invalid(SubmitError::UnknownDependency { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "task \"a\" depends on unknown task \"nope\": `after` must name keys of tasks in the same batch"
+    );
 
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(events.try_recv().is_none(), "nothing was stored");

@@ -1,6 +1,8 @@
 use std::time::Duration;
 
-use herd::{Backoff, BatchState, EventKind, Jitter, RetryPolicy, TaskContext, TaskError, TaskState};
+use herd::{
+    Backoff, BatchState, EventKind, Jitter, RetryPolicy, TaskContext, TaskError, TaskState,
+};
 
 use crate::common::{executor, outcomes};
 
@@ -10,13 +12,22 @@ async fn every_transition_emits_one_event_in_order() {
     let mut events = exec.subscribe();
     let run = exec
         .batch()
-        .retry(RetryPolicy::attempts(2).with_backoff(Backoff::Fixed { delay: Duration::from_millis(10) }).with_jitter(Jitter::None))
-        .run(["flaky", "fine"], |name: &'static str, ctx: TaskContext| async move {
-            if name == "flaky" && ctx.attempt().0 == 1 {
-                return Err(TaskError::new("once"));
-            }
-            Ok(())
-        })
+        .retry(
+            RetryPolicy::attempts(2)
+                .with_backoff(Backoff::Fixed {
+                    delay: Duration::from_millis(10),
+                })
+                .with_jitter(Jitter::None),
+        )
+        .run(
+            ["flaky", "fine"],
+            |name: &'static str, ctx: TaskContext| async move {
+                if name == "flaky" && ctx.attempt().0 == 1 {
+                    return Err(TaskError::new("once"));
+                }
+                Ok(())
+            },
+        )
         .await
         .unwrap();
     outcomes(run).await;
@@ -28,12 +39,24 @@ async fn every_transition_emits_one_event_in_order() {
         assert!(event.seq > last_seq, "sequence numbers increase");
         last_seq = event.seq;
         match event.kind {
-            EventKind::Task { index, from, to, attempt, .. } => tasks.push((index, from, to, attempt.0)),
+            EventKind::Task {
+                index,
+                from,
+                to,
+                attempt,
+                ..
+            } => tasks.push((index, from, to, attempt.0)),
             EventKind::Batch { to, .. } => batch.push(to),
         }
     }
     use TaskState::*;
-    let of = |i: u64| -> Vec<_> { tasks.iter().filter(|t| t.0 == i).map(|t| (t.1, t.2, t.3)).collect() };
+    let of = |i: u64| -> Vec<_> {
+        tasks
+            .iter()
+            .filter(|t| t.0 == i)
+            .map(|t| (t.1, t.2, t.3))
+            .collect()
+    };
     assert_eq!(
         of(0),
         [
@@ -45,8 +68,22 @@ async fn every_transition_emits_one_event_in_order() {
             (Some(Running), Succeeded, 2),
         ]
     );
-    assert_eq!(of(1), [(None, Queued, 0), (Some(Queued), Running, 1), (Some(Running), Succeeded, 1)]);
-    assert_eq!(batch, [BatchState::Queued, BatchState::Running, BatchState::Succeeded]);
+    assert_eq!(
+        of(1),
+        [
+            (None, Queued, 0),
+            (Some(Queued), Running, 1),
+            (Some(Running), Succeeded, 1)
+        ]
+    );
+    assert_eq!(
+        batch,
+        [
+            BatchState::Queued,
+            BatchState::Running,
+            BatchState::Succeeded
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -54,7 +91,9 @@ async fn stats_report_counts_retries_percentiles_and_throughput() {
     let exec = executor(10);
     let run = exec
         .batch()
-        .retry(RetryPolicy::attempts(2).with_backoff(Backoff::Fixed { delay: Duration::ZERO }))
+        .retry(RetryPolicy::attempts(2).with_backoff(Backoff::Fixed {
+            delay: Duration::ZERO,
+        }))
         .run(1..=100u64, |i: u64, ctx: TaskContext| async move {
             tokio::time::sleep(Duration::from_millis(i)).await;
             if i > 95 && ctx.attempt().0 == 1 {
@@ -73,7 +112,15 @@ async fn stats_report_counts_retries_percentiles_and_throughput() {
     let p99 = stats.p99.unwrap().as_millis();
     assert!((48..=54).contains(&p50), "p50 {p50}ms");
     assert!((97..=100).contains(&p99), "p99 {p99}ms");
-    assert!(stats.wall >= Duration::from_millis(500) && stats.wall < Duration::from_secs(2), "{:?}", stats.wall);
+    assert!(
+        stats.wall >= Duration::from_millis(500) && stats.wall < Duration::from_secs(2),
+        "{:?}",
+        stats.wall
+    );
     let expected = 100.0 / stats.wall.as_secs_f64();
-    assert!((stats.throughput - expected).abs() < 0.01, "{}", stats.throughput);
+    assert!(
+        (stats.throughput - expected).abs() < 0.01,
+        "{}",
+        stats.throughput
+    );
 }

@@ -24,7 +24,10 @@ async fn a_paused_batch_starts_nothing_until_resumed() {
     let batch = run.batch_id();
     tokio::time::sleep(Duration::from_secs(30)).await;
     assert!(log.labels().is_empty());
-    assert_eq!(exec.batch_info(batch).await.unwrap().state, BatchState::Paused);
+    assert_eq!(
+        exec.batch_info(batch).await.unwrap().state,
+        BatchState::Paused
+    );
     run.resume().await.unwrap();
     assert_eq!(outcomes(run).await.len(), 4);
     assert_eq!(log.labels().len(), 4);
@@ -50,10 +53,17 @@ async fn pausing_lets_running_tasks_finish_and_holds_the_rest() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     run.pause().await.unwrap();
     tokio::time::sleep(Duration::from_secs(10)).await;
-    assert_eq!(log.labels(), [0, 1], "only the two running when paused ever started");
+    assert_eq!(
+        log.labels(),
+        [0, 1],
+        "only the two running when paused ever started"
+    );
     let info = exec.batch_info(batch).await.unwrap();
     assert_eq!((info.state, info.counts.succeeded), (BatchState::Paused, 2));
     run.resume().await.unwrap();
     assert_eq!(outcomes(run).await.len(), 6);
-    assert_eq!(exec.batch_info(batch).await.unwrap().state, BatchState::Succeeded);
+    assert_eq!(
+        exec.batch_info(batch).await.unwrap().state,
+        BatchState::Succeeded
+    );
 }

@@ -33,7 +33,15 @@ async fn saturated_runs_in_priority_order_fifo_within_a_priority() {
     assert_eq!(outcomes(run).await.len(), 7);
     assert_eq!(
         log.labels(),
-        ["critical-1", "critical-2", "high-1", "normal-1", "normal-2", "low-1", "low-2"]
+        [
+            "critical-1",
+            "critical-2",
+            "high-1",
+            "normal-1",
+            "normal-2",
+            "low-1",
+            "low-2"
+        ]
     );
 }
 
@@ -47,14 +55,17 @@ async fn batches_of_equal_priority_share_slots_fairly() {
         let run = exec
             .batch()
             .paused()
-            .submit((0..4).map(|i| Task::new(format!("{name}{i}"))).collect(), move |item: String, _: TaskContext| {
-                let l = l.clone();
-                async move {
-                    l.push(item);
-                    tokio::time::sleep(ms(1)).await;
-                    Ok::<_, TaskError>(())
-                }
-            })
+            .submit(
+                (0..4).map(|i| Task::new(format!("{name}{i}"))).collect(),
+                move |item: String, _: TaskContext| {
+                    let l = l.clone();
+                    async move {
+                        l.push(item);
+                        tokio::time::sleep(ms(1)).await;
+                        Ok::<_, TaskError>(())
+                    }
+                },
+            )
             .await
             .unwrap();
         runs.push(run);
@@ -65,7 +76,10 @@ async fn batches_of_equal_priority_share_slots_fairly() {
     for run in runs {
         outcomes(run).await;
     }
-    assert_eq!(log.labels(), ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3"]);
+    assert_eq!(
+        log.labels(),
+        ["a0", "b0", "a1", "b1", "a2", "b2", "a3", "b3"]
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -79,13 +93,16 @@ async fn a_higher_priority_batch_goes_first() {
             exec.batch()
                 .paused()
                 .priority(priority)
-                .submit(vec![Task::new(name), Task::new(name)], move |item: &'static str, _: TaskContext| {
-                    let l = l.clone();
-                    async move {
-                        l.push(item);
-                        Ok::<_, TaskError>(())
-                    }
-                })
+                .submit(
+                    vec![Task::new(name), Task::new(name)],
+                    move |item: &'static str, _: TaskContext| {
+                        let l = l.clone();
+                        async move {
+                            l.push(item);
+                            Ok::<_, TaskError>(())
+                        }
+                    },
+                )
                 .await
                 .unwrap(),
         );

@@ -43,11 +43,22 @@ struct Case {
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    (1u32..=5, 1u32..=5, 1u32..=3, prop_oneof![Just(None), Just(Some(25u64)), Just(Some(45))], 1usize..=24)
+    (
+        1u32..=5,
+        1u32..=5,
+        1u32..=3,
+        prop_oneof![Just(None), Just(Some(25u64)), Just(Some(45))],
+        1usize..=24,
+    )
         .prop_flat_map(|(slots, concurrency, max_attempts, timeout, n)| {
             let limit = slots.min(concurrency);
             let task = (
-                prop_oneof![Just(Priority::LOW), Just(Priority::NORMAL), Just(Priority::HIGH), Just(Priority::CRITICAL)],
+                prop_oneof![
+                    Just(Priority::LOW),
+                    Just(Priority::NORMAL),
+                    Just(Priority::HIGH),
+                    Just(Priority::CRITICAL)
+                ],
                 1..=limit,
                 (0u64..=5).prop_map(|t| t * 10),
                 0u32..=3,
@@ -68,12 +79,26 @@ fn case() -> impl Strategy<Value = Case> {
             tasks: raw
                 .into_iter()
                 .enumerate()
-                .map(|(i, (priority, cost, millis, fail_first, permanent, deps, when_done))| {
-                    let mut after: Vec<usize> = if i == 0 { Vec::new() } else { deps.iter().map(|d| *d as usize % i).collect() };
-                    after.sort_unstable();
-                    after.dedup();
-                    Script { priority, cost, millis, fail_first, permanent, after, when_done }
-                })
+                .map(
+                    |(i, (priority, cost, millis, fail_first, permanent, deps, when_done))| {
+                        let mut after: Vec<usize> = if i == 0 {
+                            Vec::new()
+                        } else {
+                            deps.iter().map(|d| *d as usize % i).collect()
+                        };
+                        after.sort_unstable();
+                        after.dedup();
+                        Script {
+                            priority,
+                            cost,
+                            millis,
+                            fail_first,
+                            permanent,
+                            after,
+                            when_done,
+                        }
+                    },
+                )
                 .collect(),
         })
 }
@@ -92,7 +117,10 @@ fn check(case: Case) -> Result<(), TestCaseError> {
         .build()
         .unwrap();
     rt.block_on(async move {
-        let exec = Executor::builder().concurrency(case.slots as usize).build().unwrap();
+        let exec = Executor::builder()
+            .concurrency(case.slots as usize)
+            .build()
+            .unwrap();
         let mut events = exec.subscribe();
         let gauge = Gauge::default();
         let tasks: Vec<Task<usize>> = case
@@ -100,17 +128,21 @@ fn check(case: Case) -> Result<(), TestCaseError> {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut t = Task::new(i).key(format!("t{i}")).priority(s.priority).cost(s.cost);
+                let mut t = Task::new(i)
+                    .key(format!("t{i}"))
+                    .priority(s.priority)
+                    .cost(s.cost);
                 t = t.after(s.after.iter().map(|u| format!("t{u}")));
                 if s.when_done { t.when_done() } else { t }
             })
             .collect();
         let scripts = case.tasks.clone();
         let g = gauge.clone();
-        let mut batch = exec
-            .batch()
-            .concurrency(case.concurrency as usize)
-            .retry(RetryPolicy::attempts(case.max_attempts).with_backoff(Backoff::Fixed { delay: Duration::from_millis(7) }));
+        let mut batch = exec.batch().concurrency(case.concurrency as usize).retry(
+            RetryPolicy::attempts(case.max_attempts).with_backoff(Backoff::Fixed {
+                delay: Duration::from_millis(7),
+            }),
+        );
         if let Some(t) = case.timeout {
             batch = batch.timeout(Duration::from_millis(t));
         }
@@ -122,7 +154,11 @@ fn check(case: Case) -> Result<(), TestCaseError> {
                     let _in = g.enter(s.cost as usize);
                     tokio::time::sleep(Duration::from_millis(s.millis)).await;
                     if ctx.attempt().0 <= s.fail_first {
-                        return Err(if s.permanent { TaskError::permanent("scripted") } else { TaskError::new("scripted") });
+                        return Err(if s.permanent {
+                            TaskError::permanent("scripted")
+                        } else {
+                            TaskError::new("scripted")
+                        });
                     }
                     Ok(i)
                 }
@@ -134,14 +170,28 @@ fn check(case: Case) -> Result<(), TestCaseError> {
         let n = case.tasks.len();
         let limit = case.slots.min(case.concurrency);
         prop_assert_eq!(all.len(), n, "one outcome per task");
-        prop_assert!(gauge.max() as u32 <= limit, "handlers ran {} > {}", gauge.max(), limit);
+        prop_assert!(
+            gauge.max() as u32 <= limit,
+            "handlers ran {} > {}",
+            gauge.max(),
+            limit
+        );
 
         let mut state: Vec<Option<TaskState>> = vec![None; n];
         let mut terminal = vec![0u32; n];
         let mut running_cost = 0u32;
         while let Some(event) = events.try_recv() {
             let event = event.map_err(|e| TestCaseError::fail(e.to_string()))?;
-            let EventKind::Task { index, to, attempt, from, .. } = event.kind else { continue };
+            let EventKind::Task {
+                index,
+                to,
+                attempt,
+                from,
+                ..
+            } = event.kind
+            else {
+                continue;
+            };
             let i = index as usize;
             let s = &case.tasks[i];
             prop_assert_eq!(state[i], from, "events of task {} follow each other", i);
@@ -150,19 +200,44 @@ fn check(case: Case) -> Result<(), TestCaseError> {
             }
             if to == TaskState::Running {
                 running_cost += s.cost;
-                prop_assert!(running_cost <= limit, "running cost {} > {}", running_cost, limit);
-                prop_assert!(attempt.0 <= case.max_attempts, "attempt {} > {}", attempt.0, case.max_attempts);
+                prop_assert!(
+                    running_cost <= limit,
+                    "running cost {} > {}",
+                    running_cost,
+                    limit
+                );
+                prop_assert!(
+                    attempt.0 <= case.max_attempts,
+                    "attempt {} > {}",
+                    attempt.0,
+                    case.max_attempts
+                );
                 for &u in &s.after {
                     let up = state[u];
-                    prop_assert!(up.is_some_and(|u| u.is_terminal()), "t{} started before upstream t{} ended", i, u);
+                    prop_assert!(
+                        up.is_some_and(|u| u.is_terminal()),
+                        "t{} started before upstream t{} ended",
+                        i,
+                        u
+                    );
                     if !s.when_done {
-                        prop_assert_eq!(up, Some(TaskState::Succeeded), "t{} started though t{} did not succeed", i, u);
+                        prop_assert_eq!(
+                            up,
+                            Some(TaskState::Succeeded),
+                            "t{} started though t{} did not succeed",
+                            i,
+                            u
+                        );
                     }
                 }
                 for (j, other) in case.tasks.iter().enumerate() {
                     prop_assert!(
                         !(state[j] == Some(TaskState::Queued) && other.priority > s.priority),
-                        "t{} ({}) started while t{} ({}) was queued", i, s.priority, j, other.priority
+                        "t{} ({}) started while t{} ({}) was queued",
+                        i,
+                        s.priority,
+                        j,
+                        other.priority
                     );
                 }
             }
@@ -171,12 +246,17 @@ fn check(case: Case) -> Result<(), TestCaseError> {
             }
             state[i] = Some(to);
         }
-        prop_assert!(terminal.iter().all(|&t| t == 1), "terminal events per task: {:?}", terminal);
+        prop_assert!(
+            terminal.iter().all(|&t| t == 1),
+            "terminal events per task: {:?}",
+            terminal
+        );
 
         // Each task ends as its script and its upstream dictate.
         let mut expected: HashMap<usize, TaskState> = HashMap::new();
         for (i, s) in case.tasks.iter().enumerate() {
-            let upstream_ok = s.when_done || s.after.iter().all(|u| expected[u] == TaskState::Succeeded);
+            let upstream_ok =
+                s.when_done || s.after.iter().all(|u| expected[u] == TaskState::Succeeded);
             let end = if !upstream_ok {
                 TaskState::Skipped
             } else if can_succeed(&case, s) {
@@ -188,7 +268,13 @@ fn check(case: Case) -> Result<(), TestCaseError> {
         }
         for o in &all {
             let i = o.index as usize;
-            prop_assert_eq!(o.state(), expected[&i], "t{} ended {:?}", i, o.result.as_ref().err());
+            prop_assert_eq!(
+                o.state(),
+                expected[&i],
+                "t{} ended {:?}",
+                i,
+                o.result.as_ref().err()
+            );
             prop_assert_eq!(Some(o.state()), state[i]);
             prop_assert!(o.attempts <= case.max_attempts);
         }

@@ -42,7 +42,11 @@ async fn retries_with_exponential_backoff_until_success() {
     let gaps: Vec<_> = at.windows(2).map(|w| w[1] - w[0]).collect();
     assert_eq!(
         gaps,
-        [Duration::from_millis(100), Duration::from_millis(200), Duration::from_millis(400)]
+        [
+            Duration::from_millis(100),
+            Duration::from_millis(200),
+            Duration::from_millis(400)
+        ]
     );
     assert_eq!(exec.stats(batch).await.unwrap().retries, 3);
 }
@@ -82,7 +86,10 @@ async fn gives_up_after_max_attempts_with_the_last_error() {
         .batch()
         .retry(exponential(3))
         .run([7u32], |n: u32, ctx: TaskContext| async move {
-            Err::<(), _>(TaskError::new(format!("item {n} failed on attempt {}", ctx.attempt().0)))
+            Err::<(), _>(TaskError::new(format!(
+                "item {n} failed on attempt {}",
+                ctx.attempt().0
+            )))
         })
         .await
         .unwrap();
@@ -91,7 +98,10 @@ async fn gives_up_after_max_attempts_with_the_last_error() {
     assert_eq!(all[0].attempts, 3);
     assert_eq!(failure.state, TaskState::Failed);
     assert_eq!(failure.reason, Some(Reason::Error));
-    assert_eq!(failure.error.as_ref().unwrap().to_string(), "item 7 failed on attempt 3");
+    assert_eq!(
+        failure.error.as_ref().unwrap().to_string(),
+        "item 7 failed on attempt 3"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -100,12 +110,23 @@ async fn permanent_errors_are_not_retried() {
     let run = exec
         .batch()
         .retry(exponential(5))
-        .run([()], |(), _: TaskContext| async move { Err::<(), _>(TaskError::permanent("bad input")) })
+        .run([()], |(), _: TaskContext| async move {
+            Err::<(), _>(TaskError::permanent("bad input"))
+        })
         .await
         .unwrap();
     let all = outcomes(run).await;
     assert_eq!(all[0].attempts, 1);
-    assert!(all[0].result.as_ref().unwrap_err().error.as_ref().unwrap().is_permanent());
+    assert!(
+        all[0]
+            .result
+            .as_ref()
+            .unwrap_err()
+            .error
+            .as_ref()
+            .unwrap()
+            .is_permanent()
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -57,7 +57,9 @@ async fn the_input_is_read_lazily_within_the_window() {
     let mut run = exec
         .batch()
         .window(window)
-        .run(items, |i: u64, _: TaskContext| async move { Ok::<_, TaskError>(i) })
+        .run(items, |i: u64, _: TaskContext| async move {
+            Ok::<_, TaskError>(i)
+        })
         .await
         .unwrap();
     let mut taken = 0u64;
@@ -66,12 +68,15 @@ async fn the_input_is_read_lazily_within_the_window() {
         assert!(o.is_success());
         taken += 1;
         most_ahead = most_ahead.max(pulled.load(Ordering::SeqCst) - taken);
-        if taken % 1000 == 0 {
+        if taken.is_multiple_of(1000) {
             tokio::task::yield_now().await;
         }
     }
     assert_eq!(taken, 100_000);
-    assert!(most_ahead <= window as u64, "read {most_ahead} items ahead of the consumer");
+    assert!(
+        most_ahead <= window as u64,
+        "read {most_ahead} items ahead of the consumer"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -85,7 +90,9 @@ async fn a_consumer_that_stops_reading_stops_the_input() {
     let mut run = exec
         .batch()
         .window(100)
-        .run(items, |i: u64, _: TaskContext| async move { Ok::<_, TaskError>(i) })
+        .run(items, |i: u64, _: TaskContext| async move {
+            Ok::<_, TaskError>(i)
+        })
         .await
         .unwrap();
     for _ in 0..10 {
@@ -93,7 +100,10 @@ async fn a_consumer_that_stops_reading_stops_the_input() {
     }
     tokio::time::sleep(Duration::from_secs(5)).await;
     let read = pulled.load(Ordering::SeqCst);
-    assert!(read <= 110, "read {read} items with only 10 taken and a window of 100");
+    assert!(
+        read <= 110,
+        "read {read} items with only 10 taken and a window of 100"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -105,7 +115,9 @@ async fn shuffle_is_reproducible_and_max_records_caps_the_input() {
             .batch()
             .shuffle(seed)
             .max_records(5)
-            .run(0..20u32, |i: u32, _: TaskContext| async move { Ok::<_, TaskError>(i) })
+            .run(0..20u32, |i: u32, _: TaskContext| async move {
+                Ok::<_, TaskError>(i)
+            })
             .await
             .unwrap();
         let mut order = Vec::new();
@@ -129,7 +141,9 @@ async fn async_streams_are_accepted_as_input() {
     });
     let run = exec
         .batch()
-        .run_stream(items, |i: u32, _: TaskContext| async move { Ok::<_, TaskError>(i + 1) })
+        .run_stream(items, |i: u32, _: TaskContext| async move {
+            Ok::<_, TaskError>(i + 1)
+        })
         .await
         .unwrap();
     let all = outcomes(run).await;
@@ -142,7 +156,11 @@ async fn aggregate_folds_without_holding_outcomes() {
     let exec = executor(8);
     let run = exec
         .run(1..=1000u64, |i: u64, _: TaskContext| async move {
-            if i % 100 == 0 { Err(TaskError::new("hundred")) } else { Ok(i) }
+            if i.is_multiple_of(100) {
+                Err(TaskError::new("hundred"))
+            } else {
+                Ok(i)
+            }
         })
         .await
         .unwrap();
@@ -164,10 +182,15 @@ async fn aggregate_folds_without_holding_outcomes() {
 async fn an_empty_input_ends_at_once() {
     let exec = executor(2);
     let run = exec
-        .run(Vec::<u32>::new(), |i: u32, _: TaskContext| async move { Ok::<_, TaskError>(i) })
+        .run(Vec::<u32>::new(), |i: u32, _: TaskContext| async move {
+            Ok::<_, TaskError>(i)
+        })
         .await
         .unwrap();
     let batch = run.batch_id();
     assert!(outcomes(run).await.is_empty());
-    assert_eq!(exec.batch_info(batch).await.unwrap().state, herd::BatchState::Succeeded);
+    assert_eq!(
+        exec.batch_info(batch).await.unwrap().state,
+        herd::BatchState::Succeeded
+    );
 }

@@ -32,10 +32,17 @@ async fn a_timeout_drops_the_attempt_and_fails_with_reason_timeout() {
         .unwrap();
     let all = outcomes(run).await;
     let failure = all[0].result.as_ref().unwrap_err();
-    assert_eq!((failure.state, failure.reason), (TaskState::Failed, Some(Reason::Timeout)));
+    assert_eq!(
+        (failure.state, failure.reason),
+        (TaskState::Failed, Some(Reason::Timeout))
+    );
     assert_eq!(start.elapsed(), Duration::from_secs(1));
     assert_eq!(dropped.load(Ordering::SeqCst), 1);
-    assert_eq!(finished.load(Ordering::SeqCst), 0, "the handler never got past its sleep");
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        0,
+        "the handler never got past its sleep"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -44,7 +51,13 @@ async fn timeouts_are_retried_by_the_policy() {
     let run = exec
         .batch()
         .timeout(Duration::from_millis(500))
-        .retry(RetryPolicy::attempts(3).with_backoff(Backoff::Fixed { delay: Duration::ZERO }).with_jitter(Jitter::None))
+        .retry(
+            RetryPolicy::attempts(3)
+                .with_backoff(Backoff::Fixed {
+                    delay: Duration::ZERO,
+                })
+                .with_jitter(Jitter::None),
+        )
         .run([()], |(), ctx: TaskContext| async move {
             if ctx.attempt().0 < 3 {
                 tokio::time::sleep(Duration::from_secs(5)).await;
