@@ -143,3 +143,58 @@ async fn dropping_a_run_cancels_its_batch() {
     let info = exec.batch_info(batch).await.unwrap();
     assert_eq!(info.state, BatchState::Cancelled);
 }
+
+#[tokio::test(start_paused = true)]
+async fn spawned_attempts_are_cancelled_and_timed_out_like_inline_ones() {
+    let exec = herd::Executor::builder()
+        .concurrency(4)
+        .spawn_tasks(true)
+        .build()
+        .unwrap();
+    let dropped = Arc::new(AtomicUsize::new(0));
+    let d = dropped.clone();
+    let run = exec
+        .batch()
+        .timeout(Duration::from_secs(5))
+        .run(0..4u32, move |i: u32, _: TaskContext| {
+            let d = d.clone();
+            async move {
+                let _flag = DropFlag(d);
+                if i == 0 {
+                    return Ok(i);
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, TaskError>(i)
+            }
+        })
+        .await
+        .unwrap();
+    let all = outcomes(run).await;
+    assert!(all[0].is_success());
+    for o in &all[1..] {
+        let f = o.result.as_ref().unwrap_err();
+        assert_eq!((f.state, f.reason), (TaskState::Failed, Some(Reason::Timeout)));
+    }
+    // The spawned tasks were aborted, not left running: every future was dropped.
+    tokio::task::yield_now().await;
+    assert_eq!(dropped.load(Ordering::SeqCst), 4);
+
+    let d = dropped.clone();
+    let run = exec
+        .run(0..2u32, move |_: u32, _: TaskContext| {
+            let d = d.clone();
+            async move {
+                let _flag = DropFlag(d);
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok::<_, TaskError>(())
+            }
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    run.cancel(CancelMode::Forced).await.unwrap();
+    let all = outcomes(run).await;
+    assert!(all.iter().all(|o| o.state() == TaskState::Cancelled));
+    tokio::task::yield_now().await;
+    assert_eq!(dropped.load(Ordering::SeqCst), 6);
+}
