@@ -41,6 +41,27 @@
 //!
 //! Where several tasks change in one operation, the cases compare them as a
 //! set: the order of events within one operation is the store's choice.
+//!
+//! # Choices the cases pin down
+//!
+//! Some behaviour is not spelled out by the trait's signatures; the memory
+//! store (the reference) does the following, and so must every store:
+//!
+//! - Claims take each batch's queue strictly in order (priority, then
+//!   submission): a task that does not fit the worker's capacity or its
+//!   batch's concurrency ends the claim for that batch; smaller tasks behind
+//!   it do not jump ahead.
+//! - Between batches: highest head priority first, then the batch with fewer
+//!   cost units running, then the one served longest ago, then the older one.
+//! - A lease is expired when `now > lease_until`; a retry is due when
+//!   `now >= retry_at`; a deadline has passed when `now >= deadline`.
+//! - Appending to a batch that has stopped (cancelled, tripped, expired)
+//!   stores nothing and returns `stopped`, also after the batch was sealed.
+//! - Subscribers receive each operation's events once, in `seq` order, even
+//!   when operations run in parallel.
+//!
+//! This crate runs the suite against the memory store, in both of its
+//! flavours: `cargo test -p herd-core --features testing --test conformance`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -53,10 +74,9 @@ use crate::model::{
     Attempt, BatchId, BatchSpec, BatchState, Event, EventKind, Priority, Reason, StateCounts,
     TaskId, TaskSpec, TaskState, Timestamp, WorkerId,
 };
-use crate::store::{Appended, BatchInfo, CancelMode, CancelRequest};
 use crate::store::{
-    Applied, AttemptOutcome, Claim, ClaimRequest, ClaimedTask, Completion, Events, Fence, Inserted,
-    Renewal, Stale, Store, StoreError,
+    Appended, Applied, AttemptOutcome, BatchInfo, CancelMode, CancelRequest, Claim, ClaimRequest,
+    ClaimedTask, Completion, Events, Fence, Inserted, Renewal, Stale, Store, StoreError,
 };
 
 /// A store the suite can run against: payloads and outputs are text.
@@ -1174,7 +1194,7 @@ pub mod cases {
     /// whether it is the batch's or a task's own.
     pub async fn claim_shares_fairly_between_batches<S: SuiteStore>(store: S) {
         let mut h = Harness::new(store).await;
-        let keys = |p: &str| (1..=6).map(|i| task(&format!("{p}{i}"))).collect();
+        let keys = |p: &str| (1..=8).map(|i| task(&format!("{p}{i}"))).collect();
         let a = h.insert(batch(10, keys("a")), T0).await;
         let b = h.insert(batch(10, keys("b")), T0).await;
         let mut served = Vec::new();
@@ -1206,6 +1226,18 @@ pub mod cases {
             "one at a time"
         );
 
+        // Fewer units in use beats having waited longer: a is served before
+        // b, but once b's task is done b has nothing running and a has one.
+        let a5 = h.claim(10, 1, secs(4)).await;
+        assert_eq!(payloads(&a5), ["a5"]);
+        let b5 = h.claim(10, 1, secs(4)).await;
+        assert_eq!(payloads(&b5), ["b5"]);
+        h.succeed(&b5.tasks[0], None, secs(4)).await;
+        let b6 = h.claim(10, 1, secs(4)).await;
+        assert_eq!(payloads(&b6), ["b6"], "b runs nothing, a runs a5");
+        h.succeed(&a5.tasks[0], None, secs(4)).await;
+        h.succeed(&b6.tasks[0], None, secs(4)).await;
+
         let high = BatchSpec {
             priority: Priority::HIGH,
             ..batch(10, vec![task("h1"), task("h2")])
@@ -1217,7 +1249,10 @@ pub mod cases {
         };
         h.insert(batch(10, vec![urgent]), secs(4)).await;
         let claim = h.claim(20, 20, secs(5)).await;
-        assert_eq!(payloads(&claim), ["u", "h1", "h2", "a5", "b5", "a6", "b6"]);
+        assert_eq!(
+            payloads(&claim),
+            ["u", "h1", "h2", "a6", "b7", "a7", "b8", "a8"]
+        );
         assert_eq!(claimed(&claim, "h1").priority, Priority::HIGH);
         assert_eq!(h.batch(high.batch).await.priority, Priority::HIGH);
         h.finish().await;
