@@ -267,6 +267,7 @@ impl<S: Store> Worker<S> {
                 );
                 let claim = drive(&mut attempts, &mut state.finished, op).await?;
                 next_due = claim.next_due;
+                self.router.route(&claim.events, &[]).await;
                 claimed_all = !claim.tasks.is_empty() && claim.tasks.len() == want as usize;
                 let started = Instant::now();
                 let wall = self.clock.now();

@@ -228,6 +228,16 @@ impl<P, O> Inner<P, O> {
     }
 }
 
+/// Whether a cancellation request in `mode` adds to what was asked before:
+/// a first request, or forced after graceful.
+fn escalates(current: Option<(CancelMode, Reason)>, mode: CancelMode) -> bool {
+    match current {
+        None => true,
+        Some((CancelMode::Graceful, _)) => mode == CancelMode::Forced,
+        Some((CancelMode::Forced, _)) => false,
+    }
+}
+
 /// A task reaching a terminal state, and what the store does about it.
 struct Finish {
     task: TaskId,
@@ -483,14 +493,16 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                     }
                 }
             }
-            // Any end may trip a share threshold: a success adds to the
-            // finished tasks the share is judged over.
-            self.apply_error_policy(batch, now);
             if !self.retain {
                 self.tasks.remove(&task);
             }
         }
         for batch in touched {
+            // After the skips have cascaded, so that a failed task's
+            // dependents end `skipped{upstream_failed}` even when the failure
+            // trips the policy. Any end may trip a share threshold: a success
+            // adds to the finished tasks the share is judged over.
+            self.apply_error_policy(batch, now);
             self.finish_batch_if_done(batch, now);
         }
     }
@@ -536,7 +548,7 @@ impl<P: Clone, O: Clone> Inner<P, O> {
             match t.state {
                 TaskState::Running => {
                     if let Some(mode) = running
-                        && t.cancel.is_none()
+                        && escalates(t.cancel, mode)
                     {
                         t.cancel = Some((mode, reason));
                         self.control_pending = true;
@@ -581,6 +593,26 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         self.deadlines.retain(|(_, b)| *b != batch);
         self.ready_batches.retain(|b| *b != batch);
         self.set_batch_state(batch, to, now);
+    }
+
+    /// Stops every batch whose deadline has passed: waiting tasks end
+    /// `cancelled{deadline}`, running ones are asked to stop.
+    fn expire_deadlines(&mut self, now: Timestamp) {
+        while let Some(&(at, batch)) = self.deadlines.first() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let Some(b) = self.batches.get_mut(&batch) else {
+                continue;
+            };
+            if b.state.is_terminal() {
+                continue;
+            }
+            b.failed_by_policy = true;
+            b.open = false;
+            self.stop_batch(batch, Reason::Deadline, Some(CancelMode::Forced), now);
+        }
     }
 
     fn promote_due_retries(&mut self, now: Timestamp) {
@@ -839,6 +871,8 @@ where
         now: Timestamp,
     ) -> Result<Claim<P, O>, StoreError> {
         let mut inner = self.lock();
+        // Nothing starts past its batch's deadline, even if no one expired it yet.
+        inner.expire_deadlines(now);
         inner.promote_due_retries(now);
         let mut capacity = request.capacity;
         let mut tasks = Vec::new();
@@ -908,6 +942,7 @@ where
         let next_due = inner.next_due();
         let events = self.publish(inner.take_events());
         inner.work_ready = false;
+        self.wake(&mut inner);
         drop(inner);
         Ok(Claim {
             tasks,
@@ -1048,8 +1083,9 @@ where
             .get_mut(&task)
             .ok_or(StoreError::UnknownTask(task))?;
         match t.state {
-            TaskState::Running if t.cancel.is_none() => {
-                t.cancel = Some((mode, Reason::ByUser));
+            TaskState::Running if escalates(t.cancel, mode) => {
+                let reason = t.cancel.map_or(Reason::ByUser, |(_, reason)| reason);
+                t.cancel = Some((mode, reason));
                 inner.control_pending = true;
             }
             TaskState::Pending | TaskState::Queued | TaskState::RetryWait => {
@@ -1148,9 +1184,21 @@ where
             let t = inner.tasks.get_mut(&id).expect("running tasks exist");
             t.lost += 1;
             t.message = Some("the worker running it stopped renewing its lease".into());
-            let (batch, cost, lost, attempt) = (t.batch, t.cost, t.lost, t.attempt);
+            let (batch, cost, lost, attempt, cancel) =
+                (t.batch, t.cost, t.lost, t.attempt, t.cancel);
             let b = &inner.batches[&batch];
-            if b.stopped.is_none() && b.policy.retry.should_retry_lost(lost) {
+            if let Some((_, reason)) = cancel {
+                // It was being cancelled when its worker died: that is how it ends.
+                inner.finish_all(
+                    vec![Finish {
+                        task: id,
+                        state: TaskState::Cancelled,
+                        reason: Some(reason),
+                    }],
+                    None,
+                    now,
+                );
+            } else if b.stopped.is_none() && b.policy.retry.should_retry_lost(lost) {
                 inner.running.remove(&id);
                 let b = inner.batches.get_mut(&batch).expect("exists");
                 b.running_cost -= cost;
@@ -1178,21 +1226,7 @@ where
 
     async fn batch_expire(&self, now: Timestamp) -> Result<Events, StoreError> {
         let mut inner = self.lock();
-        while let Some(&(at, batch)) = inner.deadlines.first() {
-            if at > now {
-                break;
-            }
-            inner.deadlines.pop_first();
-            let Some(b) = inner.batches.get_mut(&batch) else {
-                continue;
-            };
-            if b.state.is_terminal() {
-                continue;
-            }
-            b.failed_by_policy = true;
-            b.open = false;
-            inner.stop_batch(batch, Reason::Deadline, Some(CancelMode::Forced), now);
-        }
+        inner.expire_deadlines(now);
         let events = self.publish(inner.take_events());
         self.wake(&mut inner);
         drop(inner);
