@@ -147,6 +147,10 @@ macro_rules! store_conformance {
             events_reach_subscribers_in_order,
             concurrent_operations_publish_in_order,
             batch_stats_reports_figures,
+            policy_trip_skips_the_failures_dependents,
+            forced_cancel_escalates_a_graceful_one,
+            a_task_lost_while_cancelling_ends_cancelled,
+            claims_do_not_start_tasks_past_the_deadline,
         );
     };
     (@cases $factory:expr; $($case:ident),+ $(,)?) => {
@@ -2496,6 +2500,124 @@ pub mod cases {
         for id in ids {
             assert_eq!(h.batch(id).await.state, B::Succeeded);
         }
+        h.finish().await;
+    }
+
+    /// A failure that trips `stop` still skips its own dependents with
+    /// `upstream_failed` (they are its consequence, as with `continue`); the
+    /// rest of the batch is cancelled with `batch_stopped`.
+    pub async fn policy_trip_skips_the_failures_dependents<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let spec = BatchSpec {
+            error_policy: crate::model::ErrorPolicy::stop(),
+            ..batch(
+                1,
+                vec![task("a"), after("b", &["a"]), after("c", &["b"]), task("d")],
+            )
+        };
+        let ins = h.insert(spec, T0).await;
+        let [a, b, c, d] = ins.tasks[..] else {
+            panic!("four tasks")
+        };
+        let claim = h.claim(10, 10, secs(1)).await;
+        assert_eq!(payloads(&claim), ["a"]);
+        let (result, events) = h
+            .report(
+                fence(&claim.tasks[0]),
+                failure(Reason::ExitCode(1), None),
+                secs(2),
+            )
+            .await;
+        assert_eq!(result, Ok(Failed));
+        let upstream = Some(Reason::UpstreamFailed);
+        assert_moves(
+            &events,
+            &[
+                (a, Failed, Some(Reason::ExitCode(1))),
+                (b, Skipped, upstream),
+                (c, Skipped, upstream),
+                (d, Cancelled, Some(Reason::BatchStopped)),
+            ],
+        );
+        assert_eq!(batch_moves(&events), [(ins.batch, B::Failed)]);
+        h.finish().await;
+    }
+
+    /// A forced cancellation of a task already asked to stop gracefully
+    /// replaces the request; a graceful one after a forced one does not.
+    pub async fn forced_cancel_escalates_a_graceful_one<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let ins = h.insert(batch(1, vec![task("a")]), T0).await;
+        let claim = h.claim(10, 10, secs(1)).await;
+        let ta = claim.tasks[0].clone();
+        let request = |mode| CancelRequest {
+            fence: fence(&ta),
+            mode,
+            reason: Reason::ByUser,
+        };
+        h.cancel_task(ta.id, CancelMode::Graceful, secs(2)).await;
+        let renewal = h.renew(vec![fence(&ta)], secs(3)).await;
+        assert_eq!(renewal.cancel, [request(CancelMode::Graceful)]);
+        h.cancel_task(ta.id, CancelMode::Forced, secs(4)).await;
+        let renewal = h.renew(vec![fence(&ta)], secs(5)).await;
+        assert_eq!(renewal.cancel, [request(CancelMode::Forced)]);
+        h.cancel_task(ta.id, CancelMode::Graceful, secs(6)).await;
+        let renewal = h.renew(vec![fence(&ta)], secs(7)).await;
+        assert_eq!(
+            renewal.cancel,
+            [request(CancelMode::Forced)],
+            "no downgrade"
+        );
+        let (result, events) = h
+            .report(fence(&ta), cancelled(Reason::ByUser), secs(8))
+            .await;
+        assert_eq!(result, Ok(Cancelled));
+        assert_eq!(batch_moves(&events), [(ins.batch, B::Partial)]);
+        h.finish().await;
+    }
+
+    /// A running task whose worker dies while it is being cancelled ends the
+    /// way it was being ended (`cancelled`), not `failed{lost}`, and is not
+    /// run again.
+    pub async fn a_task_lost_while_cancelling_ends_cancelled<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let ins = h.insert(batch(1, vec![task("a"), task("b")]), T0).await;
+        let [a, b] = ins.tasks[..] else {
+            panic!("two tasks")
+        };
+        let claim = h.claim(10, 10, secs(1)).await;
+        assert_eq!(payloads(&claim), ["a"]);
+        let events = h
+            .cancel_batch(ins.batch, CancelMode::Graceful, secs(2))
+            .await;
+        assert_moves(&events, &[(b, Cancelled, Some(Reason::ByUser))]);
+        let events = h
+            .rescue(secs(1).plus(LEASE).plus(Duration::from_secs(1)))
+            .await;
+        assert_moves(&events, &[(a, Cancelled, Some(Reason::ByUser))]);
+        assert_eq!(batch_moves(&events), [(ins.batch, B::Cancelled)]);
+        assert!(h.claim(10, 10, secs(40)).await.tasks.is_empty());
+        h.finish().await;
+    }
+
+    /// A claim at or after a batch's deadline starts nothing of it, and ends
+    /// its waiting tasks `cancelled{deadline}`, even if no one expired it yet.
+    pub async fn claims_do_not_start_tasks_past_the_deadline<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let mut spec = batch(1, vec![task("a"), task("b")]);
+        spec.policy.deadline = Some(secs(10));
+        let ins = h.insert(spec, T0).await;
+        let [a, b] = ins.tasks[..] else {
+            panic!("two tasks")
+        };
+        let claim = h.claim(10, 10, secs(10)).await;
+        assert!(claim.tasks.is_empty());
+        let deadline = Some(Reason::Deadline);
+        assert_moves(
+            &claim.events,
+            &[(a, Cancelled, deadline), (b, Cancelled, deadline)],
+        );
+        assert_eq!(batch_moves(&claim.events), [(ins.batch, B::Failed)]);
         h.finish().await;
     }
 
