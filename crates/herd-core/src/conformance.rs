@@ -2555,13 +2555,19 @@ pub mod cases {
             mode,
             reason: Reason::ByUser,
         };
-        h.cancel_task(ta.id, CancelMode::Graceful, secs(2)).await;
+        h.cancel_task(ta.id, CancelMode::Graceful, secs(2))
+            .await
+            .expect("task_cancel");
         let renewal = h.renew(vec![fence(&ta)], secs(3)).await;
         assert_eq!(renewal.cancel, [request(CancelMode::Graceful)]);
-        h.cancel_task(ta.id, CancelMode::Forced, secs(4)).await;
+        h.cancel_task(ta.id, CancelMode::Forced, secs(4))
+            .await
+            .expect("task_cancel");
         let renewal = h.renew(vec![fence(&ta)], secs(5)).await;
         assert_eq!(renewal.cancel, [request(CancelMode::Forced)]);
-        h.cancel_task(ta.id, CancelMode::Graceful, secs(6)).await;
+        h.cancel_task(ta.id, CancelMode::Graceful, secs(6))
+            .await
+            .expect("task_cancel");
         let renewal = h.renew(vec![fence(&ta)], secs(7)).await;
         assert_eq!(
             renewal.cancel,

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::Stream;
-use herd_core::scheduler::{Router, WorkerConfig, WorkerHandle, spawn_worker};
+use herd_core::scheduler::{Router, SlotPool, WorkerConfig, WorkerHandle, spawn_worker};
 use herd_core::store::{CancelMode, MemoryStore, Store};
 use herd_core::{
     BatchId, BatchInfo, BatchSpec, BatchStats, ChunkPolicy, Clock, ErrorPolicy, InvalidField,
@@ -49,7 +49,7 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<Mem>,
     pub(crate) router: Arc<Router<Mem>>,
     pub(crate) clock: Arc<dyn Clock>,
-    worker: WorkerHandle,
+    workers: Vec<WorkerHandle>,
     defaults: Defaults,
     slots: u32,
     next_flow: AtomicU64,
@@ -57,7 +57,9 @@ pub(crate) struct Shared {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        self.worker.abort();
+        for worker in &self.workers {
+            worker.abort();
+        }
     }
 }
 
@@ -77,6 +79,7 @@ pub struct ExecutorBuilder {
     defaults: Defaults,
     lease: Duration,
     spawn: bool,
+    workers: Option<usize>,
     clock: Option<Arc<dyn ClockDebug>>,
 }
 
@@ -97,6 +100,7 @@ impl Default for ExecutorBuilder {
             },
             lease: Duration::from_secs(30),
             spawn: false,
+            workers: None,
             clock: None,
         }
     }
@@ -154,6 +158,16 @@ impl ExecutorBuilder {
         self
     }
 
+    /// Worker loops sharing the slots (default 1, at most one per slot).
+    /// Each claims, polls and reports its share of the tasks, so that
+    /// handlers that compute between awaits are spread over more threads.
+    /// For handlers that mostly wait, one worker is faster: more contend for
+    /// the store (measured: 1M no-op tasks run at about 0.8× with two).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
     /// Checks the configuration and starts the executor's worker.
     ///
     /// Must be called inside a tokio runtime.
@@ -192,25 +206,37 @@ impl ExecutorBuilder {
             Some(clock) => Arc::new(DynClock(clock)),
             None => Arc::new(TokioClock::new()),
         };
+        let workers = match self.workers {
+            Some(0) => return Err(InvalidField::new("workers", 0, "must be at least 1").into()),
+            Some(n) => n,
+            None => 1,
+        };
+        let workers = u32::try_from(workers).unwrap_or(u32::MAX).min(slots);
+        let pool = Arc::new(SlotPool::new(slots, workers));
         let _guard = runtime.enter();
-        let worker = spawn_worker(
-            store.clone(),
-            router.clone(),
-            clock.clone(),
-            WorkerConfig {
-                slots,
-                lease: self.lease,
-                heartbeat: self.lease / 3,
-                host: "localhost".into(),
-                spawn_attempts: self.spawn,
-            },
-        );
+        let workers = (0..workers)
+            .map(|_| {
+                spawn_worker(
+                    store.clone(),
+                    router.clone(),
+                    clock.clone(),
+                    WorkerConfig {
+                        slots,
+                        lease: self.lease,
+                        heartbeat: self.lease / 3,
+                        host: "localhost".into(),
+                        spawn_attempts: self.spawn,
+                        pool: Some(pool.clone()),
+                    },
+                )
+            })
+            .collect();
         Ok(Executor {
             shared: Arc::new(Shared {
                 store,
                 router,
                 clock,
-                worker,
+                workers,
                 defaults,
                 slots,
                 next_flow: AtomicU64::new(1),
@@ -510,13 +536,13 @@ impl BatchBuilder<'_> {
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = Arc::new(FnRunner::<T, O, H>::new(handler, tx.clone(), None));
         let batch = insert_bound(&shared, spec, flow.clone(), runner).await?.0;
-        let window = Arc::new(Semaphore::new(window));
+        let credits = Arc::new(Semaphore::new(window));
         let max = self.max_records.unwrap_or(usize::MAX);
         let feeder = tokio::spawn(feed(
             shared.clone(),
             batch,
             items.take(max),
-            window.clone(),
+            credits.clone(),
             tx,
         ));
         Ok(Run::new(
@@ -524,7 +550,7 @@ impl BatchBuilder<'_> {
             batch,
             flow,
             rx,
-            Some(window),
+            Some((credits, window)),
             None,
             self.ordered,
             Some(feeder.abort_handle()),

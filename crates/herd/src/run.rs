@@ -19,9 +19,6 @@ use crate::runner::RunMsg;
 /// Items appended to the store per round trip, at most.
 const FEED_CHUNK: usize = 256;
 
-/// Window credits returned to the feeder at once.
-const RELEASE_CHUNK: usize = 32;
-
 /// A batch being run: a [`Stream`] of one [`Outcome`] per task, in completion
 /// order (or input order, with `ordered()`).
 ///
@@ -36,7 +33,9 @@ pub struct Run<O> {
     batch: BatchId,
     flow: Arc<str>,
     rx: mpsc::UnboundedReceiver<RunMsg<O>>,
-    window: Option<Arc<Semaphore>>,
+    /// The feeder's credits, and how many there are in all.
+    window: Option<(Arc<Semaphore>, usize)>,
+    /// Credits earned by yielded outcomes, not yet handed back.
     released: usize,
     total: Option<u64>,
     yielded: u64,
@@ -71,7 +70,7 @@ impl<O> Run<O> {
         batch: BatchId,
         flow: Arc<str>,
         rx: mpsc::UnboundedReceiver<RunMsg<O>>,
-        window: Option<Arc<Semaphore>>,
+        window: Option<(Arc<Semaphore>, usize)>,
         total: Option<u64>,
         ordered: bool,
         feeder: Option<AbortHandle>,
@@ -149,10 +148,21 @@ impl<O> Run<O> {
         })
     }
 
-    fn release(&mut self, flush: bool) {
-        if let Some(window) = &self.window
-            && (self.released >= RELEASE_CHUNK || (flush && self.released > 0))
-        {
+    /// Hands credits back to the feeder: in chunks of a quarter of the
+    /// window, so that it wakes a few times per window rather than per
+    /// outcome; and, when the stream is about to wait (`waiting`), earlier
+    /// if fewer than half the window's items are still in flight, so that
+    /// the executor never runs dry (and never waits with credits held while
+    /// nothing is in flight).
+    fn release(&mut self, waiting: bool) {
+        let Some((window, size)) = &self.window else {
+            return;
+        };
+        if self.released == 0 {
+            return;
+        }
+        let in_flight = size.saturating_sub(window.available_permits() + self.released);
+        if self.released >= (size / 4).max(1) || (waiting && in_flight <= size / 2) {
             window.add_permits(self.released);
             self.released = 0;
         }
@@ -175,7 +185,9 @@ impl<O> Run<O> {
     fn end(&mut self) -> Poll<Option<Outcome<O>>> {
         if !self.ended {
             self.ended = true;
-            self.release(true);
+            if let Some((window, _)) = &self.window {
+                window.add_permits(std::mem::take(&mut self.released));
+            }
             unbind(&self.shared, self.batch, &self.flow);
         }
         Poll::Ready(None)
@@ -232,7 +244,7 @@ impl<O> Drop for Run<O> {
         if let Some(feeder) = &self.feeder {
             feeder.abort();
         }
-        if let Some(window) = &self.window {
+        if let Some((window, _)) = &self.window {
             window.close();
         }
         if self.ended {

@@ -160,7 +160,10 @@ where
     }
 
     fn flush(&self) {
-        let outcomes = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let capacity = pending.len();
+        let outcomes = std::mem::replace(&mut *pending, Vec::with_capacity(capacity));
+        drop(pending);
         if !outcomes.is_empty() {
             let _ = self.tx.send(RunMsg::Outcomes(outcomes));
         }

@@ -23,6 +23,7 @@ use futures::stream::{FuturesUnordered, Stream, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::pool::SlotPool;
 use super::router::Router;
 use super::runner::{AttemptReport, AttemptResult, Runner, TaskEnd};
 use super::signal::Cancellation;
@@ -48,6 +49,9 @@ pub struct WorkerConfig {
     /// Run each attempt as its own tokio task (parallel on every core, one
     /// spawn per attempt) instead of polling it in the worker loop.
     pub spawn_attempts: bool,
+    /// Slots shared with other workers of this process; `None`: the worker's
+    /// own `slots`.
+    pub pool: Option<Arc<SlotPool>>,
 }
 
 impl Default for WorkerConfig {
@@ -58,6 +62,7 @@ impl Default for WorkerConfig {
             heartbeat: Duration::from_secs(10),
             host: "localhost".into(),
             spawn_attempts: false,
+            pool: None,
         }
     }
 }
@@ -101,11 +106,13 @@ pub fn spawn_worker<S: Store>(
     config: WorkerConfig,
 ) -> WorkerHandle {
     let stop = CancellationToken::new();
+    let own_pool = Arc::new(SlotPool::new(config.slots, 1));
     let worker = Worker {
         store,
         router,
         clock,
         config,
+        own_pool,
         stop: stop.clone(),
     };
     WorkerHandle {
@@ -119,6 +126,8 @@ struct Worker<S: Store> {
     router: Arc<Router<S>>,
     clock: Arc<dyn Clock>,
     config: WorkerConfig,
+    /// The slots of a worker that shares none.
+    own_pool: Arc<SlotPool>,
     stop: CancellationToken,
 }
 
@@ -151,10 +160,22 @@ struct Done<O> {
     duration: Duration,
 }
 
+/// What a claim handed this worker.
+struct Claimed<S: Store> {
+    tasks: Vec<ClaimedTask<S::Payload, S::Output>>,
+    next_due: Option<Timestamp>,
+    blocked_by: Option<u32>,
+    /// The slots asked for.
+    asked: u32,
+}
+
 struct LoopState<S: Store> {
     id: WorkerId,
     running: IdMap<TaskId, Running<S>>,
-    free: u32,
+    /// Slots held for the attempts running here.
+    held: u32,
+    /// Slots freed since they were last given back to the pool.
+    freed: u32,
     finished: Vec<Done<S::Output>>,
     completions: Vec<Completion<S::Output>>,
     /// One per completion, in the same order.
@@ -213,11 +234,17 @@ impl<S: Store> Worker<S> {
         let id = store
             .worker_register(&self.config.host, std::process::id(), self.clock.now())
             .await?;
+        let pool = self
+            .config
+            .pool
+            .clone()
+            .unwrap_or_else(|| self.own_pool.clone());
         let mut attempts = FuturesUnordered::new();
         let mut state = LoopState::<S> {
             id,
             running: IdMap::default(),
-            free: self.config.slots,
+            held: 0,
+            freed: 0,
             finished: Vec::new(),
             completions: Vec::new(),
             deliveries: Vec::new(),
@@ -247,40 +274,52 @@ impl<S: Store> Worker<S> {
                 next_due = None;
             }
 
+            if state.freed > 0 {
+                pool.release(std::mem::take(&mut state.freed));
+            }
+
             let work = store.signals().work.notified();
             let cancel = store.signals().control.notified();
-            tokio::pin!(work, cancel);
+            let returned = pool.returned();
+            tokio::pin!(work, cancel, returned);
             work.as_mut().enable();
             cancel.as_mut().enable();
+            returned.as_mut().enable();
 
             let mut claimed_all = false;
-            if !stopping && state.free > 0 {
-                let want = state.free;
-                let op = store.task_claim(
-                    ClaimRequest {
-                        worker: id,
-                        capacity: want,
-                        max_tasks: want as usize,
-                        lease: self.config.lease,
-                    },
-                    self.clock.now(),
-                );
-                let claim = drive(&mut attempts, &mut state.finished, op).await?;
-                next_due = claim.next_due;
-                self.router.route(&claim.events, &[]).await;
-                claimed_all = !claim.tasks.is_empty() && claim.tasks.len() == want as usize;
-                let started = Instant::now();
-                let wall = self.clock.now();
-                for task in claim.tasks {
-                    if let Some(attempt) = self.start(&mut state, task, started, wall).await {
-                        attempts.push(attempt);
+            let room = pool.share().saturating_sub(state.held);
+            if !stopping && room > 0 {
+                let want = pool.take_up_to(room);
+                let mut claim = None;
+                if want > 0 {
+                    claim = Some(self.claim(&mut state, &mut attempts, want).await?);
+                }
+                // The next task costs more than the slots taken: take that
+                // many whole, if the pool has them, rather than skip it.
+                if let Some(c) = &claim
+                    && c.tasks.is_empty()
+                    && let Some(cost) = c.blocked_by
+                    && pool.take_exactly(cost)
+                {
+                    claim = Some(self.claim(&mut state, &mut attempts, cost).await?);
+                }
+                if let Some(claim) = claim {
+                    next_due = claim.next_due;
+                    claimed_all =
+                        !claim.tasks.is_empty() && claim.tasks.len() == claim.asked as usize;
+                    let started = Instant::now();
+                    let wall = self.clock.now();
+                    for task in claim.tasks {
+                        if let Some(attempt) = self.start(&mut state, task, started, wall).await {
+                            attempts.push(attempt);
+                        }
                     }
                 }
             }
             if stopping && state.running.is_empty() && state.completions.is_empty() {
                 return Ok(());
             }
-            if (claimed_all && state.free > 0)
+            if (claimed_all && state.held < pool.share())
                 || !state.finished.is_empty()
                 || !state.completions.is_empty()
             {
@@ -293,10 +332,45 @@ impl<S: Store> Worker<S> {
                 Some(done) = attempts.next(), if !attempts.is_empty() => state.finished.extend(done),
                 _ = &mut cancel => control = true,
                 _ = &mut work => {}
+                _ = &mut returned => {}
                 _ = tokio::time::sleep_until(wake) => {}
                 _ = self.stop.cancelled(), if !stopping => stopping = true,
             }
         }
+    }
+
+    /// Claims up to `slots` slots' worth of tasks; keeps the slots the tasks
+    /// took and gives the rest back to the pool.
+    async fn claim(
+        &self,
+        state: &mut LoopState<S>,
+        attempts: &mut impl Attempts<S::Output>,
+        slots: u32,
+    ) -> Result<Claimed<S>, StoreError> {
+        let op = self.store.task_claim(
+            ClaimRequest {
+                worker: state.id,
+                capacity: slots,
+                max_tasks: slots as usize,
+                lease: self.config.lease,
+            },
+            self.clock.now(),
+        );
+        let claim = drive(attempts, &mut state.finished, op).await?;
+        self.router.route(&claim.events, &[]).await;
+        let used: u32 = claim.tasks.iter().map(|t| t.cost).sum();
+        state.held += used;
+        self.pool().untake(slots - used);
+        Ok(Claimed {
+            tasks: claim.tasks,
+            next_due: claim.next_due,
+            blocked_by: claim.blocked_by,
+            asked: slots,
+        })
+    }
+
+    fn pool(&self) -> &SlotPool {
+        self.config.pool.as_deref().unwrap_or(&self.own_pool)
     }
 
     fn wake_at(&self, heartbeat: Instant, due: Option<Timestamp>) -> Instant {
@@ -341,6 +415,8 @@ impl<S: Store> Worker<S> {
             // Nothing here can run this flow: fail the attempt rather than
             // hold it until its lease runs out.
             let message = format!("no runner for flow {:?} at this worker", task.policy.flow);
+            state.held -= task.cost;
+            state.freed += task.cost;
             state.completions.push(Completion {
                 fence,
                 outcome: AttemptOutcome::Failed {
@@ -384,13 +460,23 @@ impl<S: Store> Worker<S> {
         };
         let signal = cancel.clone();
         let attempt = async move {
-            let report = match cut {
-                Some((at, is_deadline)) => match tokio::time::timeout_at(at, work).await {
-                    Ok(r) => Ok(r),
-                    Err(_) if is_deadline => Err(Ended::Deadline),
-                    Err(_) => Err(Ended::Timeout),
+            let mut work = std::pin::pin!(work);
+            // Poll once before arming a timer: short attempts end here and
+            // never touch the timer wheel; the timer is boxed so that the
+            // attempt's future stays small for the ones that do.
+            let report = match futures::poll!(work.as_mut()) {
+                std::task::Poll::Ready(r) => Ok(r),
+                std::task::Poll::Pending => match cut {
+                    Some((at, is_deadline)) => {
+                        let timer = Box::pin(tokio::time::sleep_until(at));
+                        tokio::select! {
+                            biased;
+                            r = work.as_mut() => Ok(r),
+                            () = timer => Err(if is_deadline { Ended::Deadline } else { Ended::Timeout }),
+                        }
+                    }
+                    None => Ok(work.await),
                 },
-                None => Ok(work.await),
             };
             let ended = match report {
                 Ok(Ok(report)) => Ended::Report(report),
@@ -416,7 +502,7 @@ impl<S: Store> Worker<S> {
                 () = forced => None,
             }
         };
-        state.free -= cost;
+
         state.running.insert(
             fence.task,
             Running {
@@ -451,7 +537,8 @@ impl<S: Store> Worker<S> {
                 continue;
             }
             let run = state.running.remove(&done.fence.task).expect("checked");
-            state.free += run.cost;
+            state.held -= run.cost;
+            state.freed += run.cost;
             let (outcome, delivery) = match done.ended {
                 Ended::Report(report) => {
                     let AttemptReport {
@@ -512,7 +599,7 @@ impl<S: Store> Worker<S> {
         }
         let completions = std::mem::replace(
             &mut state.completions,
-            Vec::with_capacity(self.config.slots as usize),
+            Vec::with_capacity(state.held as usize + 1),
         );
         let ends: Vec<(Fence, Option<Reason>)> = completions
             .iter()
@@ -591,7 +678,8 @@ impl<S: Store> Worker<S> {
                 // Someone else owns the task now; our report would be refused.
                 if let Some(run) = state.running.remove(&fence.task) {
                     run.cancel.force();
-                    state.free += run.cost;
+                    state.held -= run.cost;
+                    state.freed += run.cost;
                 }
             }
             for request in renewal.cancel {
@@ -606,7 +694,8 @@ impl<S: Store> Worker<S> {
                     CancelMode::Forced => {
                         let run = state.running.remove(&request.fence.task).expect("checked");
                         run.cancel.force();
-                        state.free += run.cost;
+                        state.held -= run.cost;
+                        state.freed += run.cost;
                         state.completions.push(Completion {
                             fence: request.fence,
                             outcome: AttemptOutcome::Cancelled {

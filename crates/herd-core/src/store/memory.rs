@@ -7,8 +7,8 @@
 //! store was built with [`MemoryStore::retaining`], so memory follows the work
 //! in flight, not the work done.
 
-use std::cmp::{Ordering, Reverse};
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -101,26 +101,63 @@ impl<P, O> MemoryStore<P, O> {
     }
 }
 
-/// A ready task in its batch's queue: highest priority first, then submission order.
+/// A ready task in its batch's queue.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Ready {
     priority: Priority,
-    index: u64,
     cost: u32,
     task: TaskId,
 }
 
-impl Ord for Ready {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.priority
-            .cmp(&other.priority)
-            .then_with(|| other.index.cmp(&self.index))
-    }
+/// A batch's ready tasks: highest priority first, first in first out within a
+/// priority (a retried task queues again behind those already waiting).
+/// O(1) per push and pop while the batch uses few priority levels.
+#[derive(Default)]
+struct ReadyQueue {
+    levels: BTreeMap<Reverse<Priority>, VecDeque<Ready>>,
+    len: usize,
 }
 
-impl PartialOrd for Ready {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+impl ReadyQueue {
+    fn push(&mut self, ready: Ready) {
+        self.levels
+            .entry(Reverse(ready.priority))
+            .or_default()
+            .push_back(ready);
+        self.len += 1;
+    }
+
+    fn peek(&self) -> Option<&Ready> {
+        self.levels.values().next().and_then(VecDeque::front)
+    }
+
+    fn pop(&mut self) -> Option<Ready> {
+        let mut level = self.levels.first_entry()?;
+        let ready = level.get_mut().pop_front();
+        if level.get().is_empty() {
+            level.remove();
+        }
+        self.len -= usize::from(ready.is_some());
+        ready
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn clear(&mut self) {
+        self.levels.clear();
+        self.len = 0;
+    }
+
+    fn remove(&mut self, task: TaskId) {
+        for queue in self.levels.values_mut() {
+            if let Some(pos) = queue.iter().position(|r| r.task == task) {
+                queue.remove(pos);
+                self.len -= 1;
+            }
+        }
+        self.levels.retain(|_, queue| !queue.is_empty());
     }
 }
 
@@ -138,7 +175,7 @@ struct BatchRec {
     counts: StateCounts,
     retries: u64,
     running_cost: u32,
-    ready: BinaryHeap<Ready>,
+    ready: ReadyQueue,
     in_ready_list: bool,
     /// Tasks not yet terminal.
     live: IdSet<TaskId>,
@@ -321,7 +358,6 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         let Some(t) = self.tasks.get(&id) else { return };
         let entry = Ready {
             priority: t.priority,
-            index: t.index,
             cost: t.cost,
             task: id,
         };
@@ -713,7 +749,7 @@ where
                 counts: StateCounts::default(),
                 retries: 0,
                 running_cost: 0,
-                ready: BinaryHeap::new(),
+                ready: ReadyQueue::default(),
                 in_ready_list: false,
                 live: IdSet::default(),
                 kept_outputs: Vec::new(),
@@ -875,14 +911,16 @@ where
         inner.expire_deadlines(now);
         inner.promote_due_retries(now);
         let mut capacity = request.capacity;
-        let mut tasks = Vec::new();
+        let mut tasks = Vec::with_capacity(request.max_tasks.min(1024));
         let lease_until = now.plus(request.lease);
+        let mut blocked_by = None;
         while tasks.len() < request.max_tasks {
             let Some((pos, head)) = inner.best_batch() else {
                 break;
             };
             if head.cost > capacity {
                 // Strict order: a smaller task behind it must not jump ahead.
+                blocked_by = Some(head.cost);
                 break;
             }
             capacity -= head.cost;
@@ -947,6 +985,7 @@ where
         Ok(Claim {
             tasks,
             next_due,
+            blocked_by,
             events,
         })
     }
@@ -1092,7 +1131,7 @@ where
                 let (batch, state) = (t.batch, t.state);
                 if state == TaskState::Queued {
                     let b = inner.batches.get_mut(&batch).expect("exists");
-                    b.ready.retain(|r| r.task != task);
+                    b.ready.remove(task);
                 }
                 inner.finish_all(
                     vec![Finish {

@@ -101,6 +101,10 @@ pub struct Claim<P, O> {
     /// The earliest time at which something becomes due without any further
     /// operation: a retry's backoff ending, or a batch deadline.
     pub next_due: Option<Timestamp>,
+    /// The cost of the next task in line when it did not fit the capacity
+    /// asked for: the claim stopped there rather than let smaller tasks
+    /// behind it jump ahead.
+    pub blocked_by: Option<u32>,
     /// The transitions of the claim.
     pub events: Events,
 }

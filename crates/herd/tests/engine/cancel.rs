@@ -173,7 +173,10 @@ async fn spawned_attempts_are_cancelled_and_timed_out_like_inline_ones() {
     assert!(all[0].is_success());
     for o in &all[1..] {
         let f = o.result.as_ref().unwrap_err();
-        assert_eq!((f.state, f.reason), (TaskState::Failed, Some(Reason::Timeout)));
+        assert_eq!(
+            (f.state, f.reason),
+            (TaskState::Failed, Some(Reason::Timeout))
+        );
     }
     // The spawned tasks were aborted, not left running: every future was dropped.
     tokio::task::yield_now().await;

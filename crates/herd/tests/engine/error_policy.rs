@@ -6,9 +6,10 @@ use herd::{BatchState, ErrorPolicy, Reason, TaskContext, TaskError, TaskState, T
 
 use crate::common::{DropFlag, executor, outcomes};
 
-/// Item 0 fails at once; the others take a second.
+/// Item 0 fails after 10 ms (while item 1 runs); the others take a second.
 async fn handler(i: u32, _: TaskContext) -> Result<u32, TaskError> {
     if i == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
         return Err(TaskError::new("first failure"));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;

@@ -35,6 +35,7 @@ struct Script {
 
 #[derive(Clone, Debug)]
 struct Case {
+    workers: usize,
     slots: u32,
     concurrency: u32,
     max_attempts: u32,
@@ -44,13 +45,14 @@ struct Case {
 
 fn case() -> impl Strategy<Value = Case> {
     (
+        1usize..=3,
         1u32..=5,
         1u32..=5,
         1u32..=3,
         prop_oneof![Just(None), Just(Some(25u64)), Just(Some(45))],
         1usize..=24,
     )
-        .prop_flat_map(|(slots, concurrency, max_attempts, timeout, n)| {
+        .prop_flat_map(|(workers, slots, concurrency, max_attempts, timeout, n)| {
             let limit = slots.min(concurrency);
             let task = (
                 prop_oneof![
@@ -67,40 +69,43 @@ fn case() -> impl Strategy<Value = Case> {
                 proptest::bool::weighted(0.3),
             );
             (
-                Just((slots, concurrency, max_attempts, timeout)),
+                Just((workers, slots, concurrency, max_attempts, timeout)),
                 proptest::collection::vec(task, n),
             )
         })
-        .prop_map(|((slots, concurrency, max_attempts, timeout), raw)| Case {
-            slots,
-            concurrency,
-            max_attempts,
-            timeout,
-            tasks: raw
-                .into_iter()
-                .enumerate()
-                .map(
-                    |(i, (priority, cost, millis, fail_first, permanent, deps, when_done))| {
-                        let mut after: Vec<usize> = if i == 0 {
-                            Vec::new()
-                        } else {
-                            deps.iter().map(|d| *d as usize % i).collect()
-                        };
-                        after.sort_unstable();
-                        after.dedup();
-                        Script {
-                            priority,
-                            cost,
-                            millis,
-                            fail_first,
-                            permanent,
-                            after,
-                            when_done,
-                        }
-                    },
-                )
-                .collect(),
-        })
+        .prop_map(
+            |((workers, slots, concurrency, max_attempts, timeout), raw)| Case {
+                workers,
+                slots,
+                concurrency,
+                max_attempts,
+                timeout,
+                tasks: raw
+                    .into_iter()
+                    .enumerate()
+                    .map(
+                        |(i, (priority, cost, millis, fail_first, permanent, deps, when_done))| {
+                            let mut after: Vec<usize> = if i == 0 {
+                                Vec::new()
+                            } else {
+                                deps.iter().map(|d| *d as usize % i).collect()
+                            };
+                            after.sort_unstable();
+                            after.dedup();
+                            Script {
+                                priority,
+                                cost,
+                                millis,
+                                fail_first,
+                                permanent,
+                                after,
+                                when_done,
+                            }
+                        },
+                    )
+                    .collect(),
+            },
+        )
 }
 
 /// Whether a task's own script lets it succeed (its upstream permitting).
@@ -119,6 +124,7 @@ fn check(case: Case) -> Result<(), TestCaseError> {
     rt.block_on(async move {
         let exec = Executor::builder()
             .concurrency(case.slots as usize)
+            .workers(case.workers)
             .build()
             .unwrap();
         let mut events = exec.subscribe();
