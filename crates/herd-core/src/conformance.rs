@@ -7,7 +7,7 @@
 //! becomes its own `#[tokio::test]` and gets a fresh, isolated store from the
 //! factory (for PostgreSQL: its own schema, named after the case):
 //!
-//! ```ignore
+//! ```text
 //! // herd-sqlite/tests/conformance.rs, with
 //! // [dev-dependencies] herd-core = { workspace = true, features = ["testing"] }
 //! // and tokio (features "macros", "rt-multi-thread") as a dev-dependency.
@@ -47,8 +47,9 @@
 //! Some behaviour is not spelled out by the trait's signatures; the memory
 //! store (the reference) does the following, and so must every store:
 //!
-//! - Claims take each batch's queue strictly in order (priority, then
-//!   submission): a task that does not fit the worker's capacity or its
+//! - Claims take each batch's queue strictly in order (priority, then the
+//!   order in which tasks became ready: submission order, with a retried
+//!   task queuing again behind those already waiting): a task that does not fit the worker's capacity or its
 //!   batch's concurrency ends the claim for that batch; smaller tasks behind
 //!   it do not jump ahead.
 //! - Between batches: highest head priority first, then the batch with fewer
