@@ -17,7 +17,7 @@ use crate::Error;
 use crate::chunk::{ChunkRun, chunk_handler};
 use crate::context::AnyValue;
 use crate::events::Subscription;
-use crate::run::{Run, feed};
+use crate::run::{Run, input};
 use crate::runner::{FnRunner, Handler};
 use crate::task::Task;
 
@@ -534,27 +534,19 @@ impl BatchBuilder<'_> {
             .unwrap_or(self.concurrency.saturating_mul(4).saturating_add(256))
             .min(Semaphore::MAX_PERMITS);
         let (tx, rx) = mpsc::unbounded_channel();
-        let runner = Arc::new(FnRunner::<T, O, H>::new(handler, tx.clone(), None));
+        let runner = Arc::new(FnRunner::<T, O, H>::new(handler, tx, None));
         let batch = insert_bound(&shared, spec, flow.clone(), runner).await?.0;
-        let credits = Arc::new(Semaphore::new(window));
         let max = self.max_records.unwrap_or(usize::MAX);
-        let feeder = tokio::spawn(feed(
-            shared.clone(),
-            batch,
-            items.take(max),
-            credits.clone(),
-            tx,
-        ));
-        Ok(Run::new(
+        Run::open(
             shared,
             batch,
             flow,
             rx,
-            Some((credits, window)),
-            None,
+            input(items.take(max)),
+            window,
             self.ordered,
-            Some(feeder.abort_handle()),
-        ))
+        )
+        .await
     }
 
     /// Submits a whole set of tasks at once, with keys, per-task priorities
@@ -580,16 +572,7 @@ impl BatchBuilder<'_> {
         let keep: fn(&O) -> AnyValue = |o| Arc::new(o.clone());
         let runner = Arc::new(FnRunner::<T, O, H>::new(handler, tx, Some(keep)));
         let batch = insert_bound(&shared, spec, flow.clone(), runner).await?.0;
-        Ok(Run::new(
-            shared,
-            batch,
-            flow,
-            rx,
-            None,
-            Some(total),
-            self.ordered,
-            None,
-        ))
+        Ok(Run::closed(shared, batch, flow, rx, total, self.ordered))
     }
 
     /// Runs `handler` over chunks of `policy.size` items; the handler returns

@@ -1,15 +1,15 @@
 //! A running batch, as a stream of outcomes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use futures::{Stream, StreamExt};
-use herd_core::store::{CancelMode, Store};
+use herd_core::store::{Appended, CancelMode, Events, Store, StoreError};
 use herd_core::{BatchId, BatchState, BatchStats, TaskSpec as StoredTask};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::task::AbortHandle;
+use tokio::sync::mpsc;
 
 use crate::context::AnyValue;
 use crate::executor::Shared;
@@ -19,12 +19,19 @@ use crate::runner::RunMsg;
 /// Items appended to the store per round trip, at most.
 const FEED_CHUNK: usize = 256;
 
+/// A run's input, its items already in the store's payload type.
+pub(crate) type Input = Pin<Box<dyn Stream<Item = AnyValue> + Send>>;
+
+type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
 /// A batch being run: a [`Stream`] of one [`Outcome`] per task, in completion
 /// order (or input order, with `ordered()`).
 ///
-/// Items are read from the input only as outcomes are taken from the stream,
-/// so at most a window of items (by default four times the concurrency, plus
-/// 256) is held anywhere at once, however long the input is.
+/// The first window of items (by default four times the concurrency, plus
+/// 256) is submitted when the run starts; after that the stream submits more
+/// as it yields outcomes, a quarter of the window at a time. So at most a
+/// window of items is held anywhere at once, however long the input is, and
+/// a consumer that stops reading stops the input.
 ///
 /// Dropping a `Run` before it ends cancels its batch (running attempts are
 /// dropped), as dropping a `JoinSet` aborts its tasks.
@@ -33,16 +40,14 @@ pub struct Run<O> {
     batch: BatchId,
     flow: Arc<str>,
     rx: mpsc::UnboundedReceiver<RunMsg<O>>,
-    /// The feeder's credits, and how many there are in all.
-    window: Option<(Arc<Semaphore>, usize)>,
-    /// Credits earned by yielded outcomes, not yet handed back.
-    released: usize,
+    /// The input still to submit (open batches only).
+    feed: Option<Feed>,
+    /// Tasks in the batch, once known.
     total: Option<u64>,
     yielded: u64,
     reorder: Option<Reorder<O>>,
     /// Outcomes received and not yet yielded (completion order).
-    received: std::collections::VecDeque<Outcome<O>>,
-    feeder: Option<AbortHandle>,
+    received: VecDeque<Outcome<O>>,
     error: Option<crate::Error>,
     ended: bool,
 }
@@ -50,6 +55,105 @@ pub struct Run<O> {
 struct Reorder<O> {
     next: u64,
     waiting: BTreeMap<u64, Outcome<O>>,
+}
+
+/// Submits a run's input to its open batch, a window at a time.
+struct Feed {
+    input: Input,
+    exhausted: bool,
+    window: u64,
+    /// Tasks stored so far.
+    appended: u64,
+    /// An append in flight, and how many tasks it carries.
+    appending: Option<(u64, StoreFuture<Appended>)>,
+    sealing: Option<StoreFuture<Events>>,
+}
+
+/// Where a feed stands after being advanced.
+enum Fed {
+    /// Waiting for outcomes (the window is full) or for the input.
+    Idle,
+    /// A store call is in flight; the context will be woken when it ends.
+    Busy,
+    /// Everything was submitted and the batch sealed: this many tasks.
+    Done(u64),
+}
+
+impl Feed {
+    pub(crate) fn new(input: Input, window: usize) -> Self {
+        Feed {
+            input,
+            exhausted: false,
+            window: window.max(1) as u64,
+            appended: 0,
+            appending: None,
+            sealing: None,
+        }
+    }
+
+    /// Submits what the window allows now, without waiting.
+    fn advance(
+        &mut self,
+        shared: &Arc<Shared>,
+        batch: BatchId,
+        yielded: u64,
+        cx: &mut Context<'_>,
+    ) -> Result<Fed, StoreError> {
+        loop {
+            if let Some((count, append)) = &mut self.appending {
+                match append.as_mut().poll(cx) {
+                    Poll::Pending => return Ok(Fed::Busy),
+                    // A stopped batch stores nothing: read no further.
+                    Poll::Ready(Ok(appended)) if appended.stopped => self.exhausted = true,
+                    Poll::Ready(Ok(_)) => self.appended += *count,
+                    Poll::Ready(Err(error)) => return Err(error),
+                }
+                self.appending = None;
+            }
+            if let Some(seal) = &mut self.sealing {
+                return match seal.as_mut().poll(cx) {
+                    Poll::Pending => Ok(Fed::Busy),
+                    Poll::Ready(Ok(_)) => Ok(Fed::Done(self.appended)),
+                    Poll::Ready(Err(error)) => Err(error),
+                };
+            }
+            if self.exhausted {
+                let (store, now) = (shared.store.clone(), shared.clock.now());
+                self.sealing = Some(Box::pin(async move { store.batch_seal(batch, now).await }));
+                continue;
+            }
+            let in_flight = self.appended - yielded;
+            let room = self.window.saturating_sub(in_flight);
+            // Top up a quarter window at a time, or whenever nothing is in flight.
+            if room == 0 || (room < (self.window / 4).max(1) && in_flight > 0) {
+                return Ok(Fed::Idle);
+            }
+            let want = room.min(FEED_CHUNK as u64) as usize;
+            let mut tasks = Vec::with_capacity(want);
+            while tasks.len() < want {
+                match self.input.as_mut().poll_next(cx) {
+                    Poll::Ready(Some(item)) => tasks.push(StoredTask::new(item)),
+                    Poll::Ready(None) => {
+                        self.exhausted = true;
+                        break;
+                    }
+                    Poll::Pending => break,
+                }
+            }
+            if tasks.is_empty() {
+                if self.exhausted {
+                    continue;
+                }
+                return Ok(Fed::Idle);
+            }
+            let count = tasks.len() as u64;
+            let (store, now) = (shared.store.clone(), shared.clock.now());
+            self.appending = Some((
+                count,
+                Box::pin(async move { store.task_append(batch, tasks, now).await }),
+            ));
+        }
+    }
 }
 
 /// The result of [`Run::aggregate`]: the folded value and the batch's figures.
@@ -64,32 +168,69 @@ pub struct Summary<A> {
 }
 
 impl<O> Run<O> {
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn new(
+    /// A run of a closed batch of `total` tasks.
+    pub(crate) fn closed(
         shared: Arc<Shared>,
         batch: BatchId,
         flow: Arc<str>,
         rx: mpsc::UnboundedReceiver<RunMsg<O>>,
-        window: Option<(Arc<Semaphore>, usize)>,
+        total: u64,
+        ordered: bool,
+    ) -> Self {
+        Self::build(shared, batch, flow, rx, None, Some(total), ordered)
+    }
+
+    /// A run of an open batch fed from `input`; submits the first window
+    /// before returning.
+    pub(crate) async fn open(
+        shared: Arc<Shared>,
+        batch: BatchId,
+        flow: Arc<str>,
+        rx: mpsc::UnboundedReceiver<RunMsg<O>>,
+        input: Input,
+        window: usize,
+        ordered: bool,
+    ) -> Result<Self, crate::Error> {
+        let mut run = Self::build(
+            shared,
+            batch,
+            flow,
+            rx,
+            Some(Feed::new(input, window)),
+            None,
+            ordered,
+        );
+        std::future::poll_fn(|cx| match run.advance_feed(cx) {
+            Ok(Fed::Busy) => Poll::Pending,
+            Ok(Fed::Idle | Fed::Done(_)) => Poll::Ready(Ok(())),
+            Err(error) => Poll::Ready(Err(error)),
+        })
+        .await?;
+        Ok(run)
+    }
+
+    fn build(
+        shared: Arc<Shared>,
+        batch: BatchId,
+        flow: Arc<str>,
+        rx: mpsc::UnboundedReceiver<RunMsg<O>>,
+        feed: Option<Feed>,
         total: Option<u64>,
         ordered: bool,
-        feeder: Option<AbortHandle>,
     ) -> Self {
         Run {
             shared,
             batch,
             flow,
             rx,
-            window,
-            released: 0,
+            feed,
             total,
             yielded: 0,
             reorder: ordered.then(|| Reorder {
                 next: 0,
                 waiting: BTreeMap::new(),
             }),
-            received: std::collections::VecDeque::new(),
-            feeder,
+            received: VecDeque::new(),
             error: None,
             ended: false,
         }
@@ -148,24 +289,16 @@ impl<O> Run<O> {
         })
     }
 
-    /// Hands credits back to the feeder: in chunks of a quarter of the
-    /// window, so that it wakes a few times per window rather than per
-    /// outcome; and, when the stream is about to wait (`waiting`), earlier
-    /// if fewer than half the window's items are still in flight, so that
-    /// the executor never runs dry (and never waits with credits held while
-    /// nothing is in flight).
-    fn release(&mut self, waiting: bool) {
-        let Some((window, size)) = &self.window else {
-            return;
+    fn advance_feed(&mut self, cx: &mut Context<'_>) -> Result<Fed, crate::Error> {
+        let Some(feed) = &mut self.feed else {
+            return Ok(Fed::Idle);
         };
-        if self.released == 0 {
-            return;
+        let fed = feed.advance(&self.shared, self.batch, self.yielded, cx)?;
+        if let Fed::Done(total) = fed {
+            self.total = Some(total);
+            self.feed = None;
         }
-        let in_flight = size.saturating_sub(window.available_permits() + self.released);
-        if self.released >= (size / 4).max(1) || (waiting && in_flight <= size / 2) {
-            window.add_permits(self.released);
-            self.released = 0;
-        }
+        Ok(fed)
     }
 
     fn take_ready(&mut self) -> Option<Outcome<O>> {
@@ -175,26 +308,22 @@ impl<O> Run<O> {
         Some(outcome)
     }
 
-    fn yielded(&mut self, outcome: Outcome<O>) -> Poll<Option<Outcome<O>>> {
-        self.yielded += 1;
-        self.released += 1;
-        self.release(false);
-        Poll::Ready(Some(outcome))
-    }
-
     fn end(&mut self) -> Poll<Option<Outcome<O>>> {
         if !self.ended {
             self.ended = true;
-            if let Some((window, _)) = &self.window {
-                window.add_permits(std::mem::take(&mut self.released));
+            let (shared, flow, batch) = (self.shared.clone(), self.flow.clone(), self.batch);
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    shared.router.lock().await.remove(Some(batch), &flow);
+                });
             }
-            unbind(&self.shared, self.batch, &self.flow);
         }
         Poll::Ready(None)
     }
 }
 
-// Nothing in a run is pinned structurally: its outcomes are plain values.
+// Nothing in a run is pinned structurally: its outcomes are plain values, its
+// futures boxed.
 impl<O> Unpin for Run<O> {}
 
 impl<O> Stream for Run<O> {
@@ -206,11 +335,13 @@ impl<O> Stream for Run<O> {
             if this.ended {
                 return Poll::Ready(None);
             }
-            if let Some(outcome) = this.take_ready() {
-                return this.yielded(outcome);
+            if let Err(error) = this.advance_feed(cx) {
+                this.error = Some(error);
+                return this.end();
             }
-            if let Some(outcome) = this.received.pop_front() {
-                return this.yielded(outcome);
+            if let Some(outcome) = this.take_ready().or_else(|| this.received.pop_front()) {
+                this.yielded += 1;
+                return Poll::Ready(Some(outcome));
             }
             if this.total.is_some_and(|total| this.yielded >= total) {
                 return this.end();
@@ -224,16 +355,8 @@ impl<O> Stream for Run<O> {
                     }
                     None => this.received.extend(outcomes),
                 },
-                Poll::Ready(Some(RunMsg::Total(total))) => this.total = Some(total),
-                Poll::Ready(Some(RunMsg::Failed(error))) => {
-                    this.error = Some(error);
-                    return this.end();
-                }
                 Poll::Ready(None) => return this.end(),
-                Poll::Pending => {
-                    this.release(true);
-                    return Poll::Pending;
-                }
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -241,12 +364,6 @@ impl<O> Stream for Run<O> {
 
 impl<O> Drop for Run<O> {
     fn drop(&mut self) {
-        if let Some(feeder) = &self.feeder {
-            feeder.abort();
-        }
-        if let Some((window, _)) = &self.window {
-            window.close();
-        }
         if self.ended {
             return;
         }
@@ -260,86 +377,11 @@ impl<O> Drop for Run<O> {
     }
 }
 
-fn unbind(shared: &Arc<Shared>, batch: BatchId, flow: &Arc<str>) {
-    let (shared, flow) = (shared.clone(), flow.clone());
-    if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(async move {
-            shared.router.lock().await.remove(Some(batch), &flow);
-        });
-    }
-}
-
-/// Appends items to an open batch as the window allows, then seals it.
-pub(crate) async fn feed<T, O, St>(
-    shared: Arc<Shared>,
-    batch: BatchId,
-    items: St,
-    window: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<RunMsg<O>>,
-) where
+/// Erases a run's items to the store's payload type.
+pub(crate) fn input<T, St>(items: St) -> Input
+where
     T: Send + Sync + 'static,
-    St: Stream<Item = T> + Send,
+    St: Stream<Item = T> + Send + 'static,
 {
-    use futures::FutureExt;
-    let mut items = std::pin::pin!(items);
-    let mut total = 0u64;
-    let mut exhausted = false;
-    while !exhausted {
-        let Ok(permit) = window.acquire().await else {
-            return; // the run was dropped
-        };
-        permit.forget();
-        let mut granted = 1;
-        let extra = window.available_permits().min(FEED_CHUNK - 1);
-        if extra > 0
-            && let Ok(more) = window.try_acquire_many(extra as u32)
-        {
-            more.forget();
-            granted += extra;
-        }
-        let mut tasks = Vec::with_capacity(granted);
-        match items.next().await {
-            Some(item) => tasks.push(StoredTask::new(Arc::new(item) as AnyValue)),
-            None => exhausted = true,
-        }
-        while !exhausted && tasks.len() < granted {
-            match items.next().now_or_never() {
-                Some(Some(item)) => tasks.push(StoredTask::new(Arc::new(item) as AnyValue)),
-                Some(None) => exhausted = true,
-                None => break,
-            }
-        }
-        let unused = granted - tasks.len();
-        if unused > 0 {
-            window.add_permits(unused);
-        }
-        if tasks.is_empty() {
-            continue;
-        }
-        let count = tasks.len() as u64;
-        match shared
-            .store
-            .task_append(batch, tasks, shared.clock.now())
-            .await
-        {
-            Ok(appended) if appended.stopped => break, // nothing was stored
-            Ok(appended) => {
-                total += count;
-                shared.router.route(&appended.events, &[]).await;
-            }
-            Err(error) => {
-                let _ = tx.send(RunMsg::Failed(error.into()));
-                return;
-            }
-        }
-    }
-    match shared.store.batch_seal(batch, shared.clock.now()).await {
-        Ok(events) => {
-            shared.router.route(&events, &[]).await;
-            let _ = tx.send(RunMsg::Total(total));
-        }
-        Err(error) => {
-            let _ = tx.send(RunMsg::Failed(error.into()));
-        }
-    }
+    Box::pin(items.map(|item| Arc::new(item) as AnyValue))
 }

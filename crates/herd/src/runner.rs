@@ -19,10 +19,6 @@ use crate::outcome::{Outcome, TaskFailure};
 pub(crate) enum RunMsg<O> {
     /// Tasks ended.
     Outcomes(Vec<Outcome<O>>),
-    /// Every task of the run has been submitted: this many.
-    Total(u64),
-    /// Submitting failed; the run ends early.
-    Failed(crate::Error),
 }
 
 /// An async function over one item: what `run` and `submit` take.
