@@ -3,8 +3,9 @@
 //! concurrency 64.
 //!
 //! - `herd`: an [`Executor`] with a retry policy (3 attempts) and a 30 s
-//!   timeout configured and an event subscriber draining in a spawned task;
-//!   the outcome stream is consumed to the end.
+//!   timeout configured and an event subscriber draining in a spawned task
+//!   (taking events a store operation's group at a time, and reporting any
+//!   it missed); the outcome stream is consumed to the end.
 //! - `semaphore_joinset`: one spawned task per item under a 64-permit
 //!   [`Semaphore`] (permit acquired before the spawn), collected into a
 //!   [`JoinSet`] that is then drained.
@@ -68,9 +69,11 @@ fn executor(c: &mut Criterion) {
     let drain = rt.spawn({
         let seen = seen.clone();
         async move {
-            while let Some(event) = subscription.recv().await {
-                match event {
-                    Ok(_) => seen.events.fetch_add(1, Ordering::Relaxed),
+            while let Some(group) = subscription.recv_group().await {
+                match group {
+                    Ok(events) => seen
+                        .events
+                        .fetch_add(events.len() as u64, Ordering::Relaxed),
                     Err(lagged) => {
                         seen.lag_reports.fetch_add(1, Ordering::Relaxed);
                         seen.lagged_groups.fetch_add(lagged.0, Ordering::Relaxed)

@@ -67,7 +67,7 @@ mod task;
 
 pub use chunk::{ChunkOutcome, ChunkRun};
 pub use context::{TaskContext, TaskError, Upstream};
-pub use events::{Lagged, Subscription};
+pub use events::{Events, Lagged, Subscription};
 pub use executor::{BatchBuilder, Executor, ExecutorBuilder};
 pub use outcome::{Outcome, TaskFailure};
 pub use run::{Run, Summary};

@@ -255,6 +255,11 @@ impl<S: Store> Worker<S> {
         let mut stopping = false;
         let mut control = true;
         loop {
+            // With a store that answers at once (memory), nothing below ever
+            // waits while there is work: spend tokio's cooperative budget
+            // each turn, so the loop yields now and then and tasks sharing
+            // its thread (the consumer, subscribers) are not starved.
+            tokio::task::consume_budget().await;
             collect_finished(&mut attempts, &mut state.finished);
             if !state.finished.is_empty() {
                 self.report(&mut state, &mut attempts).await?;

@@ -124,3 +124,30 @@ async fn stats_report_counts_retries_percentiles_and_throughput() {
         stats.throughput
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn groups_carry_the_same_events_as_one_by_one() {
+    let exec = executor(4);
+    let mut singles = exec.subscribe();
+    let mut groups = exec.subscribe();
+    let run = exec
+        .run(0..50u32, |i: u32, _: TaskContext| async move {
+            Ok::<_, TaskError>(i)
+        })
+        .await
+        .unwrap();
+    outcomes(run).await;
+    let mut one_by_one = Vec::new();
+    while let Some(event) = singles.try_recv() {
+        one_by_one.push(event.unwrap());
+    }
+    let mut grouped = Vec::new();
+    while grouped.len() < one_by_one.len() {
+        let group = groups.recv_group().await.unwrap().unwrap();
+        assert!(!group.is_empty());
+        grouped.extend(group.iter().cloned());
+    }
+    assert_eq!(grouped, one_by_one);
+    // 50 tasks × (queued, running, succeeded) + the batch's queued, running, succeeded.
+    assert_eq!(one_by_one.len(), 50 * 3 + 3);
+}
