@@ -1,6 +1,6 @@
 //! Small shared pieces.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Hashes the integer ids used as map keys: they are dense, assigned by
@@ -27,5 +27,3 @@ impl Hasher for IdHasher {
 
 /// A map keyed by herd ids.
 pub(crate) type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
-/// A set of herd ids.
-pub(crate) type IdSet<K> = HashSet<K, BuildHasherDefault<IdHasher>>;

@@ -22,7 +22,7 @@ use crate::model::{
     TaskId, TaskSpec, TaskState, Timestamp, WorkerId, batch_outcome,
 };
 
-use crate::util::{IdMap, IdSet};
+use crate::util::IdMap;
 
 /// Capacity of the event broadcast: subscribers further behind than this many
 /// operations see a `Lagged` error rather than slowing the store down.
@@ -177,8 +177,6 @@ struct BatchRec {
     running_cost: u32,
     ready: ReadyQueue,
     in_ready_list: bool,
-    /// Tasks not yet terminal.
-    live: IdSet<TaskId>,
     /// Finished tasks whose outputs are kept for dependents.
     kept_outputs: Vec<TaskId>,
     open: bool,
@@ -230,7 +228,6 @@ struct Inner<P, O> {
     outputs: IdMap<TaskId, Upstream<O>>,
     /// Tasks in `retry_wait`, by due time; entries whose attempt moved on are skipped.
     retries: BinaryHeap<Reverse<(Timestamp, TaskId, Attempt)>>,
-    running: IdSet<TaskId>,
     ready_batches: Vec<BatchId>,
     deadlines: BTreeSet<(Timestamp, BatchId)>,
     idempotency: HashMap<String, BatchId>,
@@ -253,7 +250,6 @@ impl<P, O> Inner<P, O> {
             tasks: IdMap::default(),
             outputs: IdMap::default(),
             retries: BinaryHeap::new(),
-            running: IdSet::default(),
             ready_batches: Vec::new(),
             deadlines: BTreeSet::new(),
             idempotency: HashMap::new(),
@@ -393,7 +389,6 @@ impl<P: Clone, O: Clone> Inner<P, O> {
             TaskState::Pending
         };
         b.counts.shift(None, state);
-        b.live.insert(id);
         let priority = spec.priority.unwrap_or(b.priority);
         self.tasks.insert(
             id,
@@ -459,7 +454,6 @@ impl<P: Clone, O: Clone> Inner<P, O> {
             debug_assert!(from.can_become(state), "{from} -> {state}");
             debug_assert!(state.accepts_reason(reason), "{state} with {reason:?}");
             if from == TaskState::Running {
-                self.running.remove(&task);
                 if let Some(b) = self.batches.get_mut(&batch) {
                     b.running_cost -= cost;
                 }
@@ -474,7 +468,6 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                 continue;
             };
             b.counts.shift(Some(from), state);
-            b.live.remove(&task);
             if !touched.contains(&batch) {
                 touched.push(batch);
             }
@@ -575,7 +568,14 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         };
         b.stopped.get_or_insert(reason);
         b.ready.clear();
-        let mut live: Vec<TaskId> = b.live.iter().copied().collect();
+        // Rare (a cancel, a trip, a deadline): a scan of the tasks in memory
+        // costs less overall than keeping a set of each batch's live tasks.
+        let mut live: Vec<TaskId> = self
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.batch == batch && !t.state.is_terminal())
+            .map(|(id, _)| *id)
+            .collect();
         live.sort_unstable();
         for id in live {
             let Some(t) = self.tasks.get_mut(&id) else {
@@ -751,7 +751,6 @@ where
                 running_cost: 0,
                 ready: ReadyQueue::default(),
                 in_ready_list: false,
-                live: IdSet::default(),
                 kept_outputs: Vec::new(),
                 open: spec.open,
                 paused: spec.paused,
@@ -953,7 +952,6 @@ where
             t.worker = Some(request.worker);
             t.lease_until = lease_until;
             t.started_at = now;
-            inner.running.insert(head.task);
             inner.move_task(head.task, TaskState::Running, None, now);
             let t = &inner.tasks[&head.task];
             let upstream = t
@@ -1066,7 +1064,6 @@ where
                 } if !stopped => {
                     let t = inner.tasks.get_mut(&fence.task).expect("checked");
                     t.message = message;
-                    inner.running.remove(&fence.task);
                     let b = inner.batches.get_mut(&batch).expect("exists");
                     b.running_cost -= cost;
                     b.retries += 1;
@@ -1212,11 +1209,13 @@ where
 
     async fn task_rescue(&self, now: Timestamp) -> Result<Events, StoreError> {
         let mut inner = self.lock();
+        // Once per heartbeat: a scan of the tasks in memory costs less overall
+        // than keeping a set of running ones.
         let mut expired: Vec<TaskId> = inner
-            .running
+            .tasks
             .iter()
-            .copied()
-            .filter(|id| inner.tasks.get(id).is_some_and(|t| t.lease_until < now))
+            .filter(|(_, t)| t.state == TaskState::Running && t.lease_until < now)
+            .map(|(id, _)| *id)
             .collect();
         expired.sort_unstable();
         for id in expired {
@@ -1238,7 +1237,6 @@ where
                     now,
                 );
             } else if b.stopped.is_none() && b.policy.retry.should_retry_lost(lost) {
-                inner.running.remove(&id);
                 let b = inner.batches.get_mut(&batch).expect("exists");
                 b.running_cost -= cost;
                 b.retries += 1;
