@@ -453,10 +453,10 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                 (t.state, t.batch, t.index, t.attempt, t.cost);
             debug_assert!(from.can_become(state), "{from} -> {state}");
             debug_assert!(state.accepts_reason(reason), "{state} with {reason:?}");
-            if from == TaskState::Running {
-                if let Some(b) = self.batches.get_mut(&batch) {
-                    b.running_cost -= cost;
-                }
+            if from == TaskState::Running
+                && let Some(b) = self.batches.get_mut(&batch)
+            {
+                b.running_cost -= cost;
             }
             let t = self.tasks.get_mut(&task).expect("checked above");
             t.state = state;
