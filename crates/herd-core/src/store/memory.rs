@@ -91,6 +91,14 @@ impl<P, O> MemoryStore<P, O> {
         events
     }
 
+    /// Ends an operation: publishes its events (under the lock, so that
+    /// subscribers see them in `seq` order), wakes waiting workers, unlocks.
+    fn commit(&self, mut inner: MutexGuard<'_, Inner<P, O>>) -> Events {
+        let events = self.publish(inner.take_events());
+        self.wake(&mut inner);
+        events
+    }
+
     fn wake(&self, inner: &mut Inner<P, O>) {
         if std::mem::take(&mut inner.work_ready) {
             self.signals.work.notify_waiters();
@@ -239,6 +247,12 @@ struct Inner<P, O> {
 }
 
 impl<P, O> Inner<P, O> {
+    /// The events of the operation so far, leaving room for as many in the next.
+    fn take_events(&mut self) -> Vec<Event> {
+        let capacity = self.events.len().max(16);
+        std::mem::replace(&mut self.events, Vec::with_capacity(capacity))
+    }
+
     fn new(retain: bool) -> Self {
         Inner {
             next_batch: 1,
@@ -279,12 +293,6 @@ struct Finish {
 }
 
 impl<P: Clone, O: Clone> Inner<P, O> {
-    /// The events of the operation so far, leaving room for as many in the next.
-    fn take_events(&mut self) -> Vec<Event> {
-        let capacity = self.events.len().max(16);
-        std::mem::replace(&mut self.events, Vec::with_capacity(capacity))
-    }
-
     fn emit(&mut self, at: Timestamp, batch: BatchId, kind: EventKind) {
         let seq = self.next_event;
         self.next_event += 1;
@@ -829,9 +837,7 @@ where
         let mut inner = self.lock();
         // Validate before touching anything: a rejected batch leaves no trace.
         let result = self.insert_locked(&mut inner, spec, now);
-        let events = self.publish(inner.take_events());
-        self.wake(&mut inner);
-        drop(inner);
+        let events = self.commit(inner);
         let mut inserted = result?;
         inserted.events = events;
         Ok(inserted)
@@ -877,9 +883,7 @@ where
         for spec in tasks {
             inner.create_task(batch, spec, Vec::new(), now);
         }
-        let events = self.publish(inner.take_events());
-        self.wake(&mut inner);
-        drop(inner);
+        let events = self.commit(inner);
         Ok(Appended {
             first_index,
             stopped: false,
@@ -895,9 +899,7 @@ where
             .ok_or(StoreError::UnknownBatch(batch))?;
         b.open = false;
         inner.finish_batch_if_done(batch, now);
-        let events = self.publish(inner.take_events());
-        drop(inner);
-        Ok(events)
+        Ok(self.commit(inner))
     }
 
     async fn task_claim(
@@ -976,10 +978,9 @@ where
             });
         }
         let next_due = inner.next_due();
-        let events = self.publish(inner.take_events());
+        // The claimant takes the ready work; no one else need look.
         inner.work_ready = false;
-        self.wake(&mut inner);
-        drop(inner);
+        let events = self.commit(inner);
         Ok(Claim {
             tasks,
             next_due,
@@ -1101,9 +1102,7 @@ where
             };
             results.push(Ok(entered));
         }
-        let events = self.publish(inner.take_events());
-        self.wake(&mut inner);
-        drop(inner);
+        let events = self.commit(inner);
         Ok(Applied { results, events })
     }
 
@@ -1142,10 +1141,7 @@ where
             }
             _ => {}
         }
-        let events = self.publish(inner.take_events());
-        self.wake(&mut inner);
-        drop(inner);
-        Ok(events)
+        Ok(self.commit(inner))
     }
 
     async fn batch_cancel(
@@ -1164,10 +1160,7 @@ where
             b.open = false;
             inner.stop_batch(batch, Reason::ByUser, Some(mode), now);
         }
-        let events = self.publish(inner.take_events());
-        self.wake(&mut inner);
-        drop(inner);
-        Ok(events)
+        Ok(self.commit(inner))
     }
 
     async fn batch_pause(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
@@ -1180,9 +1173,7 @@ where
             b.paused = true;
             inner.set_batch_state(batch, BatchState::Paused, now);
         }
-        let events = self.publish(inner.take_events());
-        drop(inner);
-        Ok(events)
+        Ok(self.commit(inner))
     }
 
     async fn batch_resume(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
@@ -1201,10 +1192,7 @@ where
             inner.work_ready |= !b.ready.is_empty();
             inner.set_batch_state(batch, to, now);
         }
-        let events = self.publish(inner.take_events());
-        self.wake(&mut inner);
-        drop(inner);
-        Ok(events)
+        Ok(self.commit(inner))
     }
 
     async fn task_rescue(&self, now: Timestamp) -> Result<Events, StoreError> {
@@ -1255,19 +1243,13 @@ where
                 );
             }
         }
-        let events = self.publish(inner.take_events());
-        self.wake(&mut inner);
-        drop(inner);
-        Ok(events)
+        Ok(self.commit(inner))
     }
 
     async fn batch_expire(&self, now: Timestamp) -> Result<Events, StoreError> {
         let mut inner = self.lock();
         inner.expire_deadlines(now);
-        let events = self.publish(inner.take_events());
-        self.wake(&mut inner);
-        drop(inner);
-        Ok(events)
+        Ok(self.commit(inner))
     }
 
     async fn batch_get(&self, batch: BatchId) -> Result<BatchInfo, StoreError> {
