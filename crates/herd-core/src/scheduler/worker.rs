@@ -445,7 +445,48 @@ impl<S: Store> Worker<S> {
         let cancel = Cancellation::new();
         let (batch, index, cost, lost) = (task.batch, task.index, task.cost, task.lost);
         let policy = task.policy.clone();
-        let work = runner.start(task, cancel.clone());
+        let mut work = runner.start(task, cancel.clone());
+        state.running.insert(
+            fence.task,
+            Running {
+                attempt: fence.attempt,
+                lost,
+                batch,
+                index,
+                cost,
+                policy,
+                runner,
+                cancel: cancel.clone(),
+                started: now,
+                cancelling: None,
+            },
+        );
+        if !self.config.spawn_attempts {
+            // Work that is done at its first poll (a no-op, a cache hit) ends
+            // here, without becoming an attempt future.
+            let first = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || work.as_mut().poll(cx),
+                )))
+            })
+            .await;
+            let ended = match first {
+                Ok(std::task::Poll::Ready(report)) => Some(Ended::Report(report)),
+                Ok(std::task::Poll::Pending) => None,
+                Err(panic) => Some(Ended::Report(AttemptReport::failed(
+                    Failure::Error { permanent: false },
+                    format!("handler panicked: {}", panic_message(&panic)),
+                ))),
+            };
+            if let Some(ended) = ended {
+                state.finished.push(Done {
+                    fence,
+                    ended,
+                    duration: now.elapsed(),
+                });
+                return None;
+            }
+        }
         let work = std::panic::AssertUnwindSafe(work).catch_unwind();
         let work = if self.config.spawn_attempts {
             let handle = tokio::spawn(work);
@@ -463,7 +504,7 @@ impl<S: Store> Worker<S> {
         } else {
             futures::future::Either::Left(work)
         };
-        let signal = cancel.clone();
+        let signal = cancel;
         let attempt = async move {
             let mut work = std::pin::pin!(work);
             // Poll once before arming a timer: short attempts end here and
@@ -508,21 +549,6 @@ impl<S: Store> Worker<S> {
             }
         };
 
-        state.running.insert(
-            fence.task,
-            Running {
-                attempt: fence.attempt,
-                lost,
-                batch,
-                index,
-                cost,
-                policy,
-                runner,
-                cancel,
-                started: now,
-                cancelling: None,
-            },
-        );
         Some(attempt)
     }
 
