@@ -12,17 +12,23 @@ bash benches/stream_rss.sh
 echo
 
 tasks=1000000
-dir="${CARGO_TARGET_DIR:-target}/criterion/executor_1m_noop_c64"
+criterion="${CARGO_TARGET_DIR:-target}/criterion"
 # criterion's mean time per iteration (ns) -> millions of tasks per second.
 mtps() {
     local ns
-    ns=$(sed -E 's/.*"mean":\{"confidence_interval":\{[^}]*\},"point_estimate":([0-9.eE+-]+).*/\1/' "$dir/$1/new/estimates.json")
+    ns=$(sed -E 's/.*"mean":\{"confidence_interval":\{[^}]*\},"point_estimate":([0-9.eE+-]+).*/\1/' "$criterion/$1/new/estimates.json")
     awk -v n="$tasks" -v ns="$ns" 'BEGIN { printf "%.3f", n / ns * 1000 }'
 }
-herd=$(mtps herd)
-for baseline in semaphore_joinset semaphore_joinset_reaping buffer_unordered; do
-    other=$(mtps "$baseline")
-    awk -v h="$herd" -v o="$other" -v name="$baseline" 'BEGIN {
-        printf "herd: %.2f M tasks/s, %s: %.2f M tasks/s, ratio %.2fx\n", h, name, o, h / o
-    }'
-done
+ratios() {
+    local group=$1
+    shift
+    local herd
+    herd=$(mtps "$group/herd")
+    for baseline in "$@"; do
+        awk -v h="$herd" -v o="$(mtps "$group/$baseline")" -v g="$group" -v name="$baseline" 'BEGIN {
+            printf "%s: herd %.2f M tasks/s, %s %.2f M tasks/s, ratio %.2fx\n", g, h, name, o, h / o
+        }'
+    done
+}
+ratios executor_1m_noop_c64 semaphore_joinset semaphore_joinset_reaping buffer_unordered
+ratios executor_1m_yield_c64 semaphore_joinset_reaping

@@ -15,6 +15,11 @@
 //! - `buffer_unordered`: `stream::iter(..).map(f).buffer_unordered(64)`, no
 //!   spawning at all: the floor, for reference.
 //!
+//! A no-op finishes at its first poll, which herd reports without making it
+//! an attempt future. The group `executor_1m_yield_c64` runs the same herd and
+//! reaping-JoinSet cases with tasks that yield once (`yield_now`), so that
+//! every attempt is suspended and resumed: the path of real async work.
+//!
 //! cargo bench -p herd-benches --bench executor
 
 use std::hint::black_box;
@@ -34,6 +39,12 @@ const CONCURRENCY: usize = 64;
 
 /// The work of one task: nothing, but not optimised away.
 async fn noop(n: u64) -> u64 {
+    black_box(n)
+}
+
+/// The work of one task: yield once to the runtime, then return.
+async fn yield_once(n: u64) -> u64 {
+    tokio::task::yield_now().await;
     black_box(n)
 }
 
@@ -157,6 +168,56 @@ fn executor(c: &mut Criterion) {
                     count + 1
                 })
                 .await;
+            assert_eq!(count, TASKS, "one result per task");
+        });
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("executor_1m_yield_c64");
+    group
+        .throughput(Throughput::Elements(TASKS))
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .warm_up_time(Duration::from_secs(3))
+        .measurement_time(Duration::from_secs(20));
+    group.bench_function("herd", |b| {
+        b.to_async(&rt).iter(|| async {
+            iterations.fetch_add(1, Ordering::Relaxed);
+            let mut outcomes = executor
+                .run(0..TASKS, |n: u64, _ctx: TaskContext| async move {
+                    Ok::<_, TaskError>(yield_once(n).await)
+                })
+                .await
+                .expect("the batch is accepted");
+            let mut count = 0u64;
+            while let Some(outcome) = outcomes.next().await {
+                black_box(outcome.result.expect("cannot fail"));
+                count += 1;
+            }
+            assert_eq!(count, TASKS, "one outcome per task");
+        });
+    });
+    group.bench_function("semaphore_joinset_reaping", |b| {
+        b.to_async(&rt).iter(|| async {
+            let permits = Arc::new(Semaphore::new(CONCURRENCY));
+            let mut set = JoinSet::new();
+            let mut count = 0u64;
+            for n in 0..TASKS {
+                let permit = permits.clone().acquire_owned().await.expect("never closed");
+                set.spawn(async move {
+                    let output = yield_once(n).await;
+                    drop(permit);
+                    output
+                });
+                while let Some(joined) = set.try_join_next() {
+                    black_box(joined.expect("cannot panic"));
+                    count += 1;
+                }
+            }
+            while let Some(joined) = set.join_next().await {
+                black_box(joined.expect("cannot panic"));
+                count += 1;
+            }
             assert_eq!(count, TASKS, "one result per task");
         });
     });
