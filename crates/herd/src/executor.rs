@@ -80,12 +80,7 @@ pub struct ExecutorBuilder {
     lease: Duration,
     spawn: bool,
     workers: Option<usize>,
-    clock: Option<Arc<dyn ClockDebug>>,
 }
-
-/// A clock that can be printed in a builder's `Debug`.
-trait ClockDebug: Clock + std::fmt::Debug {}
-impl<C: Clock + std::fmt::Debug> ClockDebug for C {}
 
 impl Default for ExecutorBuilder {
     fn default() -> Self {
@@ -101,7 +96,6 @@ impl Default for ExecutorBuilder {
             lease: Duration::from_secs(30),
             spawn: false,
             workers: None,
-            clock: None,
         }
     }
 }
@@ -202,10 +196,9 @@ impl ExecutorBuilder {
         }
         let store = Arc::new(Mem::new());
         let router = Arc::new(Router::new());
-        let clock: Arc<dyn Clock> = match self.clock {
-            Some(clock) => Arc::new(DynClock(clock)),
-            None => Arc::new(TokioClock::new()),
-        };
+        // Tokio's clock, so that an executor under paused time (tests) sees
+        // retries, timeouts and deadlines on the paused clock.
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
         let workers = match self.workers {
             Some(0) => return Err(InvalidField::new("workers", 0, "must be at least 1").into()),
             Some(n) => n,
@@ -242,14 +235,6 @@ impl ExecutorBuilder {
                 next_flow: AtomicU64::new(1),
             }),
         })
-    }
-}
-
-struct DynClock(Arc<dyn ClockDebug>);
-
-impl Clock for DynClock {
-    fn now(&self) -> herd_core::Timestamp {
-        self.0.now()
     }
 }
 
