@@ -122,21 +122,14 @@ where
 
     fn deliver(&self, end: TaskEnd, delivery: Option<Box<dyn Any + Send>>) {
         let result = match (end.state, delivery) {
-            (TaskState::Succeeded, Some(d)) => match d.downcast::<O>() {
-                Ok(output) => Ok(*output),
-                Err(_) => Err(TaskFailure {
-                    state: TaskState::Failed,
-                    reason: end.reason,
-                    error: Some(TaskError::new("the handler's output was lost")),
-                }),
-            },
+            (TaskState::Succeeded, Some(output)) => Ok(*output
+                .downcast::<O>()
+                .expect("a run's outputs are its handler's type")),
             (state, delivery) => Err(TaskFailure {
-                state: if state == TaskState::Succeeded {
-                    // Finished by another worker: its output never came here.
-                    TaskState::Succeeded
-                } else {
-                    state
-                },
+                // A success arrives here without its output only if another
+                // worker ran the task (a store shared between processes):
+                // the output stayed with it.
+                state,
                 reason: end.reason,
                 error: delivery
                     .and_then(|d| d.downcast::<TaskError>().ok())
