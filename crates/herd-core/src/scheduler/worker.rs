@@ -261,7 +261,9 @@ impl<S: Store> Worker<S> {
             // its thread (the consumer, subscribers) are not starved.
             tokio::task::consume_budget().await;
             collect_finished(&mut attempts, &mut state.finished);
-            if !state.finished.is_empty() {
+            // Finished attempts, and attempts that ended at the start (no
+            // runner for their flow), are reported together.
+            if !state.finished.is_empty() || !state.completions.is_empty() {
                 self.report(&mut state, &mut attempts).await?;
             }
 
