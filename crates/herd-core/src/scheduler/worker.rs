@@ -447,7 +447,12 @@ impl<S: Store> Worker<S> {
         let cancel = Cancellation::new();
         let (batch, index, cost, lost) = (task.batch, task.index, task.cost, task.lost);
         let policy = task.policy.clone();
-        let mut work = runner.start(task, cancel.clone());
+        // The runner calls user code (a handler builds its future): a panic
+        // there fails the attempt, like a panic inside the future, and does
+        // not take the worker down.
+        let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            runner.start(task, cancel.clone())
+        }));
         state.running.insert(
             fence.task,
             Running {
@@ -463,6 +468,20 @@ impl<S: Store> Worker<S> {
                 cancelling: None,
             },
         );
+        let mut work = match started {
+            Ok(work) => work,
+            Err(panic) => {
+                state.finished.push(Done {
+                    fence,
+                    ended: Ended::Report(AttemptReport::failed(
+                        Failure::Error { permanent: false },
+                        format!("handler panicked: {}", panic_message(&panic)),
+                    )),
+                    duration: now.elapsed(),
+                });
+                return None;
+            }
+        };
         if !self.config.spawn_attempts {
             // Work that is done at its first poll (a no-op, a cache hit) ends
             // here, without becoming an attempt future.

@@ -147,3 +147,22 @@ async fn a_panicking_handler_fails_its_attempt_and_is_retried() {
     assert_eq!(all[0].attempts, 2);
     assert_eq!(*all[0].result.as_ref().unwrap(), "recovered");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_panics_before_returning_its_future_fails_its_attempt() {
+    let exec = executor(2);
+    let run = exec
+        .batch()
+        .retry(exponential(2))
+        .run([1u32, 2], |i: u32, ctx: TaskContext| {
+            if i == 1 && ctx.attempt().0 == 1 {
+                panic!("no future for you");
+            }
+            async move { Ok::<_, TaskError>(i) }
+        })
+        .await
+        .unwrap();
+    let all = outcomes(run).await;
+    assert_eq!((all[0].attempts, *all[0].result.as_ref().unwrap()), (2, 1));
+    assert_eq!(*all[1].result.as_ref().unwrap(), 2, "the executor lives on");
+}
