@@ -1,0 +1,138 @@
+//! Opening store files: creation, migration, reopening, and the files herd
+//! must refuse.
+
+use herd_sqlite::{OpenError, SCHEMA_VERSION, SqliteStore};
+
+fn location(dir: &tempfile::TempDir, name: &str) -> String {
+    format!("sqlite:{}", dir.path().join(name).display())
+}
+
+#[tokio::test]
+async fn a_new_file_gets_the_schema_in_wal_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&location(&dir, "nested/dir/herd.db"))
+        .await
+        .unwrap();
+    assert!(store.path().exists());
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' \
+         AND name != 'sqlite_sequence' ORDER BY name",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "attempts",
+            "batches",
+            "events",
+            "task_deps",
+            "tasks",
+            "workers"
+        ]
+    );
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(keys, 1);
+}
+
+#[tokio::test]
+async fn reopening_keeps_the_data_and_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = location(&dir, "herd.db");
+    let store = SqliteStore::open(&at).await.unwrap();
+    sqlx::query(
+        "INSERT INTO workers (host, pid, started_at, last_heartbeat) VALUES ('h', 1, 0, 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.pool().close().await;
+    let again = SqliteStore::open(&at).await.unwrap();
+    let workers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workers")
+        .fetch_one(again.pool())
+        .await
+        .unwrap();
+    assert_eq!(workers, 1);
+    assert_eq!(again.schema_version().await.unwrap(), SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_without_touching_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = location(&dir, "herd.db");
+    let store = SqliteStore::open(&at).await.unwrap();
+    // What a later herd would have recorded.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99, 'from the future', TRUE, x'00', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    store.pool().close().await;
+
+    let err = SqliteStore::open(&at).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OpenError::NewerSchema {
+                found: 99,
+                known: SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("schema version 99") && message.contains("upgrade herd"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_store_is_refused_before_any_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = location(&dir, "herd.db");
+    SqliteStore::open(&at).await.unwrap().pool().close().await;
+    // Root ignores file permissions, so open the file read-only instead.
+    let err = SqliteStore::open(&format!("{at}?mode=ro"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::ReadOnly { .. }), "{err:?}");
+    assert!(err.to_string().contains("is read-only"), "{err}");
+}
+
+#[tokio::test]
+async fn other_kinds_of_location_are_refused() {
+    let err = SqliteStore::open("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::NotSqlite { .. }), "{err:?}");
+    assert!(err.to_string().contains("use sqlite:PATH"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unopenable_location_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the file should be.
+    std::fs::create_dir(dir.path().join("herd.db")).unwrap();
+    let err = SqliteStore::open(&location(&dir, "herd.db"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Open { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with("cannot open the store at"),
+        "{err}"
+    );
+}
