@@ -3,9 +3,10 @@
 //!
 //! One mutex guards everything; every operation is one critical section, which
 //! makes it the memory equivalent of one transaction. Finished tasks are
-//! forgotten (only their batch's counters and histogram remain) unless the
-//! store was built with [`MemoryStore::retaining`], so memory follows the work
-//! in flight, not the work done.
+//! forgotten (only their batch's counters and histogram remain), and so are
+//! finished batches beyond the latest 256, unless the store was built with
+//! [`MemoryStore::retaining`]: memory follows the work in flight, not the
+//! work done.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
@@ -23,6 +24,11 @@ use crate::model::{
 };
 
 use crate::util::IdMap;
+
+/// Finished batches a store that forgets finished tasks still answers for
+/// (state, figures, idempotency key); older ones are forgotten too, so that
+/// memory does not grow with the number of batches run.
+const KEEP_FINISHED_BATCHES: usize = 256;
 
 /// Capacity of the event broadcast: subscribers further behind than this many
 /// operations see a `Lagged` error rather than slowing the store down.
@@ -175,6 +181,7 @@ type Rank = (Priority, Reverse<u32>, Reverse<u64>);
 
 struct BatchRec {
     name: Option<String>,
+    idempotency_key: Option<String>,
     state: BatchState,
     priority: Priority,
     concurrency: u32,
@@ -239,6 +246,8 @@ struct Inner<P, O> {
     ready_batches: Vec<BatchId>,
     deadlines: BTreeSet<(Timestamp, BatchId)>,
     idempotency: HashMap<String, BatchId>,
+    /// Finished batches, oldest first (kept only when tasks are not retained).
+    finished_batches: VecDeque<BatchId>,
     events: Vec<Event>,
     work_ready: bool,
     control_pending: bool,
@@ -267,6 +276,7 @@ impl<P, O> Inner<P, O> {
             ready_batches: Vec::new(),
             deadlines: BTreeSet::new(),
             idempotency: HashMap::new(),
+            finished_batches: VecDeque::new(),
             events: Vec::new(),
             work_ready: false,
             control_pending: false,
@@ -637,6 +647,20 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         self.deadlines.retain(|(_, b)| *b != batch);
         self.ready_batches.retain(|b| *b != batch);
         self.set_batch_state(batch, to, now);
+        if !self.retain {
+            self.finished_batches.push_back(batch);
+            while self.finished_batches.len() > KEEP_FINISHED_BATCHES {
+                let oldest = self
+                    .finished_batches
+                    .pop_front()
+                    .expect("longer than the bound");
+                if let Some(b) = self.batches.remove(&oldest)
+                    && let Some(key) = b.idempotency_key
+                {
+                    self.idempotency.remove(&key);
+                }
+            }
+        }
     }
 
     /// Stops every batch whose deadline has passed: waiting tasks end
@@ -749,6 +773,7 @@ where
             id,
             BatchRec {
                 name: spec.name.take(),
+                idempotency_key: spec.idempotency_key.clone(),
                 state,
                 priority: spec.priority,
                 concurrency: spec.concurrency,

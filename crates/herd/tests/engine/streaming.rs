@@ -194,3 +194,30 @@ async fn an_empty_input_ends_at_once() {
         herd::BatchState::Succeeded
     );
 }
+
+/// Memory does not grow with the number of batches run: the executor
+/// answers for the latest finished batches and forgets older ones.
+#[tokio::test(start_paused = true)]
+async fn old_finished_batches_are_forgotten() {
+    let exec = executor(4);
+    let mut batches = Vec::new();
+    for round in 0..300u32 {
+        let run = exec
+            .run([round], |i: u32, _: TaskContext| async move {
+                Ok::<_, TaskError>(i)
+            })
+            .await
+            .unwrap();
+        batches.push(run.batch_id());
+        assert_eq!(outcomes(run).await.len(), 1);
+    }
+    let first = exec.batch_info(batches[0]).await;
+    assert!(
+        matches!(first, Err(herd::Error::Store(_))),
+        "the oldest batch is forgotten: {first:?}"
+    );
+    let last = exec.batch_info(*batches.last().unwrap()).await.unwrap();
+    assert_eq!(last.state, herd::BatchState::Succeeded);
+    let kept = exec.stats(batches[300 - 256]).await.unwrap();
+    assert_eq!(kept.counts.succeeded, 1, "the latest 256 are kept");
+}
