@@ -11,7 +11,7 @@ use herd_core::{
     BatchId, BatchInfo, BatchSpec, BatchStats, ChunkPolicy, Clock, ErrorPolicy, InvalidField,
     Priority, RetryPolicy, SubmitError, TaskId, TokioClock, shuffle_seeded,
 };
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 
 use crate::Error;
 use crate::chunk::{ChunkRun, chunk_handler};
@@ -294,8 +294,9 @@ impl Executor {
         self.shared.stats(batch).await
     }
 
-    /// Cancels a batch: waiting tasks at once; running ones get their
-    /// cancellation token (`Graceful`) or are dropped (`Forced`).
+    /// Cancels a batch: waiting tasks at once; running ones see
+    /// [`TaskContext::cancelled`](crate::TaskContext::cancelled) complete
+    /// (`Graceful`) or are dropped (`Forced`).
     pub async fn cancel(&self, batch: BatchId, mode: CancelMode) -> Result<(), Error> {
         self.shared.cancel(batch, mode).await
     }
@@ -516,8 +517,7 @@ impl BatchBuilder<'_> {
         spec.validate(Some(shared.slots))?;
         let window = self
             .window
-            .unwrap_or(self.concurrency.saturating_mul(4).saturating_add(256))
-            .min(Semaphore::MAX_PERMITS);
+            .unwrap_or(self.concurrency.saturating_mul(4).saturating_add(256));
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = Arc::new(FnRunner::<T, O, H>::new(handler, tx, None));
         let batch = insert_bound(&shared, spec, flow.clone(), runner).await?.0;

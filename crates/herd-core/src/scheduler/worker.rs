@@ -38,7 +38,7 @@ use crate::util::IdMap;
 /// How a worker runs.
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
-    /// Cost units it runs at once.
+    /// Cost units it runs at once, when it shares no [`SlotPool`].
     pub slots: u32,
     /// How long a claim holds without renewal.
     pub lease: Duration,

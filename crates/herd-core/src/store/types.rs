@@ -174,7 +174,7 @@ pub struct Applied {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CancelMode {
-    /// Signal the attempt (a cancellation token, SIGTERM) and let it finish within the grace.
+    /// Signal the attempt (its handler's cancellation signal, SIGTERM) and let it finish within the grace.
     Graceful,
     /// Stop the attempt now (drop its future, SIGKILL).
     Forced,
