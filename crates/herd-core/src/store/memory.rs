@@ -450,10 +450,23 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         id
     }
 
-    /// Finishes tasks, releasing or skipping their dependents transitively,
-    /// applying the error policy, and finishing batches that are done.
-    fn finish_all(&mut self, mut work: Vec<Finish>, output: Option<(TaskId, O)>, now: Timestamp) {
+    /// Ends `seed` in `state` (keeping `output` for its dependents), releases
+    /// or skips its dependents transitively, applies the error policy and
+    /// finishes batches that are done.
+    fn finish(
+        &mut self,
+        seed: TaskId,
+        state: TaskState,
+        reason: Option<Reason>,
+        output: Option<O>,
+        now: Timestamp,
+    ) {
         let mut output = output;
+        let mut work = vec![Finish {
+            task: seed,
+            state,
+            reason,
+        }];
         let mut touched: Vec<BatchId> = Vec::new();
         while let Some(Finish {
             task,
@@ -502,10 +515,7 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                 },
             );
             if !dependents.is_empty() {
-                let out = match &output {
-                    Some((id, _)) if *id == task => output.take().map(|(_, o)| o),
-                    _ => None,
-                };
+                let out = if task == seed { output.take() } else { None };
                 self.outputs.insert(
                     task,
                     Upstream {
@@ -612,15 +622,7 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                 // their dependents are waiting too, and end the same way.
                 TaskState::Pending | TaskState::Queued | TaskState::RetryWait => {
                     t.dependents.clear();
-                    self.finish_all(
-                        vec![Finish {
-                            task: id,
-                            state: TaskState::Cancelled,
-                            reason: Some(reason),
-                        }],
-                        None,
-                        now,
-                    );
+                    self.finish(id, TaskState::Cancelled, Some(reason), None, now);
                 }
                 _ => {}
             }
@@ -681,6 +683,20 @@ impl<P: Clone, O: Clone> Inner<P, O> {
             b.open = false;
             self.stop_batch(batch, Reason::Deadline, Some(CancelMode::Forced), now);
         }
+    }
+
+    /// Moves a running task to `retry_wait`, due at `at`: its slots are free
+    /// at once, and the retry counts.
+    fn retry_later(&mut self, task: TaskId, reason: Reason, at: Timestamp, now: Timestamp) {
+        let t = &self.tasks[&task];
+        let (batch, cost, attempt) = (t.batch, t.cost, t.attempt);
+        if let Some(b) = self.batches.get_mut(&batch) {
+            b.running_cost -= cost;
+            b.retries += 1;
+        }
+        self.move_task(task, TaskState::RetryWait, Some(reason), now);
+        self.retries.push(Reverse((at, task, attempt)));
+        self.work_ready |= at <= now;
     }
 
     fn promote_due_retries(&mut self, now: Timestamp) {
@@ -1065,22 +1081,12 @@ where
             }
             let t = inner.tasks.get_mut(&fence.task).expect("checked");
             let batch = t.batch;
-            let cost = t.cost;
             let b = inner.batches.get_mut(&batch).expect("tasks have batches");
             b.durations.record(c.duration);
             let stopped = b.stopped.is_some();
             let entered = match c.outcome {
                 AttemptOutcome::Succeeded { output } => {
-                    let output = output.map(|o| (fence.task, o));
-                    inner.finish_all(
-                        vec![Finish {
-                            task: fence.task,
-                            state: TaskState::Succeeded,
-                            reason: None,
-                        }],
-                        output,
-                        now,
-                    );
+                    inner.finish(fence.task, TaskState::Succeeded, None, output, now);
                     TaskState::Succeeded
                 }
                 AttemptOutcome::Failed {
@@ -1088,40 +1094,19 @@ where
                     message,
                     retry_at: Some(at),
                 } if !stopped => {
-                    let t = inner.tasks.get_mut(&fence.task).expect("checked");
-                    t.message = message;
-                    let b = inner.batches.get_mut(&batch).expect("exists");
-                    b.running_cost -= cost;
-                    b.retries += 1;
-                    inner.move_task(fence.task, TaskState::RetryWait, Some(reason), now);
-                    inner.retries.push(Reverse((at, fence.task, fence.attempt)));
+                    inner.tasks.get_mut(&fence.task).expect("checked").message = message;
+                    inner.retry_later(fence.task, reason, at, now);
                     TaskState::RetryWait
                 }
                 AttemptOutcome::Failed {
                     reason, message, ..
                 } => {
                     inner.tasks.get_mut(&fence.task).expect("checked").message = message;
-                    inner.finish_all(
-                        vec![Finish {
-                            task: fence.task,
-                            state: TaskState::Failed,
-                            reason: Some(reason),
-                        }],
-                        None,
-                        now,
-                    );
+                    inner.finish(fence.task, TaskState::Failed, Some(reason), None, now);
                     TaskState::Failed
                 }
                 AttemptOutcome::Cancelled { reason } => {
-                    inner.finish_all(
-                        vec![Finish {
-                            task: fence.task,
-                            state: TaskState::Cancelled,
-                            reason: Some(reason),
-                        }],
-                        None,
-                        now,
-                    );
+                    inner.finish(fence.task, TaskState::Cancelled, Some(reason), None, now);
                     TaskState::Cancelled
                 }
             };
@@ -1154,15 +1139,7 @@ where
                     let b = inner.batches.get_mut(&batch).expect("exists");
                     b.ready.remove(task);
                 }
-                inner.finish_all(
-                    vec![Finish {
-                        task,
-                        state: TaskState::Cancelled,
-                        reason: Some(Reason::ByUser),
-                    }],
-                    None,
-                    now,
-                );
+                inner.finish(task, TaskState::Cancelled, Some(Reason::ByUser), None, now);
             }
             _ => {}
         }
@@ -1235,37 +1212,15 @@ where
             let t = inner.tasks.get_mut(&id).expect("running tasks exist");
             t.lost += 1;
             t.message = Some("the worker running it stopped renewing its lease".into());
-            let (batch, cost, lost, attempt, cancel) =
-                (t.batch, t.cost, t.lost, t.attempt, t.cancel);
+            let (batch, lost, cancel) = (t.batch, t.lost, t.cancel);
             let b = &inner.batches[&batch];
             if let Some((_, reason)) = cancel {
                 // It was being cancelled when its worker died: that is how it ends.
-                inner.finish_all(
-                    vec![Finish {
-                        task: id,
-                        state: TaskState::Cancelled,
-                        reason: Some(reason),
-                    }],
-                    None,
-                    now,
-                );
+                inner.finish(id, TaskState::Cancelled, Some(reason), None, now);
             } else if b.stopped.is_none() && b.policy.retry.should_retry_lost(lost) {
-                let b = inner.batches.get_mut(&batch).expect("exists");
-                b.running_cost -= cost;
-                b.retries += 1;
-                inner.move_task(id, TaskState::RetryWait, Some(Reason::Lost), now);
-                inner.retries.push(Reverse((now, id, attempt)));
-                inner.work_ready = true;
+                inner.retry_later(id, Reason::Lost, now, now);
             } else {
-                inner.finish_all(
-                    vec![Finish {
-                        task: id,
-                        state: TaskState::Failed,
-                        reason: Some(Reason::Lost),
-                    }],
-                    None,
-                    now,
-                );
+                inner.finish(id, TaskState::Failed, Some(Reason::Lost), None, now);
             }
         }
         Ok(self.commit(inner))
