@@ -22,6 +22,7 @@
 //!
 //! cargo bench -p herd-benches --bench executor
 
+use std::future::Future;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +55,58 @@ struct Seen {
     events: AtomicU64,
     lagged_groups: AtomicU64,
     lag_reports: AtomicU64,
+}
+
+/// herd: runs `work` for every task, consuming every outcome.
+async fn herd_run<F, Fut>(executor: &Executor, work: F)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let mut outcomes = executor
+        .run(0..TASKS, move |n: u64, _ctx: TaskContext| {
+            let output = work(n);
+            async move { Ok::<_, TaskError>(output.await) }
+        })
+        .await
+        .expect("the batch is accepted");
+    let mut count = 0u64;
+    while let Some(outcome) = outcomes.next().await {
+        black_box(outcome.result.expect("the work cannot fail"));
+        count += 1;
+    }
+    assert_eq!(count, TASKS, "one outcome per task");
+}
+
+/// The hand-written pattern: one spawned task per item under a semaphore
+/// (permit taken before the spawn), collected into a `JoinSet`; finished
+/// tasks reaped while spawning when `reap`, else all drained at the end.
+async fn semaphore_joinset<F, Fut>(work: F, reap: bool)
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = u64> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(CONCURRENCY));
+    let mut set = JoinSet::new();
+    let mut count = 0u64;
+    for n in 0..TASKS {
+        let permit = permits.clone().acquire_owned().await.expect("never closed");
+        let output = work(n);
+        set.spawn(async move {
+            let output = output.await;
+            drop(permit);
+            output
+        });
+        while reap && let Some(joined) = set.try_join_next() {
+            black_box(joined.expect("the work cannot panic"));
+            count += 1;
+        }
+    }
+    while let Some(joined) = set.join_next().await {
+        black_box(joined.expect("the work cannot panic"));
+        count += 1;
+    }
+    assert_eq!(count, TASKS, "one result per task");
 }
 
 fn executor(c: &mut Criterion) {
@@ -97,65 +150,14 @@ fn executor(c: &mut Criterion) {
     group.bench_function("herd", |b| {
         b.to_async(&rt).iter(|| async {
             iterations.fetch_add(1, Ordering::Relaxed);
-            let mut outcomes = executor
-                .run(0..TASKS, |n: u64, _ctx: TaskContext| async move {
-                    Ok::<_, TaskError>(noop(n).await)
-                })
-                .await
-                .expect("the batch is accepted");
-            let mut count = 0u64;
-            while let Some(outcome) = outcomes.next().await {
-                black_box(outcome.result.expect("a no-op cannot fail"));
-                count += 1;
-            }
-            assert_eq!(count, TASKS, "one outcome per task");
+            herd_run(&executor, noop).await;
         });
     });
-
     group.bench_function("semaphore_joinset", |b| {
-        b.to_async(&rt).iter(|| async {
-            let permits = Arc::new(Semaphore::new(CONCURRENCY));
-            let mut set = JoinSet::new();
-            for n in 0..TASKS {
-                let permit = permits.clone().acquire_owned().await.expect("never closed");
-                set.spawn(async move {
-                    let output = noop(n).await;
-                    drop(permit);
-                    output
-                });
-            }
-            let mut count = 0u64;
-            while let Some(joined) = set.join_next().await {
-                black_box(joined.expect("a no-op cannot panic"));
-                count += 1;
-            }
-            assert_eq!(count, TASKS, "one result per task");
-        });
+        b.to_async(&rt).iter(|| semaphore_joinset(noop, false));
     });
-
     group.bench_function("semaphore_joinset_reaping", |b| {
-        b.to_async(&rt).iter(|| async {
-            let permits = Arc::new(Semaphore::new(CONCURRENCY));
-            let mut set = JoinSet::new();
-            let mut count = 0u64;
-            for n in 0..TASKS {
-                let permit = permits.clone().acquire_owned().await.expect("never closed");
-                set.spawn(async move {
-                    let output = noop(n).await;
-                    drop(permit);
-                    output
-                });
-                while let Some(joined) = set.try_join_next() {
-                    black_box(joined.expect("a no-op cannot panic"));
-                    count += 1;
-                }
-            }
-            while let Some(joined) = set.join_next().await {
-                black_box(joined.expect("a no-op cannot panic"));
-                count += 1;
-            }
-            assert_eq!(count, TASKS, "one result per task");
-        });
+        b.to_async(&rt).iter(|| semaphore_joinset(noop, true));
     });
 
     group.bench_function("buffer_unordered", |b| {
@@ -183,43 +185,11 @@ fn executor(c: &mut Criterion) {
     group.bench_function("herd", |b| {
         b.to_async(&rt).iter(|| async {
             iterations.fetch_add(1, Ordering::Relaxed);
-            let mut outcomes = executor
-                .run(0..TASKS, |n: u64, _ctx: TaskContext| async move {
-                    Ok::<_, TaskError>(yield_once(n).await)
-                })
-                .await
-                .expect("the batch is accepted");
-            let mut count = 0u64;
-            while let Some(outcome) = outcomes.next().await {
-                black_box(outcome.result.expect("cannot fail"));
-                count += 1;
-            }
-            assert_eq!(count, TASKS, "one outcome per task");
+            herd_run(&executor, yield_once).await;
         });
     });
     group.bench_function("semaphore_joinset_reaping", |b| {
-        b.to_async(&rt).iter(|| async {
-            let permits = Arc::new(Semaphore::new(CONCURRENCY));
-            let mut set = JoinSet::new();
-            let mut count = 0u64;
-            for n in 0..TASKS {
-                let permit = permits.clone().acquire_owned().await.expect("never closed");
-                set.spawn(async move {
-                    let output = yield_once(n).await;
-                    drop(permit);
-                    output
-                });
-                while let Some(joined) = set.try_join_next() {
-                    black_box(joined.expect("cannot panic"));
-                    count += 1;
-                }
-            }
-            while let Some(joined) = set.join_next().await {
-                black_box(joined.expect("cannot panic"));
-                count += 1;
-            }
-            assert_eq!(count, TASKS, "one result per task");
-        });
+        b.to_async(&rt).iter(|| semaphore_joinset(yield_once, true));
     });
     group.finish();
 
