@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use herd::{BatchState, CancelMode, Reason, TaskContext, TaskError, TaskState};
 
-use crate::common::{DropFlag, executor, outcomes};
+use crate::common::{DropFlag, executor, outcomes, waits_a_minute};
 
 #[tokio::test(start_paused = true)]
 async fn graceful_cancel_signals_running_tasks_and_cancels_the_rest() {
@@ -72,18 +72,7 @@ async fn a_task_that_finishes_despite_graceful_cancel_succeeds() {
 async fn forced_cancel_drops_running_futures() {
     let exec = executor(2);
     let dropped = Arc::new(AtomicUsize::new(0));
-    let d = dropped.clone();
-    let run = exec
-        .run(0..4u32, move |_: u32, _: TaskContext| {
-            let d = d.clone();
-            async move {
-                let _flag = DropFlag(d);
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                Ok::<_, TaskError>(())
-            }
-        })
-        .await
-        .unwrap();
+    let run = exec.run(0..4u32, waits_a_minute(&dropped)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     run.cancel(CancelMode::Forced).await.unwrap();
     let all = outcomes(run).await;
@@ -123,18 +112,7 @@ async fn cancelling_one_task_leaves_the_others() {
 async fn dropping_a_run_cancels_its_batch() {
     let exec = executor(2);
     let dropped = Arc::new(AtomicUsize::new(0));
-    let d = dropped.clone();
-    let run = exec
-        .run(0..10u32, move |_: u32, _: TaskContext| {
-            let d = d.clone();
-            async move {
-                let _flag = DropFlag(d);
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                Ok::<_, TaskError>(())
-            }
-        })
-        .await
-        .unwrap();
+    let run = exec.run(0..10u32, waits_a_minute(&dropped)).await.unwrap();
     let batch = run.batch_id();
     tokio::time::sleep(Duration::from_secs(1)).await;
     drop(run);
@@ -182,18 +160,7 @@ async fn spawned_attempts_are_cancelled_and_timed_out_like_inline_ones() {
     tokio::task::yield_now().await;
     assert_eq!(dropped.load(Ordering::SeqCst), 4);
 
-    let d = dropped.clone();
-    let run = exec
-        .run(0..2u32, move |_: u32, _: TaskContext| {
-            let d = d.clone();
-            async move {
-                let _flag = DropFlag(d);
-                tokio::time::sleep(Duration::from_secs(60)).await;
-                Ok::<_, TaskError>(())
-            }
-        })
-        .await
-        .unwrap();
+    let run = exec.run(0..2u32, waits_a_minute(&dropped)).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     run.cancel(CancelMode::Forced).await.unwrap();
     let all = outcomes(run).await;

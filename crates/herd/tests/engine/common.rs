@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use herd::{Executor, Outcome, Run};
+use futures::future::BoxFuture;
+use herd::{Executor, Outcome, Run, TaskContext, TaskError};
 use tokio::time::Instant;
 
 /// An executor with `slots` slots and otherwise default settings.
@@ -85,6 +86,23 @@ pub struct DropFlag(pub Arc<AtomicUsize>);
 impl Drop for DropFlag {
     fn drop(&mut self) {
         self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// A handler that waits a minute and counts in `dropped` when its future is
+/// dropped: it ends only by being cut off.
+pub fn waits_a_minute(
+    dropped: &Arc<AtomicUsize>,
+) -> impl Fn(u32, TaskContext) -> BoxFuture<'static, Result<(), TaskError>> + Send + Sync + 'static
+{
+    let dropped = dropped.clone();
+    move |_, _| {
+        let flag = DropFlag(dropped.clone());
+        Box::pin(async move {
+            let _flag = flag;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        })
     }
 }
 
