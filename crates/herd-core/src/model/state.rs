@@ -110,7 +110,9 @@ impl fmt::Display for TaskState {
 
 /// A state name that herd does not know.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown state {0:?}")]
+#[error(
+    "unknown state {0:?}: use pending, queued, running, retry_wait, succeeded, failed, cancelled or skipped"
+)]
 pub struct ParseStateError(pub String);
 
 impl FromStr for TaskState {

@@ -264,13 +264,17 @@ pub enum StoreError {
     #[error(transparent)]
     Submit(#[from] SubmitError),
     /// No such batch.
-    #[error("no batch {0} in this store")]
+    #[error(
+        "no batch {0} in this store: check the id (a store that forgets finished work keeps only recent batches)"
+    )]
     UnknownBatch(BatchId),
     /// No such task (or, in a store that forgets finished tasks, no longer).
-    #[error("no task {0} in this store")]
+    #[error(
+        "no task {0} in this store: check the id (a store that forgets finished work keeps only unfinished tasks)"
+    )]
     UnknownTask(TaskId),
     /// Tasks were appended to a batch that is not open.
-    #[error("batch {0} is sealed: no more tasks can be added")]
+    #[error("batch {0} is sealed: no more tasks can be added; submit them as a new batch")]
     Sealed(BatchId),
     /// The backend failed.
     #[error("store backend failed")]
