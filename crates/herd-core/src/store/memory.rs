@@ -196,7 +196,6 @@ struct BatchRec {
     kept_outputs: Vec<TaskId>,
     open: bool,
     paused: bool,
-    started: bool,
     /// No new task starts: cancelled, stopped by policy, or past its deadline.
     stopped: Option<Reason>,
     cancelled: bool,
@@ -803,7 +802,6 @@ where
                 kept_outputs: Vec::new(),
                 open: spec.open,
                 paused: spec.paused,
-                started: false,
                 stopped: None,
                 cancelled: false,
                 failed_by_policy: false,
@@ -982,9 +980,8 @@ where
             b.running_cost += head.cost;
             b.last_served = tick;
             let policy = b.policy.clone();
-            let first_start = !b.started;
+            let first_start = b.started_at.is_none();
             if first_start {
-                b.started = true;
                 b.started_at = Some(now);
             }
             if first_start && b.state == BatchState::Queued {
@@ -1186,7 +1183,7 @@ where
             .ok_or(StoreError::UnknownBatch(batch))?;
         if b.paused && !b.state.is_terminal() {
             b.paused = false;
-            let to = if b.started {
+            let to = if b.started_at.is_some() {
                 BatchState::Running
             } else {
                 BatchState::Queued
