@@ -24,27 +24,20 @@ pub(crate) struct ChunkResults<O> {
 /// error so that the last attempt's per-item results reach the outcome.
 struct ChunkFailed<O> {
     failed: usize,
+    total: usize,
+    /// Taken out when the outcome is built.
     results: std::sync::Mutex<Option<Vec<Result<O, TaskError>>>>,
 }
 
 impl<O> fmt::Debug for ChunkFailed<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChunkFailed({} items failed)", self.failed)
+        write!(f, "ChunkFailed({} of {})", self.failed, self.total)
     }
 }
 
 impl<O> fmt::Display for ChunkFailed<O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let total = self
-            .results
-            .lock()
-            .map(|r| r.as_ref().map_or(0, Vec::len))
-            .unwrap_or(0);
-        write!(
-            f,
-            "{} of {} items failed, more than the chunk allows",
-            self.failed, total
-        )
+        write!(f, "{} of {} items failed", self.failed, self.total)
     }
 }
 
@@ -84,6 +77,7 @@ where
             match policy.classify(failed, len) {
                 ChunkStatus::Failed => Err(TaskError::new(ChunkFailed {
                     failed,
+                    total: len,
                     results: std::sync::Mutex::new(Some(results)),
                 })),
                 status => Ok(ChunkResults { status, results }),
@@ -150,25 +144,13 @@ impl<O> ChunkRun<O> {
                 attempts: outcome.attempts,
                 failure: None,
             },
-            Err(mut failure) => {
+            Err(failure) => {
                 let results = failure
                     .error
                     .as_ref()
                     .and_then(|e| e.downcast_ref::<ChunkFailed<O>>())
                     .and_then(|f| f.results.lock().ok()?.take())
                     .unwrap_or_default();
-                if failure
-                    .error
-                    .as_ref()
-                    .is_some_and(|e| e.downcast_ref::<ChunkFailed<O>>().is_some())
-                {
-                    // The per-item errors say it better than the summary.
-                    failure.error = Some(TaskError::new(format!(
-                        "{} of {} items failed",
-                        results.iter().filter(|r| r.is_err()).count(),
-                        results.len()
-                    )));
-                }
                 ChunkOutcome {
                     chunk: outcome.index,
                     first_item,
