@@ -8,11 +8,11 @@
 //! factory (for PostgreSQL: its own schema, named after the case):
 //!
 //! ```text
-//! // herd-sqlite/tests/conformance.rs, with
+//! // herd-sql/tests/conformance.rs, with
 //! // [dev-dependencies] herd-core = { workspace = true, features = ["testing"] }
 //! // and tokio (features "macros", "rt-multi-thread") as a dev-dependency.
 //! herd_core::store_conformance!(|case: &'static str| async move {
-//!     herd_sqlite::SqliteStore::<String, String>::open_temporary(case).await.unwrap()
+//!     herd_sql::SqliteStore::<String, String>::open(&path_for(case)).await.unwrap()
 //! });
 //! ```
 //!

@@ -24,5 +24,5 @@ pub use retry::{Backoff, ExitCodes, Failure, Jitter, RetryPolicy};
 pub use spec::{
     BatchPolicy, BatchSpec, DependencyRule, SubmitError, TaskSpec, find_cycle, shuffle_seeded,
 };
-pub use state::{BatchState, ParseStateError, Reason, TaskState, batch_outcome};
+pub use state::{BatchState, ParseReasonError, ParseStateError, Reason, TaskState, batch_outcome};
 pub use stats::{BatchStats, DurationHistogram, StateCounts};

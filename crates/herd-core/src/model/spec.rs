@@ -53,7 +53,7 @@ impl<P> TaskSpec<P> {
 }
 
 /// The policies of a batch, shared by all its tasks and carried with every claim.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BatchPolicy {
     /// The flow (registered handler) that runs the batch's tasks.
     pub flow: Arc<str>,

@@ -170,6 +170,45 @@ impl fmt::Display for Reason {
     }
 }
 
+/// A reason that herd does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown reason {0:?}: use exit_code(N), signal(N), timeout, start_failed, lost, error, upstream_failed, batch_stopped, deadline or by_user"
+)]
+pub struct ParseReasonError(pub String);
+
+impl FromStr for Reason {
+    type Err = ParseReasonError;
+
+    /// Parses the form [`Reason`]'s `Display` prints: `timeout`, `exit_code(2)`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ParseReasonError(s.to_string());
+        let numbered = |prefix: &str| {
+            s.strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('('))
+                .and_then(|rest| rest.strip_suffix(')'))
+                .map(|n| n.parse::<i32>().map_err(|_| bad()))
+        };
+        if let Some(code) = numbered("exit_code") {
+            return code.map(Reason::ExitCode);
+        }
+        if let Some(signal) = numbered("signal") {
+            return signal.map(Reason::Signal);
+        }
+        Ok(match s {
+            "timeout" => Reason::Timeout,
+            "start_failed" => Reason::StartFailed,
+            "lost" => Reason::Lost,
+            "error" => Reason::Error,
+            "upstream_failed" => Reason::UpstreamFailed,
+            "batch_stopped" => Reason::BatchStopped,
+            "deadline" => Reason::Deadline,
+            "by_user" => Reason::ByUser,
+            _ => return Err(bad()),
+        })
+    }
+}
+
 /// Where a batch is in its life.
 ///
 /// `queued` → `running` (⇄ `paused`) → `succeeded` | `partial` | `failed` | `cancelled`.
@@ -231,6 +270,20 @@ impl BatchState {
             Paused => matches!(self, Queued | Running),
             Succeeded | Partial | Failed | Cancelled => true,
         }
+    }
+}
+
+impl FromStr for BatchState {
+    type Err = ParseStateError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        use BatchState::*;
+        [
+            Queued, Running, Paused, Succeeded, Partial, Failed, Cancelled,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == s)
+        .ok_or_else(|| ParseStateError(s.to_string()))
     }
 }
 
@@ -298,6 +351,40 @@ mod tests {
         assert!(!TaskState::Cancelled.accepts_reason(Some(Reason::Timeout)));
         assert!(TaskState::Skipped.accepts_reason(Some(Reason::UpstreamFailed)));
         assert!(!TaskState::Skipped.accepts_reason(Some(Reason::ByUser)));
+    }
+
+    #[test]
+    fn reasons_and_batch_states_round_trip() {
+        use Reason::*;
+        for reason in [
+            ExitCode(3),
+            ExitCode(-1),
+            Signal(9),
+            Timeout,
+            StartFailed,
+            Lost,
+            Error,
+            UpstreamFailed,
+            BatchStopped,
+            Deadline,
+            ByUser,
+        ] {
+            assert_eq!(reason.to_string().parse::<Reason>(), Ok(reason));
+        }
+        for bad in ["exit_code(x)", "exit_code", "signal()", "nope"] {
+            assert!(bad.parse::<Reason>().is_err(), "{bad}");
+        }
+        for state in [
+            BatchState::Queued,
+            BatchState::Running,
+            BatchState::Paused,
+            BatchState::Succeeded,
+            BatchState::Partial,
+            BatchState::Failed,
+            BatchState::Cancelled,
+        ] {
+            assert_eq!(state.as_str().parse::<BatchState>(), Ok(state));
+        }
     }
 
     #[test]

@@ -110,12 +110,7 @@ const MAX_MICROS: u64 = 86_400_000_000;
 impl DurationHistogram {
     /// Records one attempt's duration.
     pub fn record(&mut self, d: Duration) {
-        let histogram = self.inner.get_or_insert_with(|| {
-            Box::new(
-                hdrhistogram::Histogram::new_with_bounds(1, MAX_MICROS, 2)
-                    .expect("static histogram bounds are valid"),
-            )
-        });
+        let histogram = self.inner.get_or_insert_with(empty_histogram);
         let micros = (d.as_micros() as u64).clamp(1, MAX_MICROS);
         histogram.saturating_record(micros);
     }
@@ -135,11 +130,72 @@ impl DurationHistogram {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The recorded durations as bytes, for stores that keep the histogram
+    /// in a column: (microseconds, count) pairs of every non-empty bucket,
+    /// little-endian, 16 bytes each.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let Some(histogram) = &self.inner else {
+            return Vec::new();
+        };
+        let mut bytes = Vec::new();
+        for bucket in histogram.iter_recorded() {
+            bytes.extend_from_slice(&bucket.value_iterated_to().to_le_bytes());
+            bytes.extend_from_slice(&u64::from(bucket.count_at_value()).to_le_bytes());
+        }
+        bytes
+    }
+
+    /// Reads what [`DurationHistogram::to_bytes`] wrote; `None` if the bytes
+    /// are not such a histogram.
+    pub fn from_bytes(bytes: &[u8]) -> Option<DurationHistogram> {
+        if !bytes.len().is_multiple_of(16) {
+            return None;
+        }
+        if bytes.is_empty() {
+            return Some(DurationHistogram::default());
+        }
+        let mut histogram = empty_histogram();
+        for pair in bytes.chunks_exact(16) {
+            let (value, count) = pair.split_at(8);
+            let value = u64::from_le_bytes(value.try_into().ok()?);
+            let count = u64::from_le_bytes(count.try_into().ok()?);
+            histogram.saturating_record_n(value.clamp(1, MAX_MICROS), u32::try_from(count).ok()?);
+        }
+        Some(DurationHistogram {
+            inner: Some(histogram),
+        })
+    }
+}
+
+fn empty_histogram() -> Box<hdrhistogram::Histogram<u32>> {
+    Box::new(
+        hdrhistogram::Histogram::new_with_bounds(1, MAX_MICROS, 2)
+            .expect("static histogram bounds are valid"),
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn histograms_survive_bytes() {
+        let mut h = DurationHistogram::default();
+        assert_eq!(
+            DurationHistogram::from_bytes(&h.to_bytes()).unwrap().len(),
+            0
+        );
+        for ms in [1u64, 2, 2, 5, 40, 40, 40, 900, 30_000] {
+            h.record(Duration::from_millis(ms));
+        }
+        let back = DurationHistogram::from_bytes(&h.to_bytes()).unwrap();
+        assert_eq!(back.len(), h.len());
+        for q in [0.0, 0.5, 0.95, 0.99, 1.0] {
+            assert_eq!(back.quantile(q), h.quantile(q), "q = {q}");
+        }
+        assert!(DurationHistogram::from_bytes(&[1, 2, 3]).is_none());
+    }
 
     #[test]
     fn counts_follow_shifts() {

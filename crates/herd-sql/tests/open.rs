@@ -1,7 +1,9 @@
 //! Opening store files: creation, migration, reopening, and the files herd
 //! must refuse.
 
-use herd_sqlite::{OpenError, SCHEMA_VERSION, SqliteStore};
+use herd_sql::{OpenError, SCHEMA_VERSION};
+
+type SqliteStore = herd_sql::SqliteStore<String, String>;
 
 fn location(dir: &tempfile::TempDir, name: &str) -> String {
     format!("sqlite:{}", dir.path().join(name).display())
@@ -28,6 +30,7 @@ async fn a_new_file_gets_the_schema_in_wal_mode() {
             "attempts",
             "batches",
             "events",
+            "herd_meta",
             "task_deps",
             "tasks",
             "workers"
@@ -118,7 +121,7 @@ async fn other_kinds_of_location_are_refused() {
     let err = SqliteStore::open("postgres://postgres@127.0.0.1:5432/test")
         .await
         .unwrap_err();
-    assert!(matches!(err, OpenError::NotSqlite { .. }), "{err:?}");
+    assert!(matches!(err, OpenError::UnknownKind { .. }), "{err:?}");
     assert!(err.to_string().contains("use sqlite:PATH"), "{err}");
 }
 

@@ -25,6 +25,8 @@ CREATE TABLE batches (
     running_cost     INTEGER NOT NULL DEFAULT 0,
     last_served      INTEGER NOT NULL DEFAULT 0,
     next_index       INTEGER NOT NULL DEFAULT 0,
+    -- The next position in the batch's ready queue (tasks.ready_seq).
+    next_ready       INTEGER NOT NULL DEFAULT 0,
     n_pending        INTEGER NOT NULL DEFAULT 0,
     n_queued         INTEGER NOT NULL DEFAULT 0,
     n_running        INTEGER NOT NULL DEFAULT 0,
@@ -42,6 +44,8 @@ CREATE TABLE batches (
 );
 CREATE INDEX batches_deadline ON batches (deadline)
     WHERE deadline IS NOT NULL AND finished_at IS NULL;
+CREATE INDEX batches_live ON batches (id) WHERE finished_at IS NULL;
+CREATE INDEX batches_served ON batches (last_served);
 
 CREATE TABLE tasks (
     id            INTEGER PRIMARY KEY,
@@ -50,6 +54,7 @@ CREATE TABLE tasks (
     key           TEXT,
     priority      INTEGER NOT NULL,
     cost          INTEGER NOT NULL CHECK (cost > 0),
+    -- JSON.
     payload       TEXT    NOT NULL,
     state         TEXT    NOT NULL,
     reason        TEXT,
@@ -67,6 +72,9 @@ CREATE TABLE tasks (
     ready_seq     INTEGER,
     deps_left     INTEGER NOT NULL DEFAULT 0,
     rule          TEXT    NOT NULL,
+    -- Tasks that wait for this one: its output is kept for them.
+    n_dependents  INTEGER NOT NULL DEFAULT 0,
+    -- JSON: the result, kept for dependents.
     output        TEXT,
     UNIQUE (batch_id, idx)
 );
@@ -103,9 +111,18 @@ CREATE TABLE attempts (
     PRIMARY KEY (task_id, attempt)
 );
 
+-- One row: counters shared by every process using the store.
+CREATE TABLE herd_meta (
+    id       INTEGER PRIMARY KEY CHECK (id = 1),
+    -- The next event's seq: taken last in a write transaction, so that seq
+    -- order is commit order and a reader resuming after seq N misses nothing.
+    next_seq INTEGER NOT NULL
+);
+INSERT INTO herd_meta (id, next_seq) VALUES (1, 1);
+
 CREATE TABLE events (
-    -- Never reused, even after finished batches are pruned.
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- From herd_meta.next_seq: never reused, in commit order.
+    seq        INTEGER PRIMARY KEY,
     at         INTEGER NOT NULL,
     batch_id   INTEGER NOT NULL,
     kind       TEXT    NOT NULL CHECK (kind IN ('task', 'batch')),

@@ -1,0 +1,957 @@
+//! The store contract over SQL, written once for both dialects.
+//!
+//! Every operation is one transaction. It locks the rows of the batches it
+//! touches first (in id order, so that transactions never wait on each other
+//! in a cycle), loads the task rows it needs into a [`Work`], applies the same
+//! transitions as the memory store — the reference — in Rust, and writes back
+//! what changed with a few set statements. The dialects ([`Tx`]) only move
+//! rows: SQLite through `json_each`, PostgreSQL through `jsonb_to_recordset`
+//! and arrays, so that a claim or a completion of a hundred tasks costs a
+//! handful of statements, not a round trip per task.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+
+use herd_core::model::{
+    Attempt, BatchId, BatchPolicy, BatchState, DependencyRule, DurationHistogram, ErrorPolicy,
+    Event, EventKind, OnFailure, Priority, Reason, StateCounts, TaskId, TaskState, Timestamp,
+    WorkerId, batch_outcome,
+};
+use herd_core::store::{CancelMode, Fence, StoreError};
+
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
+
+/// A backend failure, as the contract reports it.
+pub(crate) fn backend(e: impl std::error::Error + Send + Sync + 'static) -> StoreError {
+    StoreError::Backend(Box::new(e))
+}
+
+/// A task row, as loaded into a [`Work`].
+#[derive(Clone, Debug)]
+pub(crate) struct TaskRow {
+    pub id: TaskId,
+    pub batch: BatchId,
+    pub index: u64,
+    pub key: Option<Arc<str>>,
+    pub priority: Priority,
+    pub cost: u32,
+    pub state: TaskState,
+    pub reason: Option<Reason>,
+    pub message: Option<String>,
+    pub attempt: Attempt,
+    pub lost: u32,
+    pub worker: Option<WorkerId>,
+    pub lease_until: Option<Timestamp>,
+    pub cancel: Option<(CancelMode, Reason)>,
+    pub run_at: Option<Timestamp>,
+    pub ready_seq: Option<i64>,
+    pub deps_left: u32,
+    pub rule: DependencyRule,
+    /// Tasks that wait for this one.
+    pub dependents: u32,
+}
+
+/// A batch row, as loaded (and locked) into a [`Work`].
+#[derive(Clone, Debug)]
+pub(crate) struct BatchRow {
+    pub id: BatchId,
+    pub name: Option<String>,
+    pub state: BatchState,
+    pub priority: Priority,
+    pub concurrency: u32,
+    pub policy: Arc<BatchPolicy>,
+    pub error_policy: ErrorPolicy,
+    /// The deadline still to be enforced (cleared once it has been).
+    pub deadline: Option<Timestamp>,
+    pub open: bool,
+    pub paused: bool,
+    pub stopped: Option<Reason>,
+    pub cancelled: bool,
+    pub failed_by_policy: bool,
+    pub running_cost: u32,
+    pub last_served: i64,
+    pub next_index: u64,
+    pub next_ready: i64,
+    pub counts: StateCounts,
+    pub retries: u64,
+    /// The stored histogram; decoded only by operations that record into it.
+    pub durations: Option<Vec<u8>>,
+    pub histogram: Option<DurationHistogram>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+}
+
+impl BatchRow {
+    pub fn histogram(&mut self) -> &mut DurationHistogram {
+        let stored = &self.durations;
+        self.histogram.get_or_insert_with(|| {
+            stored
+                .as_deref()
+                .and_then(DurationHistogram::from_bytes)
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// A batch to insert.
+pub(crate) struct NewBatch<'a> {
+    pub name: Option<&'a str>,
+    pub idempotency_key: Option<&'a str>,
+    pub state: BatchState,
+    pub priority: Priority,
+    pub concurrency: u32,
+    pub policy: &'a BatchPolicy,
+    pub error_policy: &'a ErrorPolicy,
+    pub open: bool,
+    pub paused: bool,
+    pub created_at: Timestamp,
+}
+
+/// A task to insert.
+#[derive(serde::Serialize)]
+pub(crate) struct NewTask {
+    pub id: i64,
+    #[serde(rename = "i")]
+    pub index: u64,
+    #[serde(rename = "k")]
+    pub key: Option<String>,
+    #[serde(rename = "p")]
+    pub priority: i32,
+    #[serde(rename = "c")]
+    pub cost: u32,
+    /// The payload, as JSON text.
+    #[serde(rename = "pl")]
+    pub payload: String,
+    #[serde(rename = "s")]
+    pub state: &'static str,
+    #[serde(rename = "rs")]
+    pub ready_seq: Option<i64>,
+    #[serde(rename = "d")]
+    pub deps_left: u32,
+    #[serde(rename = "r")]
+    pub rule: &'static str,
+    #[serde(rename = "n")]
+    pub dependents: u32,
+}
+
+/// A dependency to insert: `task` waits for `upstream`.
+#[derive(serde::Serialize)]
+pub(crate) struct NewDep {
+    #[serde(rename = "t")]
+    pub task: i64,
+    #[serde(rename = "u")]
+    pub upstream: i64,
+    #[serde(rename = "p")]
+    pub position: u32,
+}
+
+/// The mutable columns of a task row, as written back.
+#[derive(serde::Serialize)]
+pub(crate) struct TaskWrite<'a> {
+    pub id: i64,
+    pub s: &'static str,
+    pub r: Option<String>,
+    pub m: Option<&'a str>,
+    pub a: u32,
+    pub l: u32,
+    pub w: Option<i64>,
+    pub lu: Option<i64>,
+    pub cm: Option<&'static str>,
+    pub cr: Option<String>,
+    pub ra: Option<i64>,
+    pub rs: Option<i64>,
+    pub d: u32,
+}
+
+/// An attempt that started.
+#[derive(serde::Serialize)]
+pub(crate) struct AttemptStart {
+    pub t: i64,
+    pub a: u32,
+    pub w: i64,
+    pub at: i64,
+}
+
+/// An attempt that ended.
+#[derive(serde::Serialize)]
+pub(crate) struct AttemptEnd {
+    pub t: i64,
+    pub a: u32,
+    pub at: i64,
+    /// The state the attempt led to.
+    pub o: &'static str,
+    pub r: Option<String>,
+    /// The exit code, for command tasks that exited.
+    pub x: Option<i32>,
+    pub e: Option<String>,
+}
+
+/// An event row.
+#[derive(serde::Serialize)]
+pub(crate) struct EventWrite {
+    pub seq: i64,
+    pub at: i64,
+    pub b: i64,
+    pub k: &'static str,
+    pub t: Option<i64>,
+    pub i: Option<u64>,
+    pub a: Option<u32>,
+    pub f: Option<&'static str>,
+    pub to: &'static str,
+    pub r: Option<String>,
+}
+
+impl EventWrite {
+    pub fn from_event(e: &Event) -> EventWrite {
+        match &e.kind {
+            EventKind::Task {
+                task,
+                index,
+                attempt,
+                from,
+                to,
+                reason,
+            } => EventWrite {
+                seq: e.seq as i64,
+                at: e.at.0,
+                b: e.batch.0,
+                k: "task",
+                t: Some(task.0),
+                i: Some(*index),
+                a: Some(attempt.0),
+                f: from.map(TaskState::as_str),
+                to: to.as_str(),
+                r: reason.map(|r| r.to_string()),
+            },
+            EventKind::Batch { from, to } => EventWrite {
+                seq: e.seq as i64,
+                at: e.at.0,
+                b: e.batch.0,
+                k: "batch",
+                t: None,
+                i: None,
+                a: None,
+                f: from.map(BatchState::as_str),
+                to: to.as_str(),
+                r: None,
+            },
+        }
+    }
+}
+
+/// An upstream task's result, for a claimed dependent.
+pub(crate) struct UpstreamRow {
+    pub dependent: TaskId,
+    pub task: TaskId,
+    pub key: Option<Arc<str>>,
+    pub state: TaskState,
+    pub output: Option<String>,
+}
+
+/// One write transaction in a dialect: the statements the logic needs, each
+/// over a set of rows.
+pub(crate) trait Tx: Send {
+    /// The batch with this idempotency key.
+    fn batch_by_key(&mut self, key: &str) -> impl Future<Output = Result<Option<BatchId>>> + Send;
+    fn batch_insert(&mut self, batch: NewBatch<'_>)
+    -> impl Future<Output = Result<BatchId>> + Send;
+    /// Locks and reads batches, in id order; unknown ids are left out.
+    fn batches_lock(
+        &mut self,
+        ids: &[BatchId],
+    ) -> impl Future<Output = Result<Vec<BatchRow>>> + Send;
+    fn batch_write(&mut self, row: &BatchRow) -> impl Future<Output = Result<()>> + Send;
+    /// Unfinished, unpaused, unstopped batches with queued tasks and a free slot.
+    fn batches_claimable(&mut self) -> impl Future<Output = Result<Vec<BatchId>>> + Send;
+    /// Unfinished batches whose deadline (not yet enforced) has passed.
+    fn batches_past_deadline(
+        &mut self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<BatchId>>> + Send;
+    /// The batches of these tasks.
+    fn batches_of_tasks(
+        &mut self,
+        ids: &[TaskId],
+    ) -> impl Future<Output = Result<Vec<BatchId>>> + Send;
+    /// The largest `last_served` of any batch.
+    fn last_served(&mut self) -> impl Future<Output = Result<i64>> + Send;
+    /// The earliest retry due time or unenforced deadline.
+    fn next_due(&mut self) -> impl Future<Output = Result<Option<Timestamp>>> + Send;
+
+    /// `n` fresh task ids, ascending.
+    fn task_ids(&mut self, n: usize) -> impl Future<Output = Result<Vec<i64>>> + Send;
+    fn tasks_insert(
+        &mut self,
+        batch: BatchId,
+        rows: &[NewTask],
+    ) -> impl Future<Output = Result<()>> + Send;
+    fn deps_insert(&mut self, rows: &[NewDep]) -> impl Future<Output = Result<()>> + Send;
+    fn tasks_get(&mut self, ids: &[TaskId]) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
+    /// The batch's tasks that have not finished.
+    fn tasks_live(&mut self, batch: BatchId) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
+    /// (upstream, dependent) for the pending dependents of these tasks.
+    fn tasks_dependents(
+        &mut self,
+        ids: &[TaskId],
+    ) -> impl Future<Output = Result<Vec<(TaskId, TaskRow)>>> + Send;
+    /// Up to `limit` queued tasks of each batch, in queue order.
+    fn tasks_ready(
+        &mut self,
+        batches: &[BatchId],
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
+    /// Tasks in `retry_wait` due by `now`: (task, batch).
+    fn tasks_retry_due(
+        &mut self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<(TaskId, BatchId)>>> + Send;
+    /// Running tasks whose lease expired before `now`: (task, batch).
+    fn tasks_lease_expired(
+        &mut self,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Vec<(TaskId, BatchId)>>> + Send;
+    fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> impl Future<Output = Result<()>> + Send;
+    /// Payloads (JSON text) of these tasks.
+    fn payloads(
+        &mut self,
+        ids: &[TaskId],
+    ) -> impl Future<Output = Result<HashMap<TaskId, String>>> + Send;
+    /// Upstream results of these tasks, in each one's `after` order.
+    fn upstream(&mut self, ids: &[TaskId])
+    -> impl Future<Output = Result<Vec<UpstreamRow>>> + Send;
+    fn outputs_write(
+        &mut self,
+        rows: &[(TaskId, String)],
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    fn attempts_start(&mut self, rows: &[AttemptStart]) -> impl Future<Output = Result<()>> + Send;
+    fn attempts_end(&mut self, rows: &[AttemptEnd]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Takes `n` event sequence numbers, returning the first. Serialises
+    /// writers until commit, so that seq order is commit order.
+    fn seq_take(&mut self, n: usize) -> impl Future<Output = Result<u64>> + Send;
+    fn events_insert(&mut self, rows: &[EventWrite]) -> impl Future<Output = Result<()>> + Send;
+    /// Tells other processes about new work or cancellations (PostgreSQL: NOTIFY).
+    fn notify(&mut self, work: bool, control: bool) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Whether a cancellation request in `mode` adds to what was asked before:
+/// a first request, or forced after graceful.
+pub(crate) fn escalates(current: Option<(CancelMode, Reason)>, mode: CancelMode) -> bool {
+    match current {
+        None => true,
+        Some((CancelMode::Graceful, _)) => mode == CancelMode::Forced,
+        Some((CancelMode::Forced, _)) => false,
+    }
+}
+
+pub(crate) fn cancel_mode_str(mode: CancelMode) -> &'static str {
+    match mode {
+        CancelMode::Graceful => "graceful",
+        CancelMode::Forced => "forced",
+    }
+}
+
+pub(crate) fn parse_cancel_mode(s: &str) -> Option<CancelMode> {
+    match s {
+        "graceful" => Some(CancelMode::Graceful),
+        "forced" => Some(CancelMode::Forced),
+        _ => None,
+    }
+}
+
+pub(crate) fn rule_str(rule: DependencyRule) -> &'static str {
+    match rule {
+        DependencyRule::Success => "success",
+        DependencyRule::Done => "done",
+    }
+}
+
+pub(crate) fn parse_rule(s: &str) -> Option<DependencyRule> {
+    match s {
+        "success" => Some(DependencyRule::Success),
+        "done" => Some(DependencyRule::Done),
+        _ => None,
+    }
+}
+
+/// A task reaching a terminal state.
+struct Finish {
+    task: TaskId,
+    state: TaskState,
+    reason: Option<Reason>,
+}
+
+/// What one transaction changes, kept in memory until it is written back.
+pub(crate) struct Work {
+    pub now: Timestamp,
+    pub batches: BTreeMap<BatchId, BatchRow>,
+    pub tasks: HashMap<TaskId, TaskRow>,
+    dirty_tasks: BTreeSet<TaskId>,
+    dirty_batches: BTreeSet<BatchId>,
+    events: Vec<Event>,
+    attempts_started: Vec<AttemptStart>,
+    attempts_ended: Vec<AttemptEnd>,
+    outputs: Vec<(TaskId, String)>,
+    /// Tasks became ready: wake workers.
+    pub work_ready: bool,
+    /// Running attempts must be cancelled: wake workers to renew leases.
+    pub control_pending: bool,
+}
+
+/// What a transaction wrote, for publishing after its commit.
+pub(crate) struct Written {
+    pub events: Vec<Event>,
+    pub work_ready: bool,
+    pub control_pending: bool,
+}
+
+impl Work {
+    pub fn new(now: Timestamp) -> Work {
+        Work {
+            now,
+            batches: BTreeMap::new(),
+            tasks: HashMap::new(),
+            dirty_tasks: BTreeSet::new(),
+            dirty_batches: BTreeSet::new(),
+            events: Vec::new(),
+            attempts_started: Vec::new(),
+            attempts_ended: Vec::new(),
+            outputs: Vec::new(),
+            work_ready: false,
+            control_pending: false,
+        }
+    }
+
+    /// Locks and loads the batches not loaded yet. Call once per transaction
+    /// with every batch it will touch: locks are taken in id order.
+    pub async fn lock<T: Tx>(&mut self, tx: &mut T, ids: &[BatchId]) -> Result<()> {
+        let mut wanted: Vec<BatchId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.batches.contains_key(id))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for row in tx.batches_lock(&wanted).await? {
+            self.batches.insert(row.id, row);
+        }
+        Ok(())
+    }
+
+    /// Loads task rows not loaded yet; rows already loaded are newer.
+    pub async fn load<T: Tx>(&mut self, tx: &mut T, ids: &[TaskId]) -> Result<()> {
+        let wanted: Vec<TaskId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !self.tasks.contains_key(id))
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        for row in tx.tasks_get(&wanted).await? {
+            self.tasks.entry(row.id).or_insert(row);
+        }
+        Ok(())
+    }
+
+    pub fn adopt(&mut self, row: TaskRow) -> TaskId {
+        let id = row.id;
+        self.tasks.entry(id).or_insert(row);
+        id
+    }
+
+    pub fn batch(&self, id: BatchId) -> Result<&BatchRow> {
+        self.batches.get(&id).ok_or(StoreError::UnknownBatch(id))
+    }
+
+    pub fn batch_mut(&mut self, id: BatchId) -> Result<&mut BatchRow> {
+        self.dirty_batches.insert(id);
+        self.batches
+            .get_mut(&id)
+            .ok_or(StoreError::UnknownBatch(id))
+    }
+
+    pub fn task_mut(&mut self, id: TaskId) -> &mut TaskRow {
+        self.dirty_tasks.insert(id);
+        self.tasks.get_mut(&id).expect("task loaded")
+    }
+
+    fn emit(&mut self, batch: BatchId, kind: EventKind) {
+        self.events.push(Event {
+            seq: 0,
+            at: self.now,
+            batch,
+            kind,
+        });
+    }
+
+    pub fn emit_created(&mut self, batch: BatchId, task: TaskId, index: u64, state: TaskState) {
+        self.emit(
+            batch,
+            EventKind::Task {
+                task,
+                index,
+                attempt: Attempt(0),
+                from: None,
+                to: state,
+                reason: None,
+            },
+        );
+    }
+
+    pub fn emit_batch_created(&mut self, batch: BatchId, state: BatchState) {
+        self.emit(
+            batch,
+            EventKind::Batch {
+                from: None,
+                to: state,
+            },
+        );
+    }
+
+    pub fn set_batch_state(&mut self, id: BatchId, to: BatchState) {
+        let now = self.now;
+        let Ok(b) = self.batch_mut(id) else { return };
+        let from = b.state;
+        if from == to || !from.can_become(to) {
+            return;
+        }
+        b.state = to;
+        if to.is_terminal() {
+            b.finished_at = Some(now);
+        }
+        self.emit(
+            id,
+            EventKind::Batch {
+                from: Some(from),
+                to,
+            },
+        );
+    }
+
+    /// Moves a task to a non-terminal state, keeping counters and events.
+    pub fn move_task(&mut self, id: TaskId, to: TaskState, reason: Option<Reason>) {
+        let t = self.task_mut(id);
+        let from = t.state;
+        debug_assert!(from.can_become(to), "{from} -> {to}");
+        t.state = to;
+        t.reason = reason;
+        let (batch, index, attempt) = (t.batch, t.index, t.attempt);
+        if let Ok(b) = self.batch_mut(batch) {
+            b.counts.shift(Some(from), to);
+        }
+        self.emit(
+            batch,
+            EventKind::Task {
+                task: id,
+                index,
+                attempt,
+                from: Some(from),
+                to,
+                reason,
+            },
+        );
+    }
+
+    /// Puts a queued task at the back of its batch's queue.
+    pub fn enqueue(&mut self, id: TaskId) {
+        let batch = self.tasks[&id].batch;
+        let Ok(b) = self.batch_mut(batch) else { return };
+        let seq = b.next_ready;
+        b.next_ready += 1;
+        let paused = b.paused;
+        self.task_mut(id).ready_seq = Some(seq);
+        self.work_ready |= !paused;
+    }
+
+    /// Starts an attempt of a queued task for `worker`.
+    pub fn start(&mut self, id: TaskId, worker: WorkerId, lease_until: Timestamp) {
+        let now = self.now;
+        let t = self.task_mut(id);
+        t.attempt = t.attempt.next();
+        t.worker = Some(worker);
+        t.lease_until = Some(lease_until);
+        t.ready_seq = None;
+        let attempt = t.attempt;
+        self.attempts_started.push(AttemptStart {
+            t: id.0,
+            a: attempt.0,
+            w: worker.0,
+            at: now.0,
+        });
+        self.move_task(id, TaskState::Running, None);
+    }
+
+    fn end_attempt(&mut self, id: TaskId, to: TaskState, reason: Option<Reason>) {
+        let t = &self.tasks[&id];
+        self.attempts_ended.push(AttemptEnd {
+            t: id.0,
+            a: t.attempt.0,
+            at: self.now.0,
+            o: to.as_str(),
+            r: reason.map(|r| r.to_string()),
+            x: match reason {
+                Some(Reason::ExitCode(code)) => Some(code),
+                _ => None,
+            },
+            e: t.message.clone(),
+        });
+    }
+
+    /// Moves a running task to `retry_wait`, due at `at`: its slots are free
+    /// at once, and the retry counts.
+    pub fn retry_later(&mut self, id: TaskId, reason: Reason, at: Timestamp) {
+        let (batch, cost) = (self.tasks[&id].batch, self.tasks[&id].cost);
+        if let Ok(b) = self.batch_mut(batch) {
+            b.running_cost -= cost;
+            b.retries += 1;
+        }
+        self.end_attempt(id, TaskState::RetryWait, Some(reason));
+        let t = self.task_mut(id);
+        t.run_at = Some(at);
+        t.worker = None;
+        t.lease_until = None;
+        self.move_task(id, TaskState::RetryWait, Some(reason));
+        self.work_ready |= at <= self.now;
+    }
+
+    /// Ends `seed` in a terminal state (keeping `output` for its
+    /// dependents), then releases or skips its dependents transitively when
+    /// `cascade`, applies the error policy and finishes batches that are done.
+    pub async fn finish<T: Tx>(
+        &mut self,
+        tx: &mut T,
+        seed: TaskId,
+        state: TaskState,
+        reason: Option<Reason>,
+        output: Option<String>,
+        cascade: bool,
+    ) -> Result<()> {
+        let mut output = output;
+        let mut frontier = vec![Finish {
+            task: seed,
+            state,
+            reason,
+        }];
+        let mut touched: Vec<BatchId> = Vec::new();
+        while !frontier.is_empty() {
+            // Tasks that ended in this round and have dependents: (task, state).
+            let mut ended: Vec<(TaskId, TaskState)> = Vec::new();
+            for Finish {
+                task,
+                state,
+                reason,
+            } in frontier.drain(..)
+            {
+                let Some(t) = self.tasks.get(&task) else {
+                    continue;
+                };
+                if t.state.is_terminal() {
+                    continue;
+                }
+                let (from, batch, index, attempt, cost, dependents) =
+                    (t.state, t.batch, t.index, t.attempt, t.cost, t.dependents);
+                debug_assert!(from.can_become(state), "{from} -> {state}");
+                if from == TaskState::Running {
+                    self.end_attempt(task, state, reason);
+                    if let Ok(b) = self.batch_mut(batch) {
+                        b.running_cost -= cost;
+                    }
+                }
+                let t = self.task_mut(task);
+                t.state = state;
+                t.reason = reason;
+                t.cancel = None;
+                t.worker = None;
+                t.lease_until = None;
+                t.run_at = None;
+                t.ready_seq = None;
+                if let Ok(b) = self.batch_mut(batch) {
+                    b.counts.shift(Some(from), state);
+                }
+                if !touched.contains(&batch) {
+                    touched.push(batch);
+                }
+                self.emit(
+                    batch,
+                    EventKind::Task {
+                        task,
+                        index,
+                        attempt,
+                        from: Some(from),
+                        to: state,
+                        reason,
+                    },
+                );
+                if task == seed
+                    && let Some(out) = output.take()
+                    && dependents > 0
+                {
+                    self.outputs.push((task, out));
+                }
+                if cascade && dependents > 0 {
+                    ended.push((task, state));
+                }
+            }
+            if ended.is_empty() {
+                break;
+            }
+            let ids: Vec<TaskId> = ended.iter().map(|(t, _)| *t).collect();
+            let states: HashMap<TaskId, TaskState> = ended.into_iter().collect();
+            let mut links = tx.tasks_dependents(&ids).await?;
+            links.sort_unstable_by_key(|(up, dep)| (*up, dep.id));
+            for (upstream, row) in links {
+                let dep = self.adopt(row);
+                let d = &self.tasks[&dep];
+                if d.state != TaskState::Pending {
+                    continue;
+                }
+                if states[&upstream] == TaskState::Succeeded || d.rule == DependencyRule::Done {
+                    let d = self.task_mut(dep);
+                    d.deps_left -= 1;
+                    if d.deps_left == 0 {
+                        self.move_task(dep, TaskState::Queued, None);
+                        self.enqueue(dep);
+                    }
+                } else {
+                    frontier.push(Finish {
+                        task: dep,
+                        state: TaskState::Skipped,
+                        reason: Some(Reason::UpstreamFailed),
+                    });
+                }
+            }
+        }
+        for batch in touched {
+            // After the skips have cascaded, as in the memory store.
+            self.apply_error_policy(tx, batch).await?;
+            self.finish_batch_if_done(batch);
+        }
+        Ok(())
+    }
+
+    async fn apply_error_policy<T: Tx>(&mut self, tx: &mut T, batch: BatchId) -> Result<()> {
+        let b = self.batch(batch)?;
+        if b.stopped.is_some() || !b.error_policy.tripped(b.counts.failed, b.counts.finished()) {
+            return Ok(());
+        }
+        let mode = match b.error_policy.on_failure {
+            OnFailure::Abort => Some(CancelMode::Forced),
+            OnFailure::Stop | OnFailure::Continue => None,
+        };
+        self.batch_mut(batch)?.failed_by_policy = true;
+        Box::pin(self.stop_batch(tx, batch, Reason::BatchStopped, mode)).await
+    }
+
+    /// Cancels every waiting task of a batch with `reason`; asks workers to
+    /// cancel running ones when `running` is given. Nothing new starts after.
+    pub async fn stop_batch<T: Tx>(
+        &mut self,
+        tx: &mut T,
+        batch: BatchId,
+        reason: Reason,
+        running: Option<CancelMode>,
+    ) -> Result<()> {
+        self.batch_mut(batch)?.stopped.get_or_insert(reason);
+        for row in tx.tasks_live(batch).await? {
+            self.adopt(row);
+        }
+        let mut live: Vec<TaskId> = self
+            .tasks
+            .values()
+            .filter(|t| t.batch == batch && !t.state.is_terminal())
+            .map(|t| t.id)
+            .collect();
+        live.sort_unstable();
+        for id in live {
+            let t = &self.tasks[&id];
+            match t.state {
+                TaskState::Running => {
+                    if let Some(mode) = running
+                        && escalates(t.cancel, mode)
+                    {
+                        self.task_mut(id).cancel = Some((mode, reason));
+                        self.control_pending = true;
+                    }
+                }
+                // Waiting tasks end here, without passing their fate on:
+                // their dependents are waiting too, and end the same way.
+                TaskState::Pending | TaskState::Queued | TaskState::RetryWait => {
+                    Box::pin(self.finish(tx, id, TaskState::Cancelled, Some(reason), None, false))
+                        .await?;
+                }
+                _ => {}
+            }
+        }
+        self.finish_batch_if_done(batch);
+        Ok(())
+    }
+
+    pub fn finish_batch_if_done(&mut self, batch: BatchId) {
+        let Ok(b) = self.batch(batch) else { return };
+        if b.open || b.counts.active() > 0 || b.state.is_terminal() {
+            return;
+        }
+        let to = batch_outcome(
+            b.cancelled,
+            b.failed_by_policy,
+            b.counts.succeeded == b.counts.total(),
+        );
+        if let Ok(b) = self.batch_mut(batch) {
+            b.deadline = None;
+        }
+        self.set_batch_state(batch, to);
+    }
+
+    /// Stops batches whose deadline has passed: waiting tasks end
+    /// `cancelled{deadline}`, running ones are asked to stop.
+    pub async fn expire<T: Tx>(&mut self, tx: &mut T, batches: &[BatchId]) -> Result<()> {
+        for &batch in batches {
+            let Ok(b) = self.batch(batch) else { continue };
+            if b.state.is_terminal() || b.deadline.is_none_or(|at| at > self.now) {
+                continue;
+            }
+            let b = self.batch_mut(batch)?;
+            b.deadline = None;
+            b.failed_by_policy = true;
+            b.open = false;
+            self.stop_batch(tx, batch, Reason::Deadline, Some(CancelMode::Forced))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Queues again the retries among `due` whose backoff has passed.
+    pub async fn promote<T: Tx>(&mut self, tx: &mut T, due: &[TaskId]) -> Result<()> {
+        self.load(tx, due).await?;
+        let mut due: Vec<TaskId> = due.to_vec();
+        // Queue them in the order they became due, as the memory store does.
+        due.sort_unstable_by_key(|id| {
+            let t = &self.tasks[id];
+            (t.run_at, *id)
+        });
+        for id in due {
+            let t = &self.tasks[&id];
+            if t.state != TaskState::RetryWait || t.run_at.is_none_or(|at| at > self.now) {
+                continue;
+            }
+            self.task_mut(id).run_at = None;
+            self.move_task(id, TaskState::Queued, None);
+            self.enqueue(id);
+        }
+        Ok(())
+    }
+
+    /// Writes every changed row so that later reads in the transaction see it.
+    pub async fn write_rows<T: Tx>(&mut self, tx: &mut T) -> Result<()> {
+        if !self.dirty_tasks.is_empty() {
+            let rows: Vec<TaskWrite<'_>> = self
+                .dirty_tasks
+                .iter()
+                .map(|id| {
+                    let t = &self.tasks[id];
+                    TaskWrite {
+                        id: id.0,
+                        s: t.state.as_str(),
+                        r: t.reason.map(|r| r.to_string()),
+                        m: t.message.as_deref(),
+                        a: t.attempt.0,
+                        l: t.lost,
+                        w: t.worker.map(|w| w.0),
+                        lu: t.lease_until.map(|at| at.0),
+                        cm: t.cancel.map(|(mode, _)| cancel_mode_str(mode)),
+                        cr: t.cancel.map(|(_, reason)| reason.to_string()),
+                        ra: t.run_at.map(|at| at.0),
+                        rs: t.ready_seq,
+                        d: t.deps_left,
+                    }
+                })
+                .collect();
+            tx.tasks_write(&rows).await?;
+            self.dirty_tasks.clear();
+        }
+        for id in std::mem::take(&mut self.dirty_batches) {
+            let b = self.batches.get_mut(&id).expect("dirty batches are loaded");
+            if let Some(h) = &b.histogram {
+                b.durations = Some(h.to_bytes());
+            }
+            tx.batch_write(b).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything the transaction changed, and its events with their
+    /// sequence numbers. The caller commits.
+    pub async fn write<T: Tx>(mut self, tx: &mut T) -> Result<Written> {
+        self.write_rows(tx).await?;
+        if !self.attempts_started.is_empty() {
+            tx.attempts_start(&self.attempts_started).await?;
+        }
+        if !self.attempts_ended.is_empty() {
+            tx.attempts_end(&self.attempts_ended).await?;
+        }
+        if !self.outputs.is_empty() {
+            tx.outputs_write(&self.outputs).await?;
+        }
+        if self.work_ready || self.control_pending {
+            tx.notify(self.work_ready, self.control_pending).await?;
+        }
+        if !self.events.is_empty() {
+            // Last: the sequence row stays locked until commit.
+            let first = tx.seq_take(self.events.len()).await?;
+            for (i, e) in self.events.iter_mut().enumerate() {
+                e.seq = first + i as u64;
+            }
+            let rows: Vec<EventWrite> = self.events.iter().map(EventWrite::from_event).collect();
+            tx.events_insert(&rows).await?;
+        }
+        Ok(Written {
+            events: self.events,
+            work_ready: self.work_ready,
+            control_pending: self.control_pending,
+        })
+    }
+}
+
+/// The batch whose head task should start next, if any fits its batch:
+/// highest head priority, then fewest cost units running, then served
+/// longest ago, then the older batch.
+pub(crate) fn best_batch(
+    work: &Work,
+    heads: &BTreeMap<BatchId, VecDeque<TaskId>>,
+) -> Option<(BatchId, TaskId)> {
+    type Rank = (Priority, std::cmp::Reverse<u32>, std::cmp::Reverse<i64>);
+    let mut best: Option<(BatchId, TaskId, Rank)> = None;
+    // Ascending ids: on a tie the older batch keeps its place.
+    for (&id, queue) in heads {
+        let Some(&head) = queue.front() else { continue };
+        let b = &work.batches[&id];
+        if b.paused || b.stopped.is_some() {
+            continue;
+        }
+        let t = &work.tasks[&head];
+        if b.running_cost + t.cost > b.concurrency {
+            continue;
+        }
+        let rank = (
+            t.priority,
+            std::cmp::Reverse(b.running_cost),
+            std::cmp::Reverse(b.last_served),
+        );
+        if best.as_ref().is_none_or(|(_, _, r)| rank > *r) {
+            best = Some((id, head, rank));
+        }
+    }
+    best.map(|(b, t, _)| (b, t))
+}
+
+/// Fences a renewal: which of `running` are this worker's current attempts.
+pub(crate) fn owns(t: &TaskRow, fence: Fence, worker: WorkerId) -> bool {
+    t.state == TaskState::Running && t.attempt == fence.attempt && t.worker == Some(worker)
+}

@@ -1,0 +1,737 @@
+//! The SQLite dialect: one file, WAL, one writer at a time.
+//!
+//! Writes in this process queue on an async lock before `BEGIN IMMEDIATE`,
+//! so that they wait their turn without SQLite's busy-sleeping; writers in
+//! other processes wait on the busy timeout. Set statements go through
+//! `json_each`: one statement per kind of change, whatever the number of rows.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite as Db, Transaction};
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
+use herd_core::model::{BatchId, TaskId, Timestamp, WorkerId};
+use herd_core::store::Signals;
+
+use crate::OpenError;
+use crate::logic::{
+    AttemptEnd, AttemptStart, BatchRow, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
+    TaskWrite, Tx, UpstreamRow, backend,
+};
+use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row};
+use crate::store::{Dialect, SqlStore};
+
+/// herd's SQLite migrations, embedded at build time.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a write waits for another process's write to finish.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A herd store in a SQLite file: the default, nothing to set up.
+///
+/// Several processes may share the file; each wakes its idle workers when
+/// another commits (it watches `PRAGMA data_version`).
+pub type SqliteStore<P = String, O = String> = SqlStore<Sqlite, P, O>;
+
+/// The SQLite side of a [`SqliteStore`].
+#[derive(Debug)]
+pub struct Sqlite {
+    pool: SqlitePool,
+    path: PathBuf,
+    writer: Arc<Mutex<()>>,
+}
+
+impl<P, O> SqlStore<Sqlite, P, O> {
+    /// Opens the store at `location` (`sqlite:PATH`, `sqlite://PATH`, or a
+    /// plain file path; URL options such as `?mode=ro` are honoured),
+    /// creating the file and its directory if missing and migrating it to
+    /// the current schema.
+    pub async fn open(location: &str) -> std::result::Result<Self, OpenError> {
+        let (path, options) = parse(location)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| OpenError::Open {
+                location: path.display().to_string(),
+                source: sqlx::Error::Io(e),
+            })?;
+        }
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(|source| match is_read_only(&source) {
+                true => OpenError::ReadOnly {
+                    location: path.display().to_string(),
+                },
+                false => OpenError::Open {
+                    location: path.display().to_string(),
+                    source,
+                },
+            })?;
+        let sqlite = Sqlite {
+            pool,
+            path,
+            writer: Arc::new(Mutex::new(())),
+        };
+        sqlite.check_version().await?;
+        sqlite.check_writable().await?;
+        let shown = || sqlite.path.display().to_string();
+        MIGRATOR
+            .run(&sqlite.pool)
+            .await
+            .map_err(|source| match &source {
+                sqlx::migrate::MigrateError::Execute(e) if is_read_only(e) => {
+                    OpenError::ReadOnly { location: shown() }
+                }
+                _ => OpenError::Migrate {
+                    location: shown(),
+                    source,
+                },
+            })?;
+        let signals = Arc::new(Signals::default());
+        watch(sqlite.pool.clone(), Arc::downgrade(&signals));
+        Ok(SqlStore::with_dialect(sqlite, signals))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.dialect.path
+    }
+
+    /// The schema version of the file (0 before the first migration).
+    pub async fn schema_version(&self) -> std::result::Result<i64, OpenError> {
+        self.dialect.schema_version().await
+    }
+
+    /// The connection pool, for reading the store directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.dialect.pool
+    }
+}
+
+/// Wakes this process's workers when another process commits to the file:
+/// `PRAGMA data_version` changes exactly then. Stops with the store.
+fn watch(pool: SqlitePool, signals: std::sync::Weak<Signals>) {
+    const EVERY: Duration = Duration::from_millis(20);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let Ok(mut conn) = pool.acquire().await else {
+            return;
+        };
+        let mut last: Option<i64> = None;
+        let mut tick = tokio::time::interval(EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(signals) = signals.upgrade() else {
+                return;
+            };
+            let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+                .fetch_one(&mut *conn)
+                .await
+            else {
+                continue;
+            };
+            if last.is_some_and(|v| v != version) {
+                signals.work.notify_waiters();
+                signals.control.notify_waiters();
+            }
+            last = Some(version);
+        }
+    });
+}
+
+impl Sqlite {
+    async fn schema_version(&self) -> std::result::Result<i64, OpenError> {
+        let exists: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        if exists.is_none() {
+            return Ok(0);
+        }
+        let version: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(version.unwrap_or(0))
+    }
+
+    async fn check_version(&self) -> std::result::Result<(), OpenError> {
+        let found = self.schema_version().await?;
+        let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        debug_assert_eq!(known, crate::SCHEMA_VERSION);
+        if found > known {
+            return Err(OpenError::NewerSchema {
+                location: self.path.display().to_string(),
+                found,
+                known,
+            });
+        }
+        Ok(())
+    }
+
+    /// Writes the file's `user_version` back unchanged: a write that
+    /// changes nothing, and fails on a read-only file before anything else
+    /// is attempted.
+    async fn check_writable(&self) -> std::result::Result<(), OpenError> {
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&self.pool)
+            .await?;
+        match sqlx::query(&format!("PRAGMA user_version = {version}"))
+            .execute(&self.pool)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_read_only(&e) => Err(OpenError::ReadOnly {
+                location: self.path.display().to_string(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// The file and connection options named by `location`.
+pub(crate) fn parse(
+    location: &str,
+) -> std::result::Result<(PathBuf, SqliteConnectOptions), OpenError> {
+    let not_sqlite = || OpenError::UnknownKind {
+        location: location.to_owned(),
+    };
+    let rest = if let Some(rest) = location.strip_prefix("sqlite:") {
+        rest.strip_prefix("//").unwrap_or(rest)
+    } else if location.contains("://") || location.is_empty() {
+        return Err(not_sqlite());
+    } else {
+        location
+    };
+    let file = rest.split('?').next().unwrap_or_default();
+    if file.is_empty() || file == ":memory:" {
+        return Err(not_sqlite());
+    }
+    let options =
+        SqliteConnectOptions::from_str(&format!("sqlite://{rest}")).map_err(|_| not_sqlite())?;
+    Ok((PathBuf::from(file), options))
+}
+
+/// Whether SQLite refused a write because the database is read-only.
+fn is_read_only(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => {
+            // SQLITE_READONLY and its extended codes (8, 264, 520, …).
+            e.code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == 8)
+        }
+        _ => false,
+    }
+}
+
+/// A JSON array of ids, for `json_each`.
+fn id_list<I: IntoIterator<Item = i64>>(ids: I) -> String {
+    let mut out = String::from("[");
+    for (i, id) in ids.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push(']');
+    out
+}
+
+fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
+    serde_json::to_string(rows).map_err(backend)
+}
+
+/// A write transaction on the file, holding this process's write turn.
+pub(crate) struct SqliteTx {
+    tx: Transaction<'static, Db>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl SqliteTx {
+    async fn run(&mut self, sql: &str, param: String) -> Result<()> {
+        sqlx::query(sql)
+            .bind(param)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn ids(&mut self, sql: &str, param: Option<i64>) -> Result<Vec<(i64, i64)>> {
+        let mut q = sqlx::query(sql);
+        if let Some(p) = param {
+            q = q.bind(p);
+        }
+        let rows = q.fetch_all(&mut *self.tx).await.map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((r.int("id")?, r.int("batch_id")?)))
+            .collect()
+    }
+}
+
+impl Dialect for Sqlite {
+    type Tx = SqliteTx;
+
+    async fn begin(&self) -> Result<SqliteTx> {
+        let turn = self.writer.clone().lock_owned().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(backend)?;
+        Ok(SqliteTx { tx, _turn: turn })
+    }
+
+    async fn commit(tx: SqliteTx) -> Result<()> {
+        tx.tx.commit().await.map_err(backend)
+    }
+
+    async fn worker_insert(&self, host: &str, pid: u32, now: Timestamp) -> Result<WorkerId> {
+        let _turn = self.writer.lock().await;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO workers (host, pid, started_at, last_heartbeat) VALUES (?, ?, ?, ?) \
+             RETURNING id",
+        )
+        .bind(host)
+        .bind(i64::from(pid))
+        .bind(now.0)
+        .bind(now.0)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(WorkerId(id))
+    }
+
+    async fn batch_read(&self, id: BatchId) -> Result<Option<BatchRow>> {
+        let row = sqlx::query(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?"))
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(batch_row).transpose()
+    }
+
+    async fn task_read(&self, id: TaskId) -> Result<Option<TaskRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = ?"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(task_row).transpose()
+    }
+}
+
+impl Tx for SqliteTx {
+    async fn batch_by_key(&mut self, key: &str) -> Result<Option<BatchId>> {
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM batches WHERE idempotency_key = ?")
+                .bind(key)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(backend)?;
+        Ok(id.map(BatchId))
+    }
+
+    async fn batch_insert(&mut self, b: NewBatch<'_>) -> Result<BatchId> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO batches (name, idempotency_key, flow, state, priority, concurrency, \
+             policy, error_policy, deadline, open, paused, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(b.name)
+        .bind(b.idempotency_key)
+        .bind(&*b.policy.flow)
+        .bind(b.state.as_str())
+        .bind(b.priority.0)
+        .bind(i64::from(b.concurrency))
+        .bind(json(b.policy)?)
+        .bind(json(b.error_policy)?)
+        .bind(b.policy.deadline.map(|d| d.0))
+        .bind(b.open)
+        .bind(b.paused)
+        .bind(b.created_at.0)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(BatchId(id))
+    }
+
+    async fn batches_lock(&mut self, ids: &[BatchId]) -> Result<Vec<BatchRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches \
+             WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
+        ))
+        .bind(id_list(ids.iter().map(|b| b.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(batch_row).collect()
+    }
+
+    async fn batch_write(&mut self, b: &BatchRow) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET state = ?, deadline = ?, open = ?, paused = ?, stopped = ?, \
+             cancelled = ?, failed_by_policy = ?, running_cost = ?, last_served = ?, \
+             next_index = ?, next_ready = ?, n_pending = ?, n_queued = ?, n_running = ?, \
+             n_retry_wait = ?, n_succeeded = ?, n_failed = ?, n_cancelled = ?, n_skipped = ?, \
+             retries = ?, durations = ?, started_at = ?, finished_at = ? WHERE id = ?",
+        )
+        .bind(b.state.as_str())
+        .bind(b.deadline.map(|d| d.0))
+        .bind(b.open)
+        .bind(b.paused)
+        .bind(b.stopped.map(|r| r.to_string()))
+        .bind(b.cancelled)
+        .bind(b.failed_by_policy)
+        .bind(i64::from(b.running_cost))
+        .bind(b.last_served)
+        .bind(b.next_index as i64)
+        .bind(b.next_ready)
+        .bind(b.counts.pending as i64)
+        .bind(b.counts.queued as i64)
+        .bind(b.counts.running as i64)
+        .bind(b.counts.retry_wait as i64)
+        .bind(b.counts.succeeded as i64)
+        .bind(b.counts.failed as i64)
+        .bind(b.counts.cancelled as i64)
+        .bind(b.counts.skipped as i64)
+        .bind(b.retries as i64)
+        .bind(b.durations.as_deref())
+        .bind(b.started_at.map(|t| t.0))
+        .bind(b.finished_at.map(|t| t.0))
+        .bind(b.id.0)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn batches_claimable(&mut self) -> Result<Vec<BatchId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM batches WHERE finished_at IS NULL AND n_queued > 0 AND NOT paused \
+             AND stopped IS NULL AND running_cost < concurrency",
+        )
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(ids.into_iter().map(BatchId).collect())
+    }
+
+    async fn batches_past_deadline(&mut self, now: Timestamp) -> Result<Vec<BatchId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM batches WHERE deadline <= ? AND finished_at IS NULL ORDER BY id",
+        )
+        .bind(now.0)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(ids.into_iter().map(BatchId).collect())
+    }
+
+    async fn batches_of_tasks(&mut self, ids: &[TaskId]) -> Result<Vec<BatchId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT DISTINCT batch_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(id_list(ids.iter().map(|t| t.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(ids.into_iter().map(BatchId).collect())
+    }
+
+    async fn last_served(&mut self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(last_served), 0) FROM batches")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(backend)
+    }
+
+    async fn next_due(&mut self) -> Result<Option<Timestamp>> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(at) FROM ( \
+               SELECT MIN(run_at) AS at FROM tasks WHERE state = 'retry_wait' \
+               UNION ALL \
+               SELECT MIN(deadline) FROM batches WHERE deadline IS NOT NULL AND finished_at IS NULL)",
+        )
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(at.map(Timestamp))
+    }
+
+    async fn task_ids(&mut self, n: usize) -> Result<Vec<i64>> {
+        let max: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM tasks")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok((max + 1..=max + n as i64).collect())
+    }
+
+    async fn tasks_insert(&mut self, batch: BatchId, rows: &[NewTask]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO tasks (id, batch_id, idx, key, priority, cost, payload, state, \
+             ready_seq, deps_left, rule, n_dependents) \
+             SELECT j.value->>'id', ?2, j.value->>'i', j.value->>'k', j.value->>'p', \
+             j.value->>'c', j.value->>'pl', j.value->>'s', j.value->>'rs', j.value->>'d', \
+             j.value->>'r', j.value->>'n' FROM json_each(?1) AS j",
+        )
+        .bind(json(&rows)?)
+        .bind(batch.0)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn deps_insert(&mut self, rows: &[NewDep]) -> Result<()> {
+        self.run(
+            "INSERT INTO task_deps (task_id, upstream_id, position) \
+             SELECT j.value->>'t', j.value->>'u', j.value->>'p' FROM json_each(?) AS j",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn tasks_get(&mut self, ids: &[TaskId]) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id IN (SELECT value FROM json_each(?))"
+        ))
+        .bind(id_list(ids.iter().map(|t| t.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(task_row).collect()
+    }
+
+    async fn tasks_live(&mut self, batch: BatchId) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = ? \
+             AND t.state IN ('pending', 'queued', 'running', 'retry_wait')"
+        ))
+        .bind(batch.0)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(task_row).collect()
+    }
+
+    async fn tasks_dependents(&mut self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskRow)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT d.upstream_id AS upstream, {TASK_COLUMNS} FROM task_deps d \
+             JOIN tasks t ON t.id = d.task_id \
+             WHERE d.upstream_id IN (SELECT value FROM json_each(?)) AND t.state = 'pending'"
+        ))
+        .bind(id_list(ids.iter().map(|t| t.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((TaskId(r.int("upstream")?), task_row(r)?)))
+            .collect()
+    }
+
+    async fn tasks_ready(&mut self, batches: &[BatchId], limit: usize) -> Result<Vec<TaskRow>> {
+        let sql = format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = ? AND t.state = 'queued' \
+             ORDER BY t.priority DESC, t.ready_seq LIMIT ?"
+        );
+        let mut out = Vec::new();
+        for batch in batches {
+            let rows = sqlx::query(&sql)
+                .bind(batch.0)
+                .bind(limit as i64)
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(backend)?;
+            for r in &rows {
+                out.push(task_row(r)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn tasks_retry_due(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
+        let rows = self
+            .ids(
+                "SELECT id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= ?",
+                Some(now.0),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, b)| (TaskId(t), BatchId(b)))
+            .collect())
+    }
+
+    async fn tasks_lease_expired(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
+        let rows = self
+            .ids(
+                "SELECT id, batch_id FROM tasks WHERE state = 'running' AND lease_until < ?",
+                Some(now.0),
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, b)| (TaskId(t), BatchId(b)))
+            .collect())
+    }
+
+    async fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> Result<()> {
+        self.run(
+            "UPDATE tasks SET state = j.value->>'s', reason = j.value->>'r', \
+             message = j.value->>'m', attempt = j.value->>'a', lost = j.value->>'l', \
+             worker_id = j.value->>'w', lease_until = j.value->>'lu', \
+             cancel_mode = j.value->>'cm', cancel_reason = j.value->>'cr', \
+             run_at = j.value->>'ra', ready_seq = j.value->>'rs', deps_left = j.value->>'d' \
+             FROM json_each(?) AS j WHERE tasks.id = j.value->>'id'",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn payloads(&mut self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>> {
+        let rows = sqlx::query(
+            "SELECT id, payload FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
+        )
+        .bind(id_list(ids.iter().map(|t| t.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((TaskId(r.int("id")?), r.text("payload")?)))
+            .collect()
+    }
+
+    async fn upstream(&mut self, ids: &[TaskId]) -> Result<Vec<UpstreamRow>> {
+        let rows = sqlx::query(
+            "SELECT d.task_id AS dependent, u.id, u.key, u.state, u.output FROM task_deps d \
+             JOIN tasks u ON u.id = d.upstream_id \
+             WHERE d.task_id IN (SELECT value FROM json_each(?)) ORDER BY d.task_id, d.position",
+        )
+        .bind(id_list(ids.iter().map(|t| t.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(upstream_row).collect()
+    }
+
+    async fn outputs_write(&mut self, rows: &[(TaskId, String)]) -> Result<()> {
+        let rows: Vec<(i64, &str)> = rows.iter().map(|(t, o)| (t.0, o.as_str())).collect();
+        self.run(
+            "UPDATE tasks SET output = j.value->>1 FROM json_each(?) AS j \
+             WHERE tasks.id = j.value->>0",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn attempts_start(&mut self, rows: &[AttemptStart]) -> Result<()> {
+        self.run(
+            "INSERT INTO attempts (task_id, attempt, worker_id, started_at) \
+             SELECT j.value->>'t', j.value->>'a', j.value->>'w', j.value->>'at' \
+             FROM json_each(?) AS j",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
+        self.run(
+            "UPDATE attempts SET finished_at = j.value->>'at', outcome = j.value->>'o', \
+             reason = j.value->>'r', exit_code = j.value->>'x', error = j.value->>'e' \
+             FROM json_each(?) AS j \
+             WHERE attempts.task_id = j.value->>'t' AND attempts.attempt = j.value->>'a'",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn seq_take(&mut self, n: usize) -> Result<u64> {
+        let next: i64 = sqlx::query_scalar(
+            "UPDATE herd_meta SET next_seq = next_seq + ? WHERE id = 1 RETURNING next_seq",
+        )
+        .bind(n as i64)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok((next - n as i64) as u64)
+    }
+
+    async fn events_insert(&mut self, rows: &[EventWrite]) -> Result<()> {
+        self.run(
+            "INSERT INTO events (seq, at, batch_id, kind, task_id, idx, attempt, from_state, \
+             to_state, reason) \
+             SELECT j.value->>'seq', j.value->>'at', j.value->>'b', j.value->>'k', \
+             j.value->>'t', j.value->>'i', j.value->>'a', j.value->>'f', j.value->>'to', \
+             j.value->>'r' FROM json_each(?) AS j",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn notify(&mut self, _work: bool, _control: bool) -> Result<()> {
+        // Other processes notice the commit through `PRAGMA data_version`.
+        Ok(())
+    }
+}
+
+pub(crate) fn upstream_row(r: &impl SqlRow) -> Result<UpstreamRow> {
+    Ok(UpstreamRow {
+        dependent: TaskId(r.int("dependent")?),
+        task: TaskId(r.int("id")?),
+        key: r.opt_text("key")?.map(Arc::from),
+        state: r.parsed("state")?,
+        output: r.opt_text("output")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert!(parse("sqlite:/tmp/a.db").is_ok());
+        assert!(parse("sqlite:///tmp/a.db").is_ok());
+        assert!(parse("relative/a.db").is_ok());
+        assert_eq!(
+            parse("sqlite:/tmp/a.db?mode=ro").unwrap().0,
+            PathBuf::from("/tmp/a.db")
+        );
+        for bad in [
+            "postgres://postgres@127.0.0.1/test",
+            "http://x/y",
+            "",
+            "sqlite::memory:",
+        ] {
+            assert!(
+                matches!(parse(bad), Err(OpenError::UnknownKind { .. })),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,783 @@
+//! [`SqlStore`]: the [`Store`] contract over a SQL dialect.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::broadcast;
+
+use herd_core::model::{
+    BatchId, BatchSpec, BatchState, BatchStats, StateCounts, SubmitError, TaskId, TaskSpec,
+    TaskState, Timestamp, WorkerId,
+};
+use herd_core::store::{
+    Appended, Applied, AttemptOutcome, BatchInfo, CancelMode, CancelRequest, Claim, ClaimRequest,
+    ClaimedTask, Completion, Events, Inserted, Renewal, Signals, Stale, Store, StoreError,
+    TaskInfo, Upstream,
+};
+
+use crate::logic::{
+    BatchRow, NewBatch, NewDep, NewTask, Result, TaskRow, Tx, Work, Written, backend, best_batch,
+    escalates, owns, rule_str,
+};
+
+/// Capacity of the in-process event broadcast, in operations.
+const EVENT_CAPACITY: usize = 4096;
+
+/// One SQL database's side of the store: its transactions and its reads.
+pub(crate) trait Dialect: Send + Sync + 'static {
+    /// A write transaction.
+    type Tx: Tx;
+
+    /// Starts a write transaction.
+    fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
+    /// Commits it.
+    fn commit(tx: Self::Tx) -> impl Future<Output = Result<()>> + Send;
+    fn worker_insert(
+        &self,
+        host: &str,
+        pid: u32,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<WorkerId>> + Send;
+    /// A batch row, read without a lock.
+    fn batch_read(&self, id: BatchId) -> impl Future<Output = Result<Option<BatchRow>>> + Send;
+    /// A task row, read without a lock.
+    fn task_read(&self, id: TaskId) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
+}
+
+/// A [`Store`] in a SQL database: SQLite ([`crate::SqliteStore`]) or
+/// PostgreSQL ([`crate::PgStore`]).
+///
+/// `P` is the task payload and `O` the output kept for dependents; both are
+/// stored as JSON. Everything is kept, finished tasks included.
+pub struct SqlStore<D, P, O> {
+    pub(crate) dialect: D,
+    signals: Arc<Signals>,
+    events: broadcast::Sender<Events>,
+    /// Held from before a commit until its events are published, so that
+    /// subscribers in this process see operations in `seq` order.
+    publish: tokio::sync::Mutex<()>,
+    _types: PhantomData<fn() -> (P, O)>,
+}
+
+impl<D, P, O> std::fmt::Debug for SqlStore<D, P, O> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlStore").finish_non_exhaustive()
+    }
+}
+
+// Crate-private helpers: `Dialect` is sealed on purpose.
+#[allow(private_bounds)]
+impl<D: Dialect, P, O> SqlStore<D, P, O> {
+    pub(crate) fn with_dialect(dialect: D, signals: Arc<Signals>) -> Self {
+        SqlStore {
+            dialect,
+            signals,
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            publish: tokio::sync::Mutex::new(()),
+            _types: PhantomData,
+        }
+    }
+
+    /// Commits, then publishes the events in `seq` order and wakes workers.
+    async fn commit(&self, tx: D::Tx, written: Written) -> Result<Events> {
+        let events = Arc::new(written.events);
+        {
+            let _order = self.publish.lock().await;
+            D::commit(tx).await?;
+            if !events.is_empty() && self.events.receiver_count() > 0 {
+                let _ = self.events.send(events.clone());
+            }
+        }
+        if written.work_ready {
+            self.signals.work.notify_waiters();
+        }
+        if written.control_pending {
+            self.signals.control.notify_waiters();
+        }
+        Ok(events)
+    }
+
+    async fn finish_op(&self, mut tx: D::Tx, work: Work) -> Result<Events> {
+        let written = work.write(&mut tx).await?;
+        self.commit(tx, written).await
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(backend)
+}
+
+fn decode<T: DeserializeOwned>(text: &str) -> Result<T> {
+    serde_json::from_str(text).map_err(backend)
+}
+
+fn info(b: &BatchRow) -> BatchInfo {
+    BatchInfo {
+        id: b.id,
+        name: b.name.clone(),
+        state: b.state,
+        priority: b.priority,
+        concurrency: b.concurrency,
+        policy: b.policy.clone(),
+        counts: b.counts,
+        retries: b.retries,
+        open: b.open,
+        created_at: b.created_at,
+        started_at: b.started_at,
+        finished_at: b.finished_at,
+    }
+}
+
+fn check_appended<P>(tasks: &[TaskSpec<P>], limit: u32) -> Result<()> {
+    for task in tasks {
+        if !task.after.is_empty() {
+            return Err(SubmitError::AfterInOpenBatch.into());
+        }
+        if task.cost == 0 || task.cost > limit {
+            return Err(SubmitError::Invalid(herd_core::model::InvalidField::new(
+                "cost",
+                task.cost,
+                format!("must be between 1 and the concurrency ({limit})"),
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+#[allow(private_bounds)]
+impl<D, P, O> SqlStore<D, P, O>
+where
+    D: Dialect,
+    P: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    O: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    /// Inserts tasks into a locked batch: ids, rows, dependencies, counters, events.
+    async fn insert_tasks(
+        &self,
+        tx: &mut D::Tx,
+        work: &mut Work,
+        batch: BatchId,
+        tasks: Vec<TaskSpec<P>>,
+        upstream: Vec<Vec<u32>>,
+    ) -> Result<Vec<TaskId>> {
+        let ids = tx.task_ids(tasks.len()).await?;
+        let mut dependents = vec![0u32; tasks.len()];
+        for ups in &upstream {
+            for &u in ups {
+                dependents[u as usize] += 1;
+            }
+        }
+        let b = work.batch_mut(batch)?;
+        let (default_priority, paused) = (b.priority, b.paused);
+        let mut rows = Vec::with_capacity(tasks.len());
+        let mut deps = Vec::new();
+        let mut created = Vec::with_capacity(tasks.len());
+        for (i, spec) in tasks.into_iter().enumerate() {
+            let ups = upstream.get(i).map_or(&[][..], Vec::as_slice);
+            let state = if ups.is_empty() {
+                TaskState::Queued
+            } else {
+                TaskState::Pending
+            };
+            let b = work.batch_mut(batch)?;
+            let index = b.next_index;
+            b.next_index += 1;
+            b.counts.shift(None, state);
+            let ready_seq = (state == TaskState::Queued).then(|| {
+                b.next_ready += 1;
+                b.next_ready - 1
+            });
+            for (position, &u) in ups.iter().enumerate() {
+                deps.push(NewDep {
+                    task: ids[i],
+                    upstream: ids[u as usize],
+                    position: position as u32,
+                });
+            }
+            rows.push(NewTask {
+                id: ids[i],
+                index,
+                key: spec.key,
+                priority: spec.priority.unwrap_or(default_priority).0,
+                cost: spec.cost,
+                payload: encode(&spec.payload)?,
+                state: state.as_str(),
+                ready_seq,
+                deps_left: ups.len() as u32,
+                rule: rule_str(spec.rule),
+                dependents: dependents[i],
+            });
+            created.push((TaskId(ids[i]), index, state));
+        }
+        tx.tasks_insert(batch, &rows).await?;
+        if !deps.is_empty() {
+            tx.deps_insert(&deps).await?;
+        }
+        for &(task, index, state) in &created {
+            work.emit_created(batch, task, index, state);
+        }
+        work.work_ready |= !paused && created.iter().any(|c| c.2 == TaskState::Queued);
+        Ok(created.into_iter().map(|c| c.0).collect())
+    }
+}
+
+impl<D, P, O> Store for SqlStore<D, P, O>
+where
+    D: Dialect,
+    P: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+    O: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    type Payload = P;
+    type Output = O;
+
+    async fn worker_register(&self, host: &str, pid: u32, now: Timestamp) -> Result<WorkerId> {
+        self.dialect.worker_insert(host, pid, now).await
+    }
+
+    async fn batch_insert(&self, mut spec: BatchSpec<P>, now: Timestamp) -> Result<Inserted> {
+        let mut tx = self.dialect.begin().await?;
+        if let Some(key) = &spec.idempotency_key
+            && let Some(existing) = tx.batch_by_key(key).await?
+        {
+            return Ok(Inserted {
+                batch: existing,
+                tasks: Vec::new(),
+                existing: true,
+                events: Arc::new(Vec::new()),
+            });
+        }
+        // Before anything is written: a rejected batch leaves no trace (and
+        // the transaction is rolled back when dropped).
+        let upstream = spec.validate(None)?;
+        let state = if spec.paused {
+            BatchState::Paused
+        } else {
+            BatchState::Queued
+        };
+        let batch = tx
+            .batch_insert(NewBatch {
+                name: spec.name.as_deref(),
+                idempotency_key: spec.idempotency_key.as_deref(),
+                state,
+                priority: spec.priority,
+                concurrency: spec.concurrency,
+                policy: &spec.policy,
+                error_policy: &spec.error_policy,
+                open: spec.open,
+                paused: spec.paused,
+                created_at: now,
+            })
+            .await?;
+        let mut work = Work::new(now);
+        work.lock(&mut tx, &[batch]).await?;
+        work.emit_batch_created(batch, state);
+        let tasks = std::mem::take(&mut spec.tasks);
+        let ids = self
+            .insert_tasks(&mut tx, &mut work, batch, tasks, upstream)
+            .await?;
+        work.finish_batch_if_done(batch);
+        let events = self.finish_op(tx, work).await?;
+        Ok(Inserted {
+            batch,
+            tasks: ids,
+            existing: false,
+            events,
+        })
+    }
+
+    async fn task_append(
+        &self,
+        batch: BatchId,
+        tasks: Vec<TaskSpec<P>>,
+        now: Timestamp,
+    ) -> Result<Appended> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        work.lock(&mut tx, &[batch]).await?;
+        let b = work.batch(batch)?;
+        if b.stopped.is_some() {
+            return Ok(Appended {
+                first_index: b.next_index,
+                stopped: true,
+                events: Arc::new(Vec::new()),
+            });
+        }
+        if !b.open {
+            return Err(StoreError::Sealed(batch));
+        }
+        check_appended(&tasks, b.concurrency)?;
+        let first_index = b.next_index;
+        self.insert_tasks(&mut tx, &mut work, batch, tasks, Vec::new())
+            .await?;
+        let events = self.finish_op(tx, work).await?;
+        Ok(Appended {
+            first_index,
+            stopped: false,
+            events,
+        })
+    }
+
+    async fn batch_seal(&self, batch: BatchId, now: Timestamp) -> Result<Events> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        work.lock(&mut tx, &[batch]).await?;
+        work.batch_mut(batch)?.open = false;
+        work.finish_batch_if_done(batch);
+        self.finish_op(tx, work).await
+    }
+
+    async fn task_claim(&self, request: ClaimRequest, now: Timestamp) -> Result<Claim<P, O>> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        let due = tx.tasks_retry_due(now).await?;
+        let past_deadline = tx.batches_past_deadline(now).await?;
+        let claimable = tx.batches_claimable().await?;
+        let mut batches: Vec<BatchId> = due.iter().map(|(_, b)| *b).collect();
+        batches.extend(&past_deadline);
+        batches.extend(&claimable);
+        work.lock(&mut tx, &batches).await?;
+        // Nothing starts past its batch's deadline, even if no one expired it yet.
+        work.expire(&mut tx, &past_deadline).await?;
+        let due: Vec<TaskId> = due.into_iter().map(|(t, _)| t).collect();
+        work.promote(&mut tx, &due).await?;
+        work.write_rows(&mut tx).await?;
+
+        let candidates: Vec<BatchId> = work
+            .batches
+            .values()
+            .filter(|b| {
+                !b.paused
+                    && b.stopped.is_none()
+                    && b.counts.queued > 0
+                    && b.running_cost < b.concurrency
+            })
+            .map(|b| b.id)
+            .collect();
+        let mut heads: BTreeMap<BatchId, VecDeque<TaskId>> = BTreeMap::new();
+        if !candidates.is_empty() && request.max_tasks > 0 {
+            for row in tx.tasks_ready(&candidates, request.max_tasks).await? {
+                let batch = row.batch;
+                let id = work.adopt(row);
+                heads.entry(batch).or_default().push_back(id);
+            }
+        }
+        let mut tick = if heads.is_empty() {
+            0
+        } else {
+            tx.last_served().await?
+        };
+        let mut capacity = request.capacity;
+        let lease_until = now.plus(request.lease);
+        let mut blocked_by = None;
+        let mut claimed: Vec<TaskId> = Vec::new();
+        while claimed.len() < request.max_tasks {
+            let Some((batch, head)) = best_batch(&work, &heads) else {
+                break;
+            };
+            let cost = work.tasks[&head].cost;
+            if cost > capacity {
+                // Strict order: a smaller task behind it must not jump ahead.
+                blocked_by = Some(cost);
+                break;
+            }
+            capacity -= cost;
+            heads.get_mut(&batch).expect("listed").pop_front();
+            tick += 1;
+            let b = work.batch_mut(batch)?;
+            b.running_cost += cost;
+            b.last_served = tick;
+            if b.started_at.is_none() {
+                b.started_at = Some(now);
+                if b.state == BatchState::Queued {
+                    work.set_batch_state(batch, BatchState::Running);
+                }
+            }
+            work.start(head, request.worker, lease_until);
+            claimed.push(head);
+        }
+        let next_due = tx.next_due().await?;
+        let mut tasks = Vec::with_capacity(claimed.len());
+        if !claimed.is_empty() {
+            let mut payloads = tx.payloads(&claimed).await?;
+            let mut upstream: BTreeMap<TaskId, Vec<Upstream<O>>> = BTreeMap::new();
+            for u in tx.upstream(&claimed).await? {
+                let output = u.output.as_deref().map(decode).transpose()?;
+                upstream.entry(u.dependent).or_default().push(Upstream {
+                    task: u.task,
+                    key: u.key,
+                    state: u.state,
+                    output,
+                });
+            }
+            for id in &claimed {
+                let t = &work.tasks[id];
+                let payload = payloads.remove(id).ok_or(StoreError::UnknownTask(*id))?;
+                tasks.push(ClaimedTask {
+                    id: *id,
+                    batch: t.batch,
+                    index: t.index,
+                    key: t.key.clone(),
+                    attempt: t.attempt,
+                    lost: t.lost,
+                    cost: t.cost,
+                    priority: t.priority,
+                    payload: decode(&payload)?,
+                    upstream: upstream.remove(id).unwrap_or_default(),
+                    has_dependents: t.dependents > 0,
+                    policy: work.batches[&t.batch].policy.clone(),
+                    lease_until,
+                });
+            }
+        }
+        // The claimant takes the ready work; no one else need look.
+        work.work_ready = false;
+        let events = self.finish_op(tx, work).await?;
+        Ok(Claim {
+            tasks,
+            next_due,
+            blocked_by,
+            events,
+        })
+    }
+
+    async fn lease_renew(
+        &self,
+        worker: WorkerId,
+        running: Vec<herd_core::store::Fence>,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Renewal> {
+        let mut renewal = Renewal::default();
+        if running.is_empty() {
+            return Ok(renewal);
+        }
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        let ids: Vec<TaskId> = running.iter().map(|f| f.task).collect();
+        let batches = tx.batches_of_tasks(&ids).await?;
+        work.lock(&mut tx, &batches).await?;
+        work.load(&mut tx, &ids).await?;
+        for fence in running {
+            match work.tasks.get(&fence.task) {
+                Some(t) if owns(t, fence, worker) => {
+                    if let Some((mode, reason)) = t.cancel {
+                        renewal.cancel.push(CancelRequest {
+                            fence,
+                            mode,
+                            reason,
+                        });
+                    }
+                    work.task_mut(fence.task).lease_until = Some(lease_until);
+                }
+                _ => renewal.lost.push(fence),
+            }
+        }
+        self.finish_op(tx, work).await?;
+        Ok(renewal)
+    }
+
+    async fn task_complete(
+        &self,
+        _worker: WorkerId,
+        completions: Vec<Completion<O>>,
+        now: Timestamp,
+    ) -> Result<Applied> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        let ids: Vec<TaskId> = completions.iter().map(|c| c.fence.task).collect();
+        let batches = tx.batches_of_tasks(&ids).await?;
+        work.lock(&mut tx, &batches).await?;
+        work.load(&mut tx, &ids).await?;
+        let mut results = Vec::with_capacity(completions.len());
+        for c in completions {
+            let fence = c.fence;
+            let current = work
+                .tasks
+                .get(&fence.task)
+                .is_some_and(|t| t.state == TaskState::Running && t.attempt == fence.attempt);
+            if !current {
+                results.push(Err(Stale(fence)));
+                continue;
+            }
+            let (batch, dependents) = {
+                let t = &work.tasks[&fence.task];
+                (t.batch, t.dependents)
+            };
+            let b = work.batch_mut(batch)?;
+            b.histogram().record(c.duration);
+            let stopped = b.stopped.is_some();
+            let entered = match c.outcome {
+                AttemptOutcome::Succeeded { output } => {
+                    let output = match output {
+                        Some(out) if dependents > 0 => Some(encode(&out)?),
+                        _ => None,
+                    };
+                    work.finish(
+                        &mut tx,
+                        fence.task,
+                        TaskState::Succeeded,
+                        None,
+                        output,
+                        true,
+                    )
+                    .await?;
+                    TaskState::Succeeded
+                }
+                AttemptOutcome::Failed {
+                    reason,
+                    message,
+                    retry_at: Some(at),
+                } if !stopped => {
+                    work.task_mut(fence.task).message = message;
+                    work.retry_later(fence.task, reason, at);
+                    TaskState::RetryWait
+                }
+                AttemptOutcome::Failed {
+                    reason, message, ..
+                } => {
+                    work.task_mut(fence.task).message = message;
+                    work.finish(
+                        &mut tx,
+                        fence.task,
+                        TaskState::Failed,
+                        Some(reason),
+                        None,
+                        true,
+                    )
+                    .await?;
+                    TaskState::Failed
+                }
+                AttemptOutcome::Cancelled { reason } => {
+                    work.finish(
+                        &mut tx,
+                        fence.task,
+                        TaskState::Cancelled,
+                        Some(reason),
+                        None,
+                        true,
+                    )
+                    .await?;
+                    TaskState::Cancelled
+                }
+            };
+            results.push(Ok(entered));
+        }
+        let events = self.finish_op(tx, work).await?;
+        Ok(Applied { results, events })
+    }
+
+    async fn task_cancel(&self, task: TaskId, mode: CancelMode, now: Timestamp) -> Result<Events> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        let batches = tx.batches_of_tasks(&[task]).await?;
+        if batches.is_empty() {
+            return Err(StoreError::UnknownTask(task));
+        }
+        work.lock(&mut tx, &batches).await?;
+        work.load(&mut tx, &[task]).await?;
+        let t = work.tasks.get(&task).ok_or(StoreError::UnknownTask(task))?;
+        match t.state {
+            TaskState::Running if escalates(t.cancel, mode) => {
+                let reason = t
+                    .cancel
+                    .map_or(herd_core::model::Reason::ByUser, |(_, r)| r);
+                work.task_mut(task).cancel = Some((mode, reason));
+                work.control_pending = true;
+            }
+            TaskState::Pending | TaskState::Queued | TaskState::RetryWait => {
+                work.finish(
+                    &mut tx,
+                    task,
+                    TaskState::Cancelled,
+                    Some(herd_core::model::Reason::ByUser),
+                    None,
+                    true,
+                )
+                .await?;
+            }
+            _ => {}
+        }
+        self.finish_op(tx, work).await
+    }
+
+    async fn batch_cancel(
+        &self,
+        batch: BatchId,
+        mode: CancelMode,
+        now: Timestamp,
+    ) -> Result<Events> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        work.lock(&mut tx, &[batch]).await?;
+        if !work.batch(batch)?.state.is_terminal() {
+            let b = work.batch_mut(batch)?;
+            b.cancelled = true;
+            b.open = false;
+            work.stop_batch(&mut tx, batch, herd_core::model::Reason::ByUser, Some(mode))
+                .await?;
+        }
+        self.finish_op(tx, work).await
+    }
+
+    async fn batch_pause(&self, batch: BatchId, now: Timestamp) -> Result<Events> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        work.lock(&mut tx, &[batch]).await?;
+        if !work.batch(batch)?.state.is_terminal() {
+            work.batch_mut(batch)?.paused = true;
+            work.set_batch_state(batch, BatchState::Paused);
+        }
+        self.finish_op(tx, work).await
+    }
+
+    async fn batch_resume(&self, batch: BatchId, now: Timestamp) -> Result<Events> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        work.lock(&mut tx, &[batch]).await?;
+        let b = work.batch(batch)?;
+        if b.paused && !b.state.is_terminal() {
+            let to = if b.started_at.is_some() {
+                BatchState::Running
+            } else {
+                BatchState::Queued
+            };
+            let queued = b.counts.queued > 0;
+            work.batch_mut(batch)?.paused = false;
+            work.work_ready |= queued;
+            work.set_batch_state(batch, to);
+        }
+        self.finish_op(tx, work).await
+    }
+
+    async fn task_rescue(&self, now: Timestamp) -> Result<Events> {
+        let mut tx = self.dialect.begin().await?;
+        let expired = tx.tasks_lease_expired(now).await?;
+        if expired.is_empty() {
+            return Ok(Arc::new(Vec::new()));
+        }
+        let mut work = Work::new(now);
+        let batches: Vec<BatchId> = expired.iter().map(|(_, b)| *b).collect();
+        work.lock(&mut tx, &batches).await?;
+        let mut ids: Vec<TaskId> = expired.into_iter().map(|(t, _)| t).collect();
+        ids.sort_unstable();
+        work.load(&mut tx, &ids).await?;
+        for id in ids {
+            let t = &work.tasks[&id];
+            if t.state != TaskState::Running || t.lease_until.is_none_or(|at| at >= now) {
+                continue;
+            }
+            let t = work.task_mut(id);
+            t.lost += 1;
+            t.message = Some("the worker running it stopped renewing its lease".into());
+            let (batch, lost, cancel) = (t.batch, t.lost, t.cancel);
+            let b = work.batch(batch)?;
+            let retry = b.stopped.is_none() && b.policy.retry.should_retry_lost(lost);
+            use herd_core::model::Reason;
+            if let Some((_, reason)) = cancel {
+                // It was being cancelled when its worker died: that is how it ends.
+                work.finish(&mut tx, id, TaskState::Cancelled, Some(reason), None, true)
+                    .await?;
+            } else if retry {
+                work.retry_later(id, Reason::Lost, now);
+            } else {
+                work.finish(
+                    &mut tx,
+                    id,
+                    TaskState::Failed,
+                    Some(Reason::Lost),
+                    None,
+                    true,
+                )
+                .await?;
+            }
+        }
+        self.finish_op(tx, work).await
+    }
+
+    async fn batch_expire(&self, now: Timestamp) -> Result<Events> {
+        let mut tx = self.dialect.begin().await?;
+        let due = tx.batches_past_deadline(now).await?;
+        if due.is_empty() {
+            return Ok(Arc::new(Vec::new()));
+        }
+        let mut work = Work::new(now);
+        work.lock(&mut tx, &due).await?;
+        work.expire(&mut tx, &due).await?;
+        self.finish_op(tx, work).await
+    }
+
+    async fn batch_get(&self, batch: BatchId) -> Result<BatchInfo> {
+        let b = self
+            .dialect
+            .batch_read(batch)
+            .await?
+            .ok_or(StoreError::UnknownBatch(batch))?;
+        Ok(info(&b))
+    }
+
+    async fn batch_stats(&self, batch: BatchId, now: Timestamp) -> Result<BatchStats> {
+        let mut b = self
+            .dialect
+            .batch_read(batch)
+            .await?
+            .ok_or(StoreError::UnknownBatch(batch))?;
+        let wall = match b.started_at {
+            Some(start) => b.finished_at.unwrap_or(now).since(start),
+            None => std::time::Duration::ZERO,
+        };
+        let counts: StateCounts = b.counts;
+        let finished = counts.finished();
+        let retries = b.retries;
+        let durations = b.histogram();
+        Ok(BatchStats {
+            counts,
+            retries,
+            p50: durations.quantile(0.50),
+            p95: durations.quantile(0.95),
+            p99: durations.quantile(0.99),
+            throughput: if wall.is_zero() {
+                0.0
+            } else {
+                finished as f64 / wall.as_secs_f64()
+            },
+            wall,
+        })
+    }
+
+    async fn task_get(&self, task: TaskId) -> Result<TaskInfo> {
+        let t = self
+            .dialect
+            .task_read(task)
+            .await?
+            .ok_or(StoreError::UnknownTask(task))?;
+        Ok(TaskInfo {
+            id: t.id,
+            batch: t.batch,
+            index: t.index,
+            key: t.key,
+            state: t.state,
+            reason: t.reason,
+            attempt: t.attempt,
+            lost: t.lost,
+            priority: t.priority,
+            cost: t.cost,
+            message: t.message,
+        })
+    }
+
+    fn events(&self) -> broadcast::Receiver<Events> {
+        self.events.subscribe()
+    }
+
+    fn signals(&self) -> &Signals {
+        &self.signals
+    }
+
+    fn retains_finished_tasks(&self) -> bool {
+        true
+    }
+}
