@@ -118,10 +118,15 @@ where
 /// The calling crate needs `tokio` (features `macros` and `rt-multi-thread`)
 /// among its dev-dependencies. Expand it inside a module to run the suite
 /// against several flavours of one store.
+///
+/// `store_conformance!(if AVAILABLE; FACTORY)` runs a case only when the
+/// expression `AVAILABLE` is true, for stores that need a server: the
+/// caller reports the skip (once, loudly) and decides when a missing
+/// server is a failure instead.
 #[macro_export]
 macro_rules! store_conformance {
-    ($factory:expr $(,)?) => {
-        $crate::store_conformance!(@cases $factory;
+    (if $available:expr; $factory:expr $(,)?) => {
+        $crate::store_conformance!(@cases $available; $factory;
             insert_stores_batch_and_tasks,
             insert_rejects_invalid_specs,
             idempotency_key_returns_existing_batch,
@@ -154,10 +159,16 @@ macro_rules! store_conformance {
             claims_do_not_start_tasks_past_the_deadline,
         );
     };
-    (@cases $factory:expr; $($case:ident),+ $(,)?) => {
+    ($factory:expr $(,)?) => {
+        $crate::store_conformance!(if true; $factory);
+    };
+    (@cases $available:expr; $factory:expr; $($case:ident),+ $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
+                if !$available {
+                    return;
+                }
                 let store =
                     $crate::conformance::StoreFactory::create(&$factory, stringify!($case)).await;
                 $crate::conformance::cases::$case(store).await;

@@ -16,10 +16,12 @@
 //! ```
 
 mod logic;
+mod postgres;
 mod rows;
 mod sqlite;
 mod store;
 
+pub use postgres::{PgStore, Postgres};
 pub use sqlite::{Sqlite, SqliteStore};
 pub use store::SqlStore;
 

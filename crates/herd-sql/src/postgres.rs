@@ -1,0 +1,739 @@
+//! The PostgreSQL dialect: many workers on many machines share one queue.
+//!
+//! Transactions lock the rows of the batches they touch (`FOR UPDATE`, in id
+//! order) before their tasks, so that they never wait on each other in a
+//! cycle; claims take queued heads `FOR UPDATE SKIP LOCKED`. Set statements
+//! go through `jsonb_to_recordset` and `= ANY($1)` over arrays: a claim or a
+//! completion of a hundred tasks is a handful of round trips. Idle workers
+//! wake on `LISTEN`/`NOTIFY` instead of polling.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Postgres as Db, Transaction};
+
+use herd_core::model::{BatchId, TaskId, Timestamp, WorkerId};
+use herd_core::store::Signals;
+
+use crate::OpenError;
+use crate::logic::{
+    AttemptEnd, AttemptStart, BatchRow, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
+    TaskWrite, Tx, UpstreamRow, backend,
+};
+use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row};
+use crate::sqlite::upstream_row;
+use crate::store::{Dialect, SqlStore};
+
+/// herd's PostgreSQL migrations, embedded at build time.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// A herd store in a PostgreSQL database, shared by workers on many machines.
+pub type PgStore<P = String, O = String> = SqlStore<Postgres, P, O>;
+
+/// The PostgreSQL side of a [`PgStore`].
+#[derive(Debug)]
+pub struct Postgres {
+    pool: PgPool,
+    location: String,
+    /// NOTIFY channels, named after the schema so that stores in other
+    /// schemas of the same database do not wake this one.
+    work_channel: String,
+    control_channel: String,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl<P, O> SqlStore<Postgres, P, O> {
+    /// Connects to the database at `url` (`postgres://USER@HOST:PORT/DB`),
+    /// migrating it to the current schema in its default schema (`public`,
+    /// or what the URL's `options=-c search_path=…` names).
+    pub async fn connect(url: &str) -> std::result::Result<Self, OpenError> {
+        Self::connect_in(url, None).await
+    }
+
+    /// Connects as [`connect`](Self::connect), keeping herd's tables in
+    /// `schema` (created if missing): several stores in one database.
+    pub async fn connect_in_schema(
+        url: &str,
+        schema: &str,
+    ) -> std::result::Result<Self, OpenError> {
+        Self::connect_in(url, Some(schema)).await
+    }
+
+    async fn connect_in(url: &str, schema: Option<&str>) -> std::result::Result<Self, OpenError> {
+        let location = shown(url);
+        let options = parse(url)?;
+        let open = |source| OpenError::Open {
+            location: location.clone(),
+            source,
+        };
+        if let Some(schema) = schema {
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect_with(options.clone())
+                .await
+                .map_err(open)?;
+            sqlx::query(&format!(
+                "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+                schema.replace('"', "\"\"")
+            ))
+            .execute(&pool)
+            .await
+            .map_err(|e| read_only_or(e, &location))?;
+            pool.close().await;
+        }
+        let options = match schema {
+            Some(schema) => options.options([("search_path", schema)]),
+            None => options,
+        };
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(options)
+            .await
+            .map_err(open)?;
+        let current: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await?;
+        check_version(&pool, &location).await?;
+        MIGRATOR.run(&pool).await.map_err(|source| match &source {
+            sqlx::migrate::MigrateError::Execute(e) if is_read_only(e) => OpenError::ReadOnly {
+                location: location.clone(),
+            },
+            _ => OpenError::Migrate {
+                location: location.clone(),
+                source,
+            },
+        })?;
+        let work_channel = channel("herd_work", &current);
+        let control_channel = channel("herd_control", &current);
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener
+            .listen_all([work_channel.as_str(), control_channel.as_str()])
+            .await?;
+        let signals = Arc::new(Signals::default());
+        let listener = tokio::spawn(listen(
+            listener,
+            Arc::downgrade(&signals),
+            control_channel.clone(),
+        ));
+        let postgres = Postgres {
+            pool,
+            location,
+            work_channel,
+            control_channel,
+            listener,
+        };
+        Ok(SqlStore::with_dialect(postgres, signals))
+    }
+
+    /// The schema version of the database (0 before the first migration).
+    pub async fn schema_version(&self) -> std::result::Result<i64, OpenError> {
+        schema_version(&self.dialect.pool).await
+    }
+
+    /// The connection pool, for reading the store directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.dialect.pool
+    }
+
+    /// Where the store is, without its password.
+    pub fn location(&self) -> &str {
+        &self.dialect.location
+    }
+}
+
+/// The NOTIFY channel `prefix` of the store in `schema`: `prefix:schema`,
+/// or a hash of the schema's name where that would pass PostgreSQL's limit
+/// of 63 bytes.
+fn channel(prefix: &str, schema: &str) -> String {
+    let name = format!("{prefix}:{schema}");
+    if name.len() <= 63 {
+        return name;
+    }
+    // FNV-1a: stable across builds and processes, unlike std's hasher.
+    let hash = schema.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{prefix}:{hash:016x}")
+}
+
+/// Wakes this process's workers on the store's NOTIFY channels.
+async fn listen(mut listener: PgListener, signals: Weak<Signals>, control: String) {
+    loop {
+        let notification = listener.recv().await;
+        let Some(signals) = signals.upgrade() else {
+            return;
+        };
+        match notification {
+            Ok(n) if n.channel() == control => signals.control.notify_waiters(),
+            Ok(_) => signals.work.notify_waiters(),
+            Err(_) => {
+                // The connection was lost: PgListener reconnects on the next
+                // call. Meanwhile wake everyone, in case a notice was missed.
+                signals.work.notify_waiters();
+                signals.control.notify_waiters();
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
+
+/// The URL without its password, for messages.
+fn shown(url: &str) -> String {
+    match url::split_password(url) {
+        Some((before, after)) => format!("{before}***{after}"),
+        None => url.to_owned(),
+    }
+}
+
+mod url {
+    /// Splits `scheme://user:password@host…` around the password.
+    pub fn split_password(url: &str) -> Option<(&str, &str)> {
+        let scheme_end = url.find("://")? + 3;
+        let at = scheme_end + url[scheme_end..].find('@')?;
+        let colon = scheme_end + url[scheme_end..at].find(':')?;
+        Some((&url[..=colon], &url[at..]))
+    }
+}
+
+pub(crate) fn parse(url: &str) -> std::result::Result<PgConnectOptions, OpenError> {
+    let unknown = || OpenError::UnknownKind {
+        location: shown(url),
+    };
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(unknown());
+    }
+    PgConnectOptions::from_str(url).map_err(|_| unknown())
+}
+
+async fn schema_version(pool: &PgPool) -> std::result::Result<i64, OpenError> {
+    let exists: Option<String> = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+        .fetch_one(pool)
+        .await?;
+    if exists.is_none() {
+        return Ok(0);
+    }
+    let version: Option<i64> =
+        sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await?;
+    Ok(version.unwrap_or(0))
+}
+
+async fn check_version(pool: &PgPool, location: &str) -> std::result::Result<(), OpenError> {
+    let found = schema_version(pool).await?;
+    let known = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+    if found > known {
+        return Err(OpenError::NewerSchema {
+            location: location.to_owned(),
+            found,
+            known,
+        });
+    }
+    Ok(())
+}
+
+/// SQLSTATE 25006: a write in a read-only transaction (a standby, or
+/// `default_transaction_read_only`).
+fn is_read_only(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(e) if e.code().as_deref() == Some("25006"))
+}
+
+fn read_only_or(error: sqlx::Error, location: &str) -> OpenError {
+    if is_read_only(&error) {
+        OpenError::ReadOnly {
+            location: location.to_owned(),
+        }
+    } else {
+        OpenError::Query(error)
+    }
+}
+
+fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
+    serde_json::to_string(rows).map_err(backend)
+}
+
+fn ids_of<I: IntoIterator<Item = i64>>(ids: I) -> Vec<i64> {
+    ids.into_iter().collect()
+}
+
+/// A write transaction.
+pub(crate) struct PgTx {
+    tx: Transaction<'static, Db>,
+    work_channel: String,
+    control_channel: String,
+}
+
+impl PgTx {
+    async fn run_json(&mut self, sql: &str, rows: String) -> Result<()> {
+        sqlx::query(sql)
+            .bind(rows)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn pairs(&mut self, sql: &str, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(sql)
+            .bind(now.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, b)| (TaskId(t), BatchId(b)))
+            .collect())
+    }
+}
+
+impl Dialect for Postgres {
+    type Tx = PgTx;
+
+    async fn begin(&self) -> Result<PgTx> {
+        let tx = self.pool.begin().await.map_err(backend)?;
+        Ok(PgTx {
+            tx,
+            work_channel: self.work_channel.clone(),
+            control_channel: self.control_channel.clone(),
+        })
+    }
+
+    async fn commit(tx: PgTx) -> Result<()> {
+        tx.tx.commit().await.map_err(backend)
+    }
+
+    async fn worker_insert(&self, host: &str, pid: u32, now: Timestamp) -> Result<WorkerId> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO workers (host, pid, started_at, last_heartbeat) VALUES ($1, $2, $3, $3) \
+             RETURNING id",
+        )
+        .bind(host)
+        .bind(i64::from(pid))
+        .bind(now.0)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(WorkerId(id))
+    }
+
+    async fn batch_read(&self, id: BatchId) -> Result<Option<BatchRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(batch_row).transpose()
+    }
+
+    async fn task_read(&self, id: TaskId) -> Result<Option<TaskRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = $1"
+        ))
+        .bind(id.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(task_row).transpose()
+    }
+}
+
+impl Tx for PgTx {
+    async fn batch_by_key(&mut self, key: &str) -> Result<Option<BatchId>> {
+        let id: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM batches WHERE idempotency_key = $1")
+                .bind(key)
+                .fetch_optional(&mut *self.tx)
+                .await
+                .map_err(backend)?;
+        Ok(id.map(BatchId))
+    }
+
+    async fn batch_insert(&mut self, b: NewBatch<'_>) -> Result<BatchId> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO batches (name, idempotency_key, flow, state, priority, concurrency, \
+             policy, error_policy, deadline, open, paused, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
+        )
+        .bind(b.name)
+        .bind(b.idempotency_key)
+        .bind(&*b.policy.flow)
+        .bind(b.state.as_str())
+        .bind(i64::from(b.priority.0))
+        .bind(i64::from(b.concurrency))
+        .bind(json(b.policy)?)
+        .bind(json(b.error_policy)?)
+        .bind(b.policy.deadline.map(|d| d.0))
+        .bind(b.open)
+        .bind(b.paused)
+        .bind(b.created_at.0)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(BatchId(id))
+    }
+
+    async fn batches_lock(&mut self, ids: &[BatchId]) -> Result<Vec<BatchRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = ANY($1) ORDER BY id FOR UPDATE"
+        ))
+        .bind(ids_of(ids.iter().map(|b| b.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(batch_row).collect()
+    }
+
+    async fn batch_write(&mut self, b: &BatchRow) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET state = $1, deadline = $2, open = $3, paused = $4, stopped = $5, \
+             cancelled = $6, failed_by_policy = $7, running_cost = $8, last_served = $9, \
+             next_index = $10, next_ready = $11, n_pending = $12, n_queued = $13, \
+             n_running = $14, n_retry_wait = $15, n_succeeded = $16, n_failed = $17, \
+             n_cancelled = $18, n_skipped = $19, retries = $20, durations = $21, \
+             started_at = $22, finished_at = $23 WHERE id = $24",
+        )
+        .bind(b.state.as_str())
+        .bind(b.deadline.map(|d| d.0))
+        .bind(b.open)
+        .bind(b.paused)
+        .bind(b.stopped.map(|r| r.to_string()))
+        .bind(b.cancelled)
+        .bind(b.failed_by_policy)
+        .bind(i64::from(b.running_cost))
+        .bind(b.last_served)
+        .bind(b.next_index as i64)
+        .bind(b.next_ready)
+        .bind(b.counts.pending as i64)
+        .bind(b.counts.queued as i64)
+        .bind(b.counts.running as i64)
+        .bind(b.counts.retry_wait as i64)
+        .bind(b.counts.succeeded as i64)
+        .bind(b.counts.failed as i64)
+        .bind(b.counts.cancelled as i64)
+        .bind(b.counts.skipped as i64)
+        .bind(b.retries as i64)
+        .bind(b.durations.as_deref())
+        .bind(b.started_at.map(|t| t.0))
+        .bind(b.finished_at.map(|t| t.0))
+        .bind(b.id.0)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn batches_claimable(&mut self) -> Result<Vec<BatchId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM batches WHERE finished_at IS NULL AND n_queued > 0 AND NOT paused \
+             AND stopped IS NULL AND running_cost < concurrency",
+        )
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(ids.into_iter().map(BatchId).collect())
+    }
+
+    async fn batches_past_deadline(&mut self, now: Timestamp) -> Result<Vec<BatchId>> {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "SELECT id FROM batches WHERE deadline <= $1 AND finished_at IS NULL ORDER BY id",
+        )
+        .bind(now.0)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(ids.into_iter().map(BatchId).collect())
+    }
+
+    async fn batches_of_tasks(&mut self, ids: &[TaskId]) -> Result<Vec<BatchId>> {
+        let ids: Vec<i64> =
+            sqlx::query_scalar("SELECT DISTINCT batch_id FROM tasks WHERE id = ANY($1)")
+                .bind(ids_of(ids.iter().map(|t| t.0)))
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(backend)?;
+        Ok(ids.into_iter().map(BatchId).collect())
+    }
+
+    async fn last_served(&mut self) -> Result<i64> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(last_served), 0) FROM batches")
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(backend)
+    }
+
+    async fn next_due(&mut self) -> Result<Option<Timestamp>> {
+        let at: Option<i64> = sqlx::query_scalar(
+            "SELECT LEAST( \
+               (SELECT MIN(run_at) FROM tasks WHERE state = 'retry_wait'), \
+               (SELECT MIN(deadline) FROM batches \
+                WHERE deadline IS NOT NULL AND finished_at IS NULL))",
+        )
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(at.map(Timestamp))
+    }
+
+    async fn task_ids(&mut self, n: usize) -> Result<Vec<i64>> {
+        sqlx::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('tasks', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(n as i64)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)
+    }
+
+    async fn tasks_insert(&mut self, batch: BatchId, rows: &[NewTask]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO tasks (id, batch_id, idx, key, priority, cost, payload, state, \
+             ready_seq, deps_left, rule, n_dependents) \
+             SELECT j.id, $2, j.i, j.k, j.p, j.c, j.pl, j.s, j.rs, j.d, j.r, j.n \
+             FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, i bigint, k text, p bigint, \
+             c bigint, pl text, s text, rs bigint, d bigint, r text, n bigint)",
+        )
+        .bind(json(&rows)?)
+        .bind(batch.0)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn deps_insert(&mut self, rows: &[NewDep]) -> Result<()> {
+        self.run_json(
+            "INSERT INTO task_deps (task_id, upstream_id, position) \
+             SELECT j.t, j.u, j.p FROM jsonb_to_recordset($1::jsonb) AS j(t bigint, u bigint, \
+             p bigint)",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn tasks_get(&mut self, ids: &[TaskId]) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = ANY($1)"
+        ))
+        .bind(ids_of(ids.iter().map(|t| t.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(task_row).collect()
+    }
+
+    async fn tasks_live(&mut self, batch: BatchId) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = $1 \
+             AND t.state IN ('pending', 'queued', 'running', 'retry_wait')"
+        ))
+        .bind(batch.0)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(task_row).collect()
+    }
+
+    async fn tasks_dependents(&mut self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskRow)>> {
+        let rows = sqlx::query(&format!(
+            "SELECT d.upstream_id AS upstream, {TASK_COLUMNS} FROM task_deps d \
+             JOIN tasks t ON t.id = d.task_id \
+             WHERE d.upstream_id = ANY($1) AND t.state = 'pending'"
+        ))
+        .bind(ids_of(ids.iter().map(|t| t.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter()
+            .map(|r| Ok((TaskId(r.int("upstream")?), task_row(r)?)))
+            .collect()
+    }
+
+    async fn tasks_ready(&mut self, batches: &[BatchId], limit: usize) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT h.* FROM UNNEST($1::bigint[]) AS b(id) CROSS JOIN LATERAL ( \
+               SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = b.id AND t.state = 'queued' \
+               ORDER BY t.priority DESC, t.ready_seq LIMIT $2 FOR UPDATE SKIP LOCKED) AS h \
+             ORDER BY h.batch_id, h.priority DESC, h.ready_seq"
+        ))
+        .bind(ids_of(batches.iter().map(|b| b.0)))
+        .bind(limit as i64)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(task_row).collect()
+    }
+
+    async fn tasks_retry_due(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
+        self.pairs(
+            "SELECT id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= $1",
+            now,
+        )
+        .await
+    }
+
+    async fn tasks_lease_expired(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
+        self.pairs(
+            "SELECT id, batch_id FROM tasks WHERE state = 'running' AND lease_until < $1",
+            now,
+        )
+        .await
+    }
+
+    async fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> Result<()> {
+        self.run_json(
+            "UPDATE tasks AS t SET state = j.s, reason = j.r, message = j.m, attempt = j.a, \
+             lost = j.l, worker_id = j.w, lease_until = j.lu, cancel_mode = j.cm, \
+             cancel_reason = j.cr, run_at = j.ra, ready_seq = j.rs, deps_left = j.d \
+             FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, s text, r text, m text, \
+             a bigint, l bigint, w bigint, lu bigint, cm text, cr text, ra bigint, rs bigint, \
+             d bigint) WHERE t.id = j.id",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn payloads(&mut self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>> {
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("SELECT id, payload FROM tasks WHERE id = ANY($1)")
+                .bind(ids_of(ids.iter().map(|t| t.0)))
+                .fetch_all(&mut *self.tx)
+                .await
+                .map_err(backend)?;
+        Ok(rows.into_iter().map(|(id, p)| (TaskId(id), p)).collect())
+    }
+
+    async fn upstream(&mut self, ids: &[TaskId]) -> Result<Vec<UpstreamRow>> {
+        let rows = sqlx::query(
+            "SELECT d.task_id AS dependent, u.id, u.key, u.state, u.output FROM task_deps d \
+             JOIN tasks u ON u.id = d.upstream_id \
+             WHERE d.task_id = ANY($1) ORDER BY d.task_id, d.position",
+        )
+        .bind(ids_of(ids.iter().map(|t| t.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(upstream_row).collect()
+    }
+
+    async fn outputs_write(&mut self, rows: &[(TaskId, String)]) -> Result<()> {
+        let (ids, outputs): (Vec<i64>, Vec<&str>) =
+            rows.iter().map(|(t, o)| (t.0, o.as_str())).unzip();
+        sqlx::query(
+            "UPDATE tasks AS t SET output = j.o FROM UNNEST($1::bigint[], $2::text[]) AS j(id, o) \
+             WHERE t.id = j.id",
+        )
+        .bind(ids)
+        .bind(outputs)
+        .execute(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn attempts_start(&mut self, rows: &[AttemptStart]) -> Result<()> {
+        self.run_json(
+            "INSERT INTO attempts (task_id, attempt, worker_id, started_at) \
+             SELECT j.t, j.a, j.w, j.at FROM jsonb_to_recordset($1::jsonb) \
+             AS j(t bigint, a bigint, w bigint, at bigint)",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
+        self.run_json(
+            "UPDATE attempts AS x SET finished_at = j.at, outcome = j.o, reason = j.r, \
+             exit_code = j.x, error = j.e FROM jsonb_to_recordset($1::jsonb) \
+             AS j(t bigint, a bigint, at bigint, o text, r text, x bigint, e text) \
+             WHERE x.task_id = j.t AND x.attempt = j.a",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn seq_take(&mut self, n: usize) -> Result<u64> {
+        let next: i64 = sqlx::query_scalar(
+            "UPDATE herd_meta SET next_seq = next_seq + $1 WHERE id = 1 RETURNING next_seq",
+        )
+        .bind(n as i64)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok((next - n as i64) as u64)
+    }
+
+    async fn events_insert(&mut self, rows: &[EventWrite]) -> Result<()> {
+        self.run_json(
+            "INSERT INTO events (seq, at, batch_id, kind, task_id, idx, attempt, from_state, \
+             to_state, reason) \
+             SELECT j.seq, j.at, j.b, j.k, j.t, j.i, j.a, j.f, j.\"to\", j.r \
+             FROM jsonb_to_recordset($1::jsonb) AS j(seq bigint, at bigint, b bigint, k text, \
+             t bigint, i bigint, a bigint, f text, \"to\" text, r text)",
+            json(&rows)?,
+        )
+        .await
+    }
+
+    async fn notify(&mut self, work: bool, control: bool) -> Result<()> {
+        // Delivered at commit, and only if the transaction commits.
+        for (wanted, channel) in [(work, &self.work_channel), (control, &self.control_channel)] {
+            if wanted {
+                sqlx::query("SELECT pg_notify($1, '')")
+                    .bind(channel.as_str())
+                    .execute(&mut *self.tx)
+                    .await
+                    .map_err(backend)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_fit_postgres_limits() {
+        assert_eq!(channel("herd_work", "public"), "herd_work:public");
+        let long = "s".repeat(80);
+        let named = channel("herd_control", &long);
+        assert!(named.len() <= 63, "{named}");
+        assert_eq!(named, channel("herd_control", &long), "stable");
+        assert_ne!(named, channel("herd_control", &"t".repeat(80)));
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            shown("postgres://herd:secret@db:5432/herd"),
+            "postgres://herd:***@db:5432/herd"
+        );
+        assert_eq!(
+            shown("postgres://postgres@127.0.0.1/test"),
+            "postgres://postgres@127.0.0.1/test"
+        );
+        assert!(matches!(
+            parse("mysql://root@localhost/x"),
+            Err(OpenError::UnknownKind { .. })
+        ));
+        assert!(parse("postgres://postgres@127.0.0.1:5432/test").is_ok());
+    }
+}
