@@ -600,7 +600,11 @@ impl Work {
                 Some(Reason::ExitCode(code)) => Some(code),
                 _ => None,
             },
-            e: t.message.clone(),
+            // The task's message is its last failure's: only a failed
+            // attempt's row carries it.
+            e: matches!(to, TaskState::Failed | TaskState::RetryWait)
+                .then(|| t.message.clone())
+                .flatten(),
         });
     }
 

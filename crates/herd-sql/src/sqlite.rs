@@ -8,15 +8,16 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Sqlite as Db, Transaction};
+use sqlx::{ConnectOptions, Sqlite as Db, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::task::JoinHandle;
 
 use herd_core::model::{BatchId, TaskId, Timestamp, WorkerId};
 use herd_core::store::Signals;
@@ -47,6 +48,15 @@ pub struct Sqlite {
     pool: SqlitePool,
     path: PathBuf,
     writer: Arc<Mutex<()>>,
+    watcher: Option<JoinHandle<()>>,
+}
+
+impl Drop for Sqlite {
+    fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
+    }
 }
 
 impl<P, O> SqlStore<Sqlite, P, O> {
@@ -68,6 +78,7 @@ impl<P, O> SqlStore<Sqlite, P, O> {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        let watch_options = options.clone();
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
@@ -81,10 +92,11 @@ impl<P, O> SqlStore<Sqlite, P, O> {
                     source,
                 },
             })?;
-        let sqlite = Sqlite {
+        let mut sqlite = Sqlite {
             pool,
             path,
             writer: Arc::new(Mutex::new(())),
+            watcher: None,
         };
         sqlite.check_version().await?;
         sqlite.check_writable().await?;
@@ -102,7 +114,7 @@ impl<P, O> SqlStore<Sqlite, P, O> {
                 },
             })?;
         let signals = Arc::new(Signals::default());
-        watch(sqlite.pool.clone(), Arc::downgrade(&signals));
+        sqlite.watcher = watch(watch_options, Arc::downgrade(&signals));
         Ok(SqlStore::with_dialect(sqlite, signals))
     }
 
@@ -123,14 +135,14 @@ impl<P, O> SqlStore<Sqlite, P, O> {
 }
 
 /// Wakes this process's workers when another process commits to the file:
-/// `PRAGMA data_version` changes exactly then. Stops with the store.
-fn watch(pool: SqlitePool, signals: std::sync::Weak<Signals>) {
+/// `PRAGMA data_version` changes exactly then. Polls on a connection of its
+/// own (outside the pool, so that closing the pool does not wait for it),
+/// and stops with the store.
+fn watch(options: SqliteConnectOptions, signals: Weak<Signals>) -> Option<JoinHandle<()>> {
     const EVERY: Duration = Duration::from_millis(20);
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    runtime.spawn(async move {
-        let Ok(mut conn) = pool.acquire().await else {
+    let runtime = tokio::runtime::Handle::try_current().ok()?;
+    Some(runtime.spawn(async move {
+        let Ok(mut conn) = options.connect().await else {
             return;
         };
         let mut last: Option<i64> = None;
@@ -142,7 +154,7 @@ fn watch(pool: SqlitePool, signals: std::sync::Weak<Signals>) {
                 return;
             };
             let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-                .fetch_one(&mut *conn)
+                .fetch_one(&mut conn)
                 .await
             else {
                 continue;
@@ -153,7 +165,7 @@ fn watch(pool: SqlitePool, signals: std::sync::Weak<Signals>) {
             }
             last = Some(version);
         }
-    });
+    }))
 }
 
 impl Sqlite {

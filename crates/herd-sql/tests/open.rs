@@ -139,3 +139,30 @@ async fn an_unopenable_location_says_so() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn a_rejected_submit_stores_nothing() {
+    use herd_core::store::Store;
+    use herd_core::{BatchSpec, TaskSpec, Timestamp};
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&location(&dir, "herd.db")).await.unwrap();
+    let mut spec = BatchSpec::new("flow");
+    spec.concurrency = 2;
+    spec.tasks = vec![
+        TaskSpec::new("fits".to_string()),
+        TaskSpec {
+            cost: 3,
+            ..TaskSpec::new("too big".to_string())
+        },
+    ];
+    let err = store.batch_insert(spec, Timestamp(1)).await.unwrap_err();
+    assert!(err.to_string().contains("cost"), "{err}");
+    for table in ["batches", "tasks", "task_deps", "events"] {
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "{table}");
+    }
+}

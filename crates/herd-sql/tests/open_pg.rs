@@ -1,0 +1,147 @@
+//! Connecting to PostgreSQL stores: migration into a schema, and the
+//! databases herd must refuse, each with an error that says what to do.
+
+mod common;
+
+use herd_core::store::Store;
+use herd_core::{BatchSpec, TaskSpec, Timestamp};
+use herd_sql::{OpenError, PgStore, SCHEMA_VERSION};
+
+type Pg = PgStore<String, String>;
+
+#[tokio::test]
+async fn a_new_schema_gets_the_tables_and_reconnecting_keeps_them() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let store = common::fresh_postgres(&url, "open_new_schema").await;
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables \
+         WHERE table_schema = 'open_new_schema' AND table_name NOT LIKE '\\_%' ORDER BY 1",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        tables,
+        [
+            "attempts",
+            "batches",
+            "events",
+            "herd_meta",
+            "task_deps",
+            "tasks",
+            "workers"
+        ]
+    );
+    store.worker_register("h", 1, Timestamp(0)).await.unwrap();
+    let again = Pg::connect_in_schema(&url, "open_new_schema")
+        .await
+        .unwrap();
+    let workers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM workers")
+        .fetch_one(again.pool())
+        .await
+        .unwrap();
+    assert_eq!(workers, 1);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let store = common::fresh_postgres(&url, "open_newer_schema").await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99, 'from the future', TRUE, '\\x00', 0)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let err = Pg::connect_in_schema(&url, "open_newer_schema")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            OpenError::NewerSchema {
+                found: 99,
+                known: SCHEMA_VERSION,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("upgrade herd"), "{err}");
+}
+
+#[tokio::test]
+async fn an_unreachable_database_says_so() {
+    // Nothing listens on port 1.
+    let err = Pg::connect("postgres://postgres:secret@127.0.0.1:1/test")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::Open { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("cannot open the store at postgres://postgres:***@127.0.0.1:1/test")
+            && message.contains("reachable"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_read_only_database_is_refused() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let read_only = format!("{url}{separator}options=-c%20default_transaction_read_only%3Don");
+    let err = Pg::connect_in_schema(&read_only, "open_read_only")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, OpenError::ReadOnly { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn other_kinds_of_location_are_refused() {
+    for bad in ["sqlite:/tmp/herd.db", "mysql://root@localhost/x", "herd.db"] {
+        let err = Pg::connect(bad).await.unwrap_err();
+        assert!(
+            matches!(err, OpenError::UnknownKind { .. }),
+            "{bad}: {err:?}"
+        );
+        assert!(err.to_string().contains("postgres://"), "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_rejected_submit_stores_nothing() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let store = common::fresh_postgres(&url, "open_rejected_submit").await;
+    let mut spec = BatchSpec::new("flow");
+    spec.tasks = vec![
+        TaskSpec {
+            key: Some("a".into()),
+            after: vec!["b".into()],
+            ..TaskSpec::new("a".to_string())
+        },
+        TaskSpec {
+            key: Some("b".into()),
+            after: vec!["a".into()],
+            ..TaskSpec::new("b".to_string())
+        },
+    ];
+    let err = store.batch_insert(spec, Timestamp(1)).await.unwrap_err();
+    assert!(err.to_string().contains("cycle"), "{err}");
+    for table in ["batches", "tasks", "task_deps", "events"] {
+        let rows: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(rows, 0, "{table}");
+    }
+}
