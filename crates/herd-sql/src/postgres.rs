@@ -260,6 +260,37 @@ fn read_only_or(error: sqlx::Error, location: &str) -> OpenError {
     }
 }
 
+/// The hot statements, kept apart so that a test can check their plans.
+mod sql {
+    use crate::rows::TASK_COLUMNS;
+
+    /// Up to `$2` queued tasks of each batch in `$1`, in queue order.
+    pub(super) fn tasks_ready() -> String {
+        format!(
+            "SELECT h.* FROM UNNEST($1::bigint[]) AS b(id) CROSS JOIN LATERAL ( \
+               SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = b.id AND t.state = 'queued' \
+               ORDER BY t.priority DESC, t.ready_seq LIMIT $2 FOR UPDATE SKIP LOCKED) AS h \
+             ORDER BY h.batch_id, h.priority DESC, h.ready_seq"
+        )
+    }
+
+    /// Writes back the mutable columns of changed task rows.
+    pub(super) const TASKS_WRITE: &str = "\
+        UPDATE tasks AS t SET state = j.s, reason = j.r, message = j.m, attempt = j.a, \
+        lost = j.l, worker_id = j.w, lease_until = j.lu, cancel_mode = j.cm, \
+        cancel_reason = j.cr, run_at = j.ra, ready_seq = j.rs, deps_left = j.d \
+        FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, s text, r text, m text, a bigint, \
+        l bigint, w bigint, lu bigint, cm text, cr text, ra bigint, rs bigint, d bigint) \
+        WHERE t.id = j.id";
+
+    /// Closes attempts: by primary key, never by scanning a worker's attempts.
+    pub(super) const ATTEMPTS_END: &str = "\
+        UPDATE attempts AS x SET finished_at = j.at, outcome = j.o, reason = j.r, \
+        exit_code = j.x, error = j.e FROM jsonb_to_recordset($1::jsonb) \
+        AS j(t bigint, a bigint, at bigint, o text, r text, x bigint, e text) \
+        WHERE x.task_id = j.t AND x.attempt = j.a";
+}
+
 fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
     serde_json::to_string(rows).map_err(backend)
 }
@@ -566,17 +597,12 @@ impl Tx for PgTx {
     }
 
     async fn tasks_ready(&mut self, batches: &[BatchId], limit: usize) -> Result<Vec<TaskRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT h.* FROM UNNEST($1::bigint[]) AS b(id) CROSS JOIN LATERAL ( \
-               SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = b.id AND t.state = 'queued' \
-               ORDER BY t.priority DESC, t.ready_seq LIMIT $2 FOR UPDATE SKIP LOCKED) AS h \
-             ORDER BY h.batch_id, h.priority DESC, h.ready_seq"
-        ))
-        .bind(ids_of(batches.iter().map(|b| b.0)))
-        .bind(limit as i64)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&sql::tasks_ready())
+            .bind(ids_of(batches.iter().map(|b| b.0)))
+            .bind(limit as i64)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(task_row).collect()
     }
 
@@ -597,16 +623,7 @@ impl Tx for PgTx {
     }
 
     async fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> Result<()> {
-        self.run_json(
-            "UPDATE tasks AS t SET state = j.s, reason = j.r, message = j.m, attempt = j.a, \
-             lost = j.l, worker_id = j.w, lease_until = j.lu, cancel_mode = j.cm, \
-             cancel_reason = j.cr, run_at = j.ra, ready_seq = j.rs, deps_left = j.d \
-             FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, s text, r text, m text, \
-             a bigint, l bigint, w bigint, lu bigint, cm text, cr text, ra bigint, rs bigint, \
-             d bigint) WHERE t.id = j.id",
-            json(&rows)?,
-        )
-        .await
+        self.run_json(sql::TASKS_WRITE, json(&rows)?).await
     }
 
     async fn payloads(&mut self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>> {
@@ -658,14 +675,7 @@ impl Tx for PgTx {
     }
 
     async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
-        self.run_json(
-            "UPDATE attempts AS x SET finished_at = j.at, outcome = j.o, reason = j.r, \
-             exit_code = j.x, error = j.e FROM jsonb_to_recordset($1::jsonb) \
-             AS j(t bigint, a bigint, at bigint, o text, r text, x bigint, e text) \
-             WHERE x.task_id = j.t AND x.attempt = j.a",
-            json(&rows)?,
-        )
-        .await
+        self.run_json(sql::ATTEMPTS_END, json(&rows)?).await
     }
 
     async fn seq_take(&mut self, n: usize) -> Result<u64> {
@@ -709,6 +719,79 @@ impl Tx for PgTx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The generic-plan trap: a prepared statement that PostgreSQL plans
+    /// once for any parameters must still reach tasks and attempts through
+    /// their indexes, not a scan of every row ever stored.
+    #[tokio::test]
+    async fn hot_statements_keep_index_plans_when_generic() {
+        use herd_core::store::Store;
+        use herd_core::{BatchSpec, TaskSpec};
+
+        let Ok(url) = std::env::var("HERD_TEST_DATABASE_URL") else {
+            assert_ne!(
+                std::env::var("HERD_REQUIRE_POSTGRES").as_deref(),
+                Ok("1"),
+                "HERD_REQUIRE_POSTGRES=1 but HERD_TEST_DATABASE_URL is not set"
+            );
+            return;
+        };
+        let schema = "plan_check";
+        let admin = PgPool::connect(&url).await.unwrap();
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let store = PgStore::<String, String>::connect_in_schema(&url, schema)
+            .await
+            .unwrap();
+        let mut spec = BatchSpec::new("plans");
+        spec.concurrency = 50_000;
+        spec.tasks = (0..50_000).map(|i| TaskSpec::new(i.to_string())).collect();
+        store.batch_insert(spec, Timestamp(1)).await.unwrap();
+        // Most of them running: attempts to look up as well as tasks.
+        let worker = store.worker_register("h", 1, Timestamp(1)).await.unwrap();
+        let request = herd_core::store::ClaimRequest {
+            worker,
+            capacity: 40_000,
+            max_tasks: 40_000,
+            lease: Duration::from_secs(30),
+        };
+        let claim = store.task_claim(request, Timestamp(2)).await.unwrap();
+        assert_eq!(claim.tasks.len(), 40_000);
+        sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
+
+        let mut conn = store.pool().acquire().await.unwrap();
+        sqlx::query("SET plan_cache_mode = force_generic_plan")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let statements = [
+            (
+                "ready",
+                "bigint[], bigint",
+                sql::tasks_ready(),
+                "('{1}', 100)",
+            ),
+            ("write", "jsonb", sql::TASKS_WRITE.to_owned(), "('[]')"),
+            ("ended", "jsonb", sql::ATTEMPTS_END.to_owned(), "('[]')"),
+        ];
+        for (name, types, statement, args) in statements {
+            sqlx::query(&format!("PREPARE {name}({types}) AS {statement}"))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            let plan: Vec<String> = sqlx::query_scalar(&format!("EXPLAIN EXECUTE {name}{args}"))
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                !plan.contains("Seq Scan on tasks") && !plan.contains("Seq Scan on attempts"),
+                "{name} scans a table under a generic plan:\n{plan}"
+            );
+        }
+    }
 
     #[test]
     fn channels_fit_postgres_limits() {
