@@ -8,11 +8,11 @@
 //! when it starts and to another when it finishes, so that the parent can
 //! tell what really ran, whatever the store says.
 //!
-//! The crash test runs on SQLite; the test of four workers sharing a store
-//! runs on SQLite and, given `HERD_TEST_DATABASE_URL`, on PostgreSQL. They
-//! take real time (the workers are processes, their kills are signals), but
-//! nothing waits on a sleep to see a result: the parent polls the store and
-//! fails past a deadline.
+//! Both tests run on SQLite and, given `HERD_TEST_DATABASE_URL`, on
+//! PostgreSQL, each there in a schema of its own. They take real time (the
+//! workers are processes, their kills are signals), but nothing waits on a
+//! sleep to see a result: the parent polls the store and fails past a
+//! deadline.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
@@ -186,6 +186,15 @@ struct Serve<'a> {
     lease: Duration,
 }
 
+impl Serve<'_> {
+    /// The store's kind, for messages: `sqlite` or `postgres`.
+    fn store_name(&self) -> &str {
+        self.location
+            .split_once(':')
+            .map_or("?", |(scheme, _)| scheme)
+    }
+}
+
 /// A worker process; killed when dropped, so that a failing test leaves none
 /// behind.
 struct WorkerProcess {
@@ -335,25 +344,156 @@ const KILLS: usize = 20;
 /// Short, so that the attempts of a killed worker come back soon.
 const CRASH_LEASE: Duration = Duration::from_secs(1);
 
-/// Workers killed with SIGKILL at random moments lose their attempts, never a
-/// task: each task succeeds exactly once, what ran before a kill is run again
-/// under a new attempt number, and nothing runs again after its success.
+/// The crash test's direct reads of a store's tables, past its API: what
+/// the store says happened, to hold against the workers' logs.
+trait Probe: Store<Payload = String, Output = String> {
+    /// The highest id of a worker registered so far; 0 before the first.
+    async fn worker_id_max(&self) -> i64;
+    /// How many tasks are running under workers with ids above `worker`.
+    async fn tasks_running_after(&self, worker: i64) -> usize;
+    /// The tasks of `batch` with other than one end event.
+    async fn tasks_ended_not_once(&self, batch: BatchId) -> Vec<i64>;
+    /// The `(task, attempt)` of every end event of `batch`.
+    async fn task_ends(&self, batch: BatchId) -> Vec<(i64, u32)>;
+    /// The last attempt of each task of `batch`.
+    async fn task_attempts(&self, batch: BatchId) -> HashMap<i64, u32>;
+    /// The attempts of `batch` that the store counted as lost.
+    async fn batch_lost(&self, batch: BatchId) -> usize;
+}
+
+/// Implements [`Probe`] for stores with a `pool()`, in SQL that both
+/// SQLite and PostgreSQL read alike: `$N` placeholders (SQLite takes them
+/// too), and every number read as a BIGINT (PostgreSQL's columns; its
+/// `SUM` of them is a NUMERIC, hence the cast).
+macro_rules! impl_probe {
+    ($($store:ty),+ $(,)?) => {$(
+        impl Probe for $store {
+            async fn worker_id_max(&self) -> i64 {
+                sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM workers")
+                    .fetch_one(self.pool())
+                    .await
+                    .expect("the workers are read")
+            }
+
+            async fn tasks_running_after(&self, worker: i64) -> usize {
+                let running: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND worker_id > $1",
+                )
+                .bind(worker)
+                .fetch_one(self.pool())
+                .await
+                .expect("the running tasks are counted");
+                to_usize(running)
+            }
+
+            async fn tasks_ended_not_once(&self, batch: BatchId) -> Vec<i64> {
+                sqlx::query_scalar(
+                    "SELECT task_id FROM events WHERE batch_id = $1 AND kind = 'task' \
+                     AND to_state IN ('succeeded', 'failed', 'cancelled', 'skipped') \
+                     GROUP BY task_id HAVING COUNT(*) <> 1",
+                )
+                .bind(batch.0)
+                .fetch_all(self.pool())
+                .await
+                .expect("the ends are read")
+            }
+
+            async fn task_ends(&self, batch: BatchId) -> Vec<(i64, u32)> {
+                let ends: Vec<(i64, i64)> = sqlx::query_as(
+                    "SELECT task_id, attempt FROM events WHERE batch_id = $1 AND kind = 'task' \
+                     AND to_state IN ('succeeded', 'failed', 'cancelled', 'skipped')",
+                )
+                .bind(batch.0)
+                .fetch_all(self.pool())
+                .await
+                .expect("the ends are read");
+                ends.into_iter().map(|(task, attempt)| (task, to_attempt(attempt))).collect()
+            }
+
+            async fn task_attempts(&self, batch: BatchId) -> HashMap<i64, u32> {
+                let tasks: Vec<(i64, i64)> =
+                    sqlx::query_as("SELECT id, attempt FROM tasks WHERE batch_id = $1")
+                        .bind(batch.0)
+                        .fetch_all(self.pool())
+                        .await
+                        .expect("the tasks are read");
+                tasks.into_iter().map(|(task, attempt)| (task, to_attempt(attempt))).collect()
+            }
+
+            async fn batch_lost(&self, batch: BatchId) -> usize {
+                let lost: i64 = sqlx::query_scalar(
+                    "SELECT CAST(COALESCE(SUM(lost), 0) AS BIGINT) FROM tasks WHERE batch_id = $1",
+                )
+                .bind(batch.0)
+                .fetch_one(self.pool())
+                .await
+                .expect("the losses are counted");
+                to_usize(lost)
+            }
+        }
+    )+};
+}
+
+impl_probe!(SqliteStore<String, String>, PgStore<String, String>);
+
+fn to_usize(count: i64) -> usize {
+    usize::try_from(count).unwrap_or_else(|_| panic!("a negative count: {count}"))
+}
+
+fn to_attempt(attempt: i64) -> u32 {
+    u32::try_from(attempt).unwrap_or_else(|_| panic!("an attempt out of range: {attempt}"))
+}
+
+/// Workers on SQLite killed at random lose no task (see
+/// [`workers_killed_at_random_lose_no_task`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_workers_killed_at_random_lose_no_task() {
-    let seed = fastrand::u64(..);
-    let mut rng = fastrand::Rng::with_seed(seed);
     let dir = tempfile::tempdir().expect("a temporary directory");
     let location = sqlite_location(dir.path());
     let store = SqliteStore::<String, String>::open(&location)
         .await
         .expect("the store opens");
-    let batch = insert_batch(&store, CRASH_TASKS, SLOTS).await;
     let serve = Serve {
         location: &location,
         schema: None,
         logs: dir.path(),
         lease: CRASH_LEASE,
     };
+    workers_killed_at_random_lose_no_task(&store, &serve).await;
+}
+
+/// Workers on PostgreSQL killed at random lose no task (see
+/// [`workers_killed_at_random_lose_no_task`]; skipped without
+/// `HERD_TEST_DATABASE_URL`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_workers_killed_at_random_lose_no_task() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    const SCHEMA: &str = "crash_kills";
+    let store = common::fresh_postgres(&url, SCHEMA).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let serve = Serve {
+        location: &url,
+        schema: Some(SCHEMA),
+        logs: dir.path(),
+        lease: CRASH_LEASE,
+    };
+    workers_killed_at_random_lose_no_task(&store, &serve).await;
+}
+
+/// Workers killed with SIGKILL at random moments lose their attempts, never a
+/// task: each task succeeds exactly once, what ran before a kill is run again
+/// under a new attempt number, and nothing runs again after its success.
+///
+/// Worker processes told `serve` are started one at a time and killed
+/// [`KILLS`] times during a batch of [`CRASH_TASKS`] tasks, then one drains
+/// it; `store` is the parent's handle on their store, and `serve.logs` must
+/// be a directory of this test's own.
+async fn workers_killed_at_random_lose_no_task<S: Probe>(store: &S, serve: &Serve<'_>) {
+    let seed = fastrand::u64(..);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let batch = insert_batch(store, CRASH_TASKS, SLOTS).await;
     let began = Instant::now();
 
     // Tasks left running by each killed worker: its attempts in flight.
@@ -361,21 +501,11 @@ async fn sqlite_workers_killed_at_random_lose_no_task() {
     // the last kill are the killed process's.
     let mut in_flight = Vec::with_capacity(KILLS);
     for _ in 0..KILLS {
-        let before: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM workers")
-            .fetch_one(store.pool())
-            .await
-            .expect("the workers are read");
-        let worker = WorkerProcess::spawn(&serve);
+        let before = store.worker_id_max().await;
+        let worker = WorkerProcess::spawn(serve);
         tokio::time::sleep(Duration::from_millis(rng.u64(50..=300))).await;
         worker.kill();
-        let running: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM tasks WHERE state = 'running' AND worker_id > ?",
-        )
-        .bind(before)
-        .fetch_one(store.pool())
-        .await
-        .expect("the running tasks are counted");
-        in_flight.push(running as usize);
+        in_flight.push(store.tasks_running_after(before).await);
     }
     let done_by_kills = store
         .batch_get(batch)
@@ -383,8 +513,8 @@ async fn sqlite_workers_killed_at_random_lose_no_task() {
         .expect("the batch is read")
         .counts
         .succeeded;
-    let mut last = [WorkerProcess::spawn(&serve)];
-    let info = wait_terminal(&store, batch, &mut last).await;
+    let mut last = [WorkerProcess::spawn(serve)];
+    let info = wait_terminal(store, batch, &mut last).await;
     let [last] = last;
     last.kill();
     let wall = began.elapsed();
@@ -394,34 +524,14 @@ async fn sqlite_workers_killed_at_random_lose_no_task() {
     assert_eq!(info.counts.succeeded, CRASH_TASKS as u64);
 
     // 2. Every task ended exactly once, as its last attempt.
-    let twice: Vec<i64> = sqlx::query_scalar(
-        "SELECT task_id FROM events WHERE kind = 'task' \
-         AND to_state IN ('succeeded', 'failed', 'cancelled', 'skipped') \
-         GROUP BY task_id HAVING COUNT(*) <> 1",
-    )
-    .fetch_all(store.pool())
-    .await
-    .expect("the ends are read");
+    let twice = store.tasks_ended_not_once(batch).await;
     assert!(
         twice.is_empty(),
         "tasks that ended more than once: {twice:?}"
     );
-    let ends: Vec<(i64, u32)> = sqlx::query_as(
-        "SELECT task_id, attempt FROM events WHERE kind = 'task' \
-         AND to_state IN ('succeeded', 'failed', 'cancelled', 'skipped')",
-    )
-    .fetch_all(store.pool())
-    .await
-    .expect("the ends are read");
+    let ends = store.task_ends(batch).await;
     assert_eq!(ends.len(), CRASH_TASKS);
-    let last_attempt: HashMap<i64, u32> =
-        sqlx::query_as("SELECT id, attempt FROM tasks WHERE batch_id = ?")
-            .bind(batch.0)
-            .fetch_all(store.pool())
-            .await
-            .expect("the tasks are read")
-            .into_iter()
-            .collect();
+    let last_attempt = store.task_attempts(batch).await;
     assert_eq!(last_attempt.len(), CRASH_TASKS);
     for (task, attempt) in &ends {
         assert_eq!(
@@ -434,8 +544,8 @@ async fn sqlite_workers_killed_at_random_lose_no_task() {
     // 3. What ran: one start per attempt at most, none after the last, and
     // the last both started and finished. (An attempt claimed just before a
     // kill may never have started: the claim committed, the runner never ran.)
-    let started = read_logs(dir.path(), "started");
-    let finished: HashSet<(i64, u32)> = read_logs(dir.path(), "finished").into_iter().collect();
+    let started = read_logs(serve.logs, "started");
+    let finished: HashSet<(i64, u32)> = read_logs(serve.logs, "finished").into_iter().collect();
     let mut runs: HashMap<i64, Vec<u32>> = HashMap::new();
     for &(task, attempt) in &started {
         runs.entry(task).or_default().push(attempt);
@@ -471,17 +581,14 @@ async fn sqlite_workers_killed_at_random_lose_no_task() {
     // re-executions; the rest were claimed but not started when the kill came.
     let in_flight_at_kills: usize = in_flight.iter().sum();
     let retried: usize = last_attempt.values().map(|&a| a as usize - 1).sum();
-    let counted_lost: i64 = sqlx::query_scalar("SELECT SUM(lost) FROM tasks WHERE batch_id = ?")
-        .bind(batch.0)
-        .fetch_one(store.pool())
-        .await
-        .expect("the losses are counted");
+    let counted_lost = store.batch_lost(batch).await;
     let reruns = started.len() - CRASH_TASKS;
     let never_started = retried - reruns;
     eprintln!(
-        "crash: seed {seed}, {} kills ({} caught attempts in flight, {in_flight_at_kills} in all), \
+        "crash: {}, seed {seed}, {} kills ({} caught attempts in flight, {in_flight_at_kills} in all), \
          {reruns} re-executions, {never_started} claims never started, \
          {done_by_kills}/{CRASH_TASKS} tasks done by the last kill, {wall:.1?}",
+        serve.store_name(),
         in_flight.len(),
         in_flight.iter().filter(|&&n| n > 0).count(),
     );
@@ -494,7 +601,7 @@ async fn sqlite_workers_killed_at_random_lose_no_task() {
         "attempts beyond the first, against attempts in flight at the kills"
     );
     assert_eq!(
-        counted_lost as usize, in_flight_at_kills,
+        counted_lost, in_flight_at_kills,
         "attempts the store counted as lost, against attempts in flight at the kills"
     );
 
@@ -592,9 +699,6 @@ async fn drain_with_workers<S: Store<Payload = String, Output = String>>(
         .collect();
     eprintln!(
         "drain: {}, {tasks} tasks, {workers} workers (ran {per_worker:?}), {wall:.1?}",
-        serve
-            .location
-            .split_once(':')
-            .map_or("?", |(scheme, _)| scheme)
+        serve.store_name()
     );
 }
