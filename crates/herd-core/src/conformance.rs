@@ -157,6 +157,9 @@ macro_rules! store_conformance {
             forced_cancel_escalates_a_graceful_one,
             a_task_lost_while_cancelling_ends_cancelled,
             claims_do_not_start_tasks_past_the_deadline,
+            rerun_runs_failures_again_and_keeps_successes,
+            rerun_restarts_a_stopped_batch,
+            rerun_refuses_an_unfinished_batch,
         );
     };
     ($factory:expr $(,)?) => {
@@ -337,6 +340,9 @@ struct Log {
     events: Vec<Event>,
     tasks: HashMap<TaskId, SeenTask>,
     batches: HashMap<BatchId, BatchState>,
+    /// The operation being recorded is a rerun: finished tasks and batches
+    /// may start over (and only then).
+    rerun: bool,
 }
 
 impl Log {
@@ -402,7 +408,8 @@ impl Log {
                                 "transition must start where {task} was: {e:?}"
                             );
                             assert!(
-                                seen.state.can_become(to),
+                                seen.state.can_become(to)
+                                    || (self.rerun && seen.state.can_rerun_to(to)),
                                 "invalid move {} -> {to}: {e:?}",
                                 seen.state
                             );
@@ -430,7 +437,10 @@ impl Log {
                         }
                         Some(state) => {
                             assert_eq!(from, Some(state), "batch transition: {e:?}");
-                            assert!(state.can_become(to), "invalid move {state} -> {to}: {e:?}");
+                            assert!(
+                                state.can_become(to) || (self.rerun && state.can_reopen_to(to)),
+                                "invalid move {state} -> {to}: {e:?}"
+                            );
                         }
                     }
                     if to.is_terminal() {
@@ -578,6 +588,25 @@ impl<S: SuiteStore> Harness<S> {
 
     async fn insert(&mut self, spec: BatchSpec<String>, now: Timestamp) -> Inserted {
         self.try_insert(spec, now).await.expect("batch_insert")
+    }
+
+    async fn rerun(
+        &mut self,
+        batch: BatchId,
+        downstream: bool,
+        now: Timestamp,
+    ) -> Result<crate::store::Rerun, StoreError> {
+        let result = self.store.batch_rerun(batch, downstream, now).await;
+        match &result {
+            Ok(rerun) => {
+                self.log.rerun = true;
+                self.log.record(&rerun.events, now);
+                self.log.rerun = false;
+                self.verify().await;
+            }
+            Err(_) => self.verify().await,
+        }
+        result
     }
 
     async fn append(
@@ -1694,6 +1723,171 @@ pub mod cases {
                 c.skipped = 2;
             })
         );
+        h.finish().await;
+    }
+
+    /// A rerun of a finished batch runs its failed tasks again, in the same
+    /// batch: succeeded tasks keep their results (their outputs reach the
+    /// rerun tasks), attempt numbers go on (fencing), and the retry budget
+    /// starts afresh. Without `downstream`, skipped dependents stay skipped;
+    /// a later rerun with `downstream` picks them up. Stores that forget
+    /// finished tasks refuse, changing nothing.
+    pub async fn rerun_runs_failures_again_and_keeps_successes<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let tasks = vec![task("a"), after("b", &["a"]), after("c", &["b"]), task("d")];
+        let ins = h.insert(batch(4, tasks), T0).await;
+        let [a, b, c, d] = ins.tasks[..] else {
+            panic!("four tasks")
+        };
+        let claim = h.claim(4, 4, secs(1)).await;
+        let (ta, td) = (claimed(&claim, "a").clone(), claimed(&claim, "d").clone());
+        h.succeed(&ta, Some("A"), secs(2)).await;
+        let (result, _) = h
+            .report(fence(&td), failure(Reason::ExitCode(1), None), secs(2))
+            .await;
+        assert_eq!(result, Ok(Failed));
+        let claim = h.claim(4, 4, secs(3)).await;
+        let tb = claimed(&claim, "b").clone();
+        let (result, _) = h
+            .report(fence(&tb), failure(Reason::Timeout, None), secs(4))
+            .await;
+        assert_eq!(result, Ok(Failed));
+        assert_eq!(h.batch(ins.batch).await.state, B::Partial);
+
+        if !h.store.retains_finished_tasks() {
+            let err = h.rerun(ins.batch, false, secs(5)).await.unwrap_err();
+            assert!(
+                matches!(err, StoreError::Forgotten(id) if id == ins.batch),
+                "{err}"
+            );
+            h.finish().await;
+            return;
+        }
+        let rerun = h
+            .rerun(ins.batch, false, secs(5))
+            .await
+            .expect("batch_rerun");
+        assert_eq!(rerun.tasks, [b, d], "failed tasks, in batch order");
+        assert_moves(&rerun.events, &[(b, Queued, None), (d, Queued, None)]);
+        assert_eq!(batch_moves(&rerun.events), [(ins.batch, B::Running)]);
+
+        let claim = h.claim(4, 4, secs(6)).await;
+        assert_eq!(sorted_payloads(&claim), ["b", "d"]);
+        let tb = claimed(&claim, "b").clone();
+        assert_eq!((tb.attempt, tb.first_attempt), (Attempt(2), Attempt(2)));
+        assert_eq!(tb.upstream.len(), 1);
+        assert_eq!(
+            (
+                tb.upstream[0].task,
+                tb.upstream[0].state,
+                tb.upstream[0].output.as_deref()
+            ),
+            (a, Succeeded, Some("A")),
+            "the succeeded upstream's output reaches the rerun task"
+        );
+        // A report from the first run's attempt is stale.
+        let (stale, _) = h
+            .report(
+                Fence {
+                    task: b,
+                    attempt: Attempt(1),
+                },
+                success(None),
+                secs(7),
+            )
+            .await;
+        assert!(stale.is_err(), "{stale:?}");
+        h.succeed(&tb, None, secs(7)).await;
+        h.succeed(claimed(&claim, "d"), None, secs(7)).await;
+        let info = h.batch(ins.batch).await;
+        assert_eq!(info.state, B::Partial, "c is still skipped");
+        assert_eq!(
+            info.counts,
+            counts(|n| {
+                n.succeeded = 3;
+                n.skipped = 1;
+            })
+        );
+
+        let rerun = h
+            .rerun(ins.batch, true, secs(8))
+            .await
+            .expect("batch_rerun");
+        assert_eq!(rerun.tasks, [c]);
+        let claim = h.claim(4, 4, secs(9)).await;
+        assert_eq!(payloads(&claim), ["c"]);
+        h.succeed(claimed(&claim, "c"), None, secs(10)).await;
+        assert_eq!(h.batch(ins.batch).await.state, B::Succeeded);
+
+        let rerun = h
+            .rerun(ins.batch, true, secs(11))
+            .await
+            .expect("batch_rerun");
+        assert!(
+            rerun.tasks.is_empty() && rerun.events.is_empty(),
+            "{rerun:?}"
+        );
+        assert_eq!(h.batch(ins.batch).await.state, B::Succeeded);
+        h.finish().await;
+    }
+
+    /// A batch stopped by its error policy reruns its failed tasks and the
+    /// tasks cancelled by the stop, with the policy reset, and can finish
+    /// `succeeded`; tasks a user cancelled stay cancelled.
+    pub async fn rerun_restarts_a_stopped_batch<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        if !h.store.retains_finished_tasks() {
+            h.finish().await;
+            return;
+        }
+        let mut spec = batch(1, vec![task("a"), task("b"), task("c")]);
+        spec.error_policy = crate::model::ErrorPolicy::stop();
+        let ins = h.insert(spec, T0).await;
+        let [a, b, c] = ins.tasks[..] else {
+            panic!("three tasks")
+        };
+        h.cancel_task(c, CancelMode::Graceful, secs(1))
+            .await
+            .expect("task_cancel");
+        let claim = h.claim(1, 1, secs(1)).await;
+        let ta = claimed(&claim, "a").clone();
+        let (result, _) = h
+            .report(fence(&ta), failure(Reason::Error, None), secs(2))
+            .await;
+        assert_eq!(result, Ok(Failed));
+        let info = h.batch(ins.batch).await;
+        assert_eq!(info.state, B::Failed);
+        assert_eq!(h.state(b), (Cancelled, Some(Reason::BatchStopped)));
+
+        let rerun = h
+            .rerun(ins.batch, false, secs(3))
+            .await
+            .expect("batch_rerun");
+        assert_eq!(rerun.tasks, [a, b]);
+        let claim = h.claim(1, 1, secs(4)).await;
+        h.succeed(claimed(&claim, "a"), None, secs(5)).await;
+        let claim = h.claim(1, 1, secs(6)).await;
+        h.succeed(claimed(&claim, "b"), None, secs(7)).await;
+        let info = h.batch(ins.batch).await;
+        assert_eq!(info.state, B::Partial, "c was cancelled by a user");
+        assert_eq!(h.state(c), (Cancelled, Some(Reason::ByUser)));
+        h.finish().await;
+    }
+
+    /// Only a finished batch can be rerun.
+    pub async fn rerun_refuses_an_unfinished_batch<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let ins = h.insert(batch(1, vec![task("a")]), T0).await;
+        let err = h.rerun(ins.batch, true, secs(1)).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Unfinished(id) if id == ins.batch),
+            "{err}"
+        );
+        let err = h
+            .rerun(BatchId(ins.batch.0 + 1000), true, secs(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UnknownBatch(_)), "{err}");
         h.finish().await;
     }
 

@@ -1,11 +1,31 @@
-//! The worker loop over the memory store, without the library on top.
+//! The worker loop over the memory store, without the library on top: a
+//! flow no runner knows, and store failures, through a `FlakyStore` that
+//! fails chosen operations on a plan the test controls.
 
-use std::sync::Arc;
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicU32};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herd_core::scheduler::{Router, WorkerConfig, spawn_worker};
-use herd_core::store::{MemoryStore, Store};
-use herd_core::{BatchSpec, BatchState, Clock, Reason, SystemClock, TaskSpec, TaskState};
+use futures::future::BoxFuture;
+use herd_core::scheduler::{
+    AttemptReport, Cancellation, Router, Runner, SlotPool, TaskEnd, WorkerConfig, WorkerHandle,
+    spawn_worker,
+};
+use herd_core::store::{
+    Appended, Applied, CancelMode, Claim, ClaimRequest, ClaimedTask, Completion, Events, Fence,
+    Inserted, MemoryStore, Renewal, Rerun, Signals, Store, StoreError, TaskInfo,
+};
+use herd_core::{
+    BatchId, BatchInfo, BatchSpec, BatchState, BatchStats, Clock, Reason, SystemClock, TaskId,
+    TaskSpec, TaskState, Timestamp, TokioClock, WorkerId,
+};
+use tokio::sync::broadcast;
+use tokio::time::Instant;
 
 /// A task whose flow no runner here knows fails to start at once (it is not
 /// left to its lease), and the worker goes on without spinning.
@@ -56,5 +76,806 @@ async fn tasks_of_an_unknown_flow_fail_to_start() {
         "{:?}",
         task.message
     );
+    worker.shutdown().await.unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Store failures: a store that fails on a plan, and a runner that keeps tally.
+// ---------------------------------------------------------------------------
+
+/// How long a claim holds: short, so that lost reports are rescued quickly
+/// (in paused time, so no test waits for it).
+const LEASE: Duration = Duration::from_millis(300);
+/// A third of the lease, as herd's durable-store tests run.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+/// The slots of the one worker in these tests.
+const SLOTS: u32 = 4;
+/// The flow of every batch here.
+const FLOW: &str = "flaky";
+/// For [`Faults::fail_next`]: every call, until the plan changes.
+const FOREVER: u32 = u32::MAX;
+
+type Flaky = FlakyStore<MemoryStore<String, String>>;
+
+/// A store that fails chosen operations with the backend errors that a busy
+/// SQLite file or a lost PostgreSQL connection give, as its [`Plan`] says;
+/// everything else goes to the store inside.
+struct FlakyStore<S> {
+    inner: S,
+    plan: Arc<Plan>,
+}
+
+/// Which operations fail. Shared with the test, which may change it while
+/// the worker runs.
+#[derive(Debug, Default)]
+struct Plan {
+    claim: Faults,
+    complete: Faults,
+    renew: Faults,
+    rescue: Faults,
+    /// The completions in failed `task_complete` calls, and what became of
+    /// them: refused (`Request`), or applied with the reply lost (`Reply`:
+    /// only those the store accepted).
+    lost_reports: Mutex<Vec<(Fence, Lost)>>,
+}
+
+impl Plan {
+    /// No operation fails from now on.
+    fn heal(&self) {
+        for faults in [&self.claim, &self.complete, &self.renew, &self.rescue] {
+            faults.fail_next(0).fail_every(0);
+        }
+    }
+}
+
+/// When one kind of operation fails, and how.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Calls so far.
+    calls: AtomicU32,
+    /// Failed calls so far.
+    failed: AtomicU32,
+    /// The next this many calls fail ([`FOREVER`]: all of them).
+    next: AtomicU32,
+    /// Every `every`-th call fails as well, counting from the first (0: none).
+    every: AtomicU32,
+    /// Every `reply_every`-th failure applies the operation, then loses its
+    /// reply (0: none); the others fail before reaching the store.
+    reply_every: AtomicU32,
+    /// Fail with an error that is not the backend's.
+    fatal: AtomicBool,
+}
+
+/// What a failed operation did to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lost {
+    /// Nothing: the request failed before reaching the store.
+    Request,
+    /// The operation was applied, and its reply lost.
+    Reply,
+}
+
+impl Faults {
+    /// The next `n` calls fail.
+    fn fail_next(&self, n: u32) -> &Self {
+        self.next.store(n, SeqCst);
+        self
+    }
+
+    /// Every `n`-th call fails.
+    fn fail_every(&self, n: u32) -> &Self {
+        self.every.store(n, SeqCst);
+        self
+    }
+
+    /// Every `n`-th failure happens after the store applied the operation.
+    fn lose_reply_every(&self, n: u32) -> &Self {
+        self.reply_every.store(n, SeqCst);
+        self
+    }
+
+    /// Failures are not the backend's (`UnknownBatch`).
+    fn fatal(&self) -> &Self {
+        self.fatal.store(true, SeqCst);
+        self
+    }
+
+    fn calls(&self) -> u32 {
+        self.calls.load(SeqCst)
+    }
+
+    fn failed(&self) -> u32 {
+        self.failed.load(SeqCst)
+    }
+
+    /// Whether this call fails, how, and with what.
+    fn decide(&self) -> Option<(Lost, StoreError)> {
+        let call = self.calls.fetch_add(1, SeqCst) + 1;
+        let planned = self
+            .next
+            .fetch_update(SeqCst, SeqCst, |n| match n {
+                0 => None,
+                FOREVER => Some(FOREVER),
+                n => Some(n - 1),
+            })
+            .is_ok();
+        let every = self.every.load(SeqCst);
+        let periodic = every > 0 && call.is_multiple_of(every);
+        if !(planned || periodic) {
+            return None;
+        }
+        let failure = self.failed.fetch_add(1, SeqCst) + 1;
+        if self.fatal.load(SeqCst) {
+            return Some((Lost::Request, StoreError::UnknownBatch(FATAL_BATCH)));
+        }
+        let reply_every = self.reply_every.load(SeqCst);
+        let lost = if reply_every > 0 && failure.is_multiple_of(reply_every) {
+            Lost::Reply
+        } else {
+            Lost::Request
+        };
+        let message = match lost {
+            Lost::Request => "injected: database is locked",
+            Lost::Reply => "injected: connection lost before the reply",
+        };
+        Some((
+            lost,
+            StoreError::Backend(Box::new(io::Error::other(message))),
+        ))
+    }
+}
+
+/// The batch named by injected fatal errors.
+const FATAL_BATCH: BatchId = BatchId(-1);
+
+/// Runs `op` unless `faults` fail it: before it reaches the store (which is
+/// left untouched), or after the store applied it.
+async fn faulty<T, F>(faults: &Faults, op: impl FnOnce() -> F) -> Result<T, StoreError>
+where
+    F: Future<Output = Result<T, StoreError>>,
+{
+    match faults.decide() {
+        None => op().await,
+        Some((Lost::Request, error)) => Err(error),
+        Some((Lost::Reply, error)) => {
+            op().await?;
+            Err(error)
+        }
+    }
+}
+
+impl<S: Store> Store for FlakyStore<S> {
+    type Payload = S::Payload;
+    type Output = S::Output;
+
+    async fn worker_register(
+        &self,
+        host: &str,
+        pid: u32,
+        now: Timestamp,
+    ) -> Result<WorkerId, StoreError> {
+        self.inner.worker_register(host, pid, now).await
+    }
+
+    async fn batch_insert(
+        &self,
+        spec: BatchSpec<S::Payload>,
+        now: Timestamp,
+    ) -> Result<Inserted, StoreError> {
+        self.inner.batch_insert(spec, now).await
+    }
+
+    async fn task_append(
+        &self,
+        batch: BatchId,
+        tasks: Vec<TaskSpec<S::Payload>>,
+        now: Timestamp,
+    ) -> Result<Appended, StoreError> {
+        self.inner.task_append(batch, tasks, now).await
+    }
+
+    async fn batch_seal(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
+        self.inner.batch_seal(batch, now).await
+    }
+
+    async fn task_claim(
+        &self,
+        request: ClaimRequest,
+        now: Timestamp,
+    ) -> Result<Claim<S::Payload, S::Output>, StoreError> {
+        faulty(&self.plan.claim, || self.inner.task_claim(request, now)).await
+    }
+
+    async fn lease_renew(
+        &self,
+        worker: WorkerId,
+        running: Vec<Fence>,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Renewal, StoreError> {
+        faulty(&self.plan.renew, || {
+            self.inner.lease_renew(worker, running, lease_until, now)
+        })
+        .await
+    }
+
+    async fn task_complete(
+        &self,
+        worker: WorkerId,
+        completions: Vec<Completion<S::Output>>,
+        now: Timestamp,
+    ) -> Result<Applied, StoreError> {
+        let Some((lost, error)) = self.plan.complete.decide() else {
+            return self.inner.task_complete(worker, completions, now).await;
+        };
+        let fences: Vec<Fence> = completions.iter().map(|c| c.fence).collect();
+        let lost_fences: Vec<Fence> = match lost {
+            Lost::Request => fences,
+            Lost::Reply => {
+                let applied = self.inner.task_complete(worker, completions, now).await?;
+                fences
+                    .into_iter()
+                    .zip(&applied.results)
+                    .filter(|(_, result)| result.is_ok())
+                    .map(|(fence, _)| fence)
+                    .collect()
+            }
+        };
+        let mut lost_reports = self.plan.lost_reports.lock().unwrap();
+        lost_reports.extend(lost_fences.into_iter().map(|fence| (fence, lost)));
+        Err(error)
+    }
+
+    async fn task_cancel(
+        &self,
+        task: TaskId,
+        mode: CancelMode,
+        now: Timestamp,
+    ) -> Result<Events, StoreError> {
+        self.inner.task_cancel(task, mode, now).await
+    }
+
+    async fn batch_cancel(
+        &self,
+        batch: BatchId,
+        mode: CancelMode,
+        now: Timestamp,
+    ) -> Result<Events, StoreError> {
+        self.inner.batch_cancel(batch, mode, now).await
+    }
+
+    async fn batch_pause(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
+        self.inner.batch_pause(batch, now).await
+    }
+
+    async fn batch_resume(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
+        self.inner.batch_resume(batch, now).await
+    }
+
+    async fn batch_rerun(
+        &self,
+        batch: BatchId,
+        downstream: bool,
+        now: Timestamp,
+    ) -> Result<Rerun, StoreError> {
+        self.inner.batch_rerun(batch, downstream, now).await
+    }
+
+    async fn task_rescue(&self, now: Timestamp) -> Result<Events, StoreError> {
+        faulty(&self.plan.rescue, || self.inner.task_rescue(now)).await
+    }
+
+    async fn batch_expire(&self, now: Timestamp) -> Result<Events, StoreError> {
+        self.inner.batch_expire(now).await
+    }
+
+    async fn batch_get(&self, batch: BatchId) -> Result<BatchInfo, StoreError> {
+        self.inner.batch_get(batch).await
+    }
+
+    async fn batch_stats(&self, batch: BatchId, now: Timestamp) -> Result<BatchStats, StoreError> {
+        self.inner.batch_stats(batch, now).await
+    }
+
+    async fn task_get(&self, task: TaskId) -> Result<TaskInfo, StoreError> {
+        self.inner.task_get(task).await
+    }
+
+    fn events(&self) -> broadcast::Receiver<Events> {
+        self.inner.events()
+    }
+
+    fn signals(&self) -> &Signals {
+        self.inner.signals()
+    }
+
+    fn retains_finished_tasks(&self) -> bool {
+        self.inner.retains_finished_tasks()
+    }
+}
+
+/// Succeeds after the time `work` gives for the task's index (at its first
+/// poll for zero), and records every start and every end delivered to it.
+/// Each report carries the task's index, to check that deliveries match.
+struct Tally {
+    work: fn(u64) -> Duration,
+    starts: Mutex<HashMap<TaskId, u32>>,
+    /// Per task: the ends delivered.
+    ends: Mutex<HashMap<TaskId, Vec<Delivered>>>,
+}
+
+/// An end delivered, with the index its attempt's report carried (`None`:
+/// delivered without a report, as ends the worker did not report are).
+type Delivered = (TaskEnd, Option<u64>);
+
+impl Tally {
+    fn starts(&self, task: TaskId) -> u32 {
+        self.starts.lock().unwrap().get(&task).copied().unwrap_or(0)
+    }
+
+    fn started(&self) -> usize {
+        self.starts.lock().unwrap().len()
+    }
+
+    fn ends(&self, task: TaskId) -> Vec<Delivered> {
+        self.ends
+            .lock()
+            .unwrap()
+            .get(&task)
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+impl<S: Store<Payload = String, Output = String>> Runner<S> for Tally {
+    fn start(
+        &self,
+        task: ClaimedTask<String, String>,
+        _cancel: Cancellation,
+    ) -> BoxFuture<'static, AttemptReport<String>> {
+        *self.starts.lock().unwrap().entry(task.id).or_default() += 1;
+        let (index, work) = (task.index, (self.work)(task.index));
+        Box::pin(async move {
+            if !work.is_zero() {
+                tokio::time::sleep(work).await;
+            }
+            AttemptReport {
+                delivery: Some(Box::new(index)),
+                ..AttemptReport::succeeded()
+            }
+        })
+    }
+
+    fn deliver(&self, end: TaskEnd, delivery: Option<Box<dyn Any + Send>>) {
+        let index = delivery.map(|d| *d.downcast::<u64>().expect("reports carry their index"));
+        let mut ends = self.ends.lock().unwrap();
+        ends.entry(end.task).or_default().push((end, index));
+    }
+}
+
+/// A flaky memory store, its plan, a runner for [`FLOW`] and the slots of
+/// the worker.
+struct Harness {
+    store: Arc<Flaky>,
+    plan: Arc<Plan>,
+    tally: Arc<Tally>,
+    router: Arc<Router<Flaky>>,
+    clock: Arc<dyn Clock>,
+    pool: Arc<SlotPool>,
+}
+
+impl Harness {
+    async fn new(work: fn(u64) -> Duration) -> Self {
+        let plan = Arc::new(Plan::default());
+        let store = Arc::new(FlakyStore {
+            inner: MemoryStore::retaining(),
+            plan: plan.clone(),
+        });
+        let tally = Arc::new(Tally {
+            work,
+            starts: Mutex::default(),
+            ends: Mutex::default(),
+        });
+        let router = Arc::new(Router::new());
+        router.lock().await.add_flow(Arc::from(FLOW), tally.clone());
+        Harness {
+            store,
+            plan,
+            tally,
+            router,
+            clock: Arc::new(TokioClock::new()),
+            pool: Arc::new(SlotPool::new(SLOTS, 1)),
+        }
+    }
+
+    /// Stores a batch of `tasks` tasks, its ends delivered to the tally.
+    async fn submit(&self, tasks: u64) -> Inserted {
+        let mut spec = BatchSpec::new(FLOW);
+        spec.concurrency = SLOTS;
+        // A report may be lost more than once; each loss costs the task one
+        // of these.
+        spec.policy.retry.max_lost = 10;
+        spec.tasks = (0..tasks).map(|i| TaskSpec::new(i.to_string())).collect();
+        let mut routes = self.router.lock().await;
+        let inserted = self
+            .store
+            .batch_insert(spec, self.clock.now())
+            .await
+            .unwrap();
+        routes.bind(inserted.batch, self.tally.clone());
+        inserted
+    }
+
+    fn spawn(&self) -> WorkerHandle {
+        spawn_worker(
+            self.store.clone(),
+            self.router.clone(),
+            self.clock.clone(),
+            WorkerConfig {
+                slots: SLOTS,
+                lease: LEASE,
+                heartbeat: HEARTBEAT,
+                pool: Some(self.pool.clone()),
+                ..WorkerConfig::default()
+            },
+        )
+    }
+
+    /// Waits for `batch` to end, checking all along that the worker lives.
+    async fn finished(&self, batch: BatchId, worker: &WorkerHandle) -> BatchInfo {
+        let within = Duration::from_secs(120);
+        let info = self.settled(batch, worker, within).await;
+        assert!(
+            info.state.is_terminal(),
+            "the batch ends within {within:?} (paused): {info:?}"
+        );
+        info
+    }
+
+    /// The batch once it has ended, or after `within`, whichever comes first;
+    /// checks all along that the worker lives.
+    async fn settled(&self, batch: BatchId, worker: &WorkerHandle, within: Duration) -> BatchInfo {
+        let give_up = Instant::now() + within;
+        loop {
+            let info = self.store.batch_get(batch).await.unwrap();
+            if info.state.is_terminal() || Instant::now() >= give_up {
+                return info;
+            }
+            assert!(
+                !worker.is_finished(),
+                "the worker ended while work remained: {info:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Asserts that every slot is back in the pool: none leaked.
+    fn assert_slots_free(&self) {
+        assert!(
+            self.pool.take_exactly(SLOTS),
+            "all {SLOTS} slots are free once the worker is idle"
+        );
+        self.pool.untake(SLOTS);
+    }
+}
+
+/// Waits until `done` holds, polling every millisecond of paused time.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting until {what}"));
+}
+
+// ---------------------------------------------------------------------------
+// Store failures: the tests.
+// ---------------------------------------------------------------------------
+
+/// Claims and completions fail now and then, completions in both ways (the
+/// store untouched, or the commit made and the reply lost): the worker rides
+/// it all out, every task succeeds once, reports that never reached the store
+/// are made good by the rescuer, and no slot leaks.
+#[tokio::test(start_paused = true)]
+async fn backend_failures_of_claims_and_completions_are_waited_out() {
+    // Every third task ends at its first poll; the others take 10–40 ms.
+    let h = Harness::new(|index| match index % 3 {
+        0 => Duration::ZERO,
+        _ => Duration::from_millis(10 * (1 + index % 4)),
+    })
+    .await;
+    h.plan.claim.fail_next(3);
+    h.plan.complete.fail_every(4).lose_reply_every(2);
+    let mut events = h.store.events();
+    let inserted = h.submit(50).await;
+    let worker = h.spawn();
+
+    let info = h.finished(inserted.batch, &worker).await;
+    assert_eq!(info.state, BatchState::Succeeded, "{info:?}");
+    assert_eq!(info.counts.succeeded, 50, "{info:?}");
+
+    // The plan did what it says, so that the rest means something.
+    assert_eq!(h.plan.claim.failed(), 3);
+    let lost_reports = h.plan.lost_reports.lock().unwrap().clone();
+    for kind in [Lost::Request, Lost::Reply] {
+        assert!(
+            lost_reports.iter().any(|(_, lost)| *lost == kind),
+            "some reports were lost so: {kind:?} (lost: {lost_reports:?})"
+        );
+    }
+
+    // In the store's view, every task succeeded, once.
+    let mut succeeded: HashMap<TaskId, u32> = HashMap::new();
+    while let Ok(batch) = events.try_recv() {
+        for event in batch.iter() {
+            if let Some((task, TaskState::Succeeded, _)) = event.task_transition() {
+                *succeeded.entry(task).or_default() += 1;
+            }
+        }
+    }
+    for &task in &inserted.tasks {
+        assert_eq!(succeeded.get(&task), Some(&1), "task {task} succeeded once");
+    }
+
+    let reply_lost = |task: TaskId| {
+        lost_reports
+            .iter()
+            .any(|(fence, lost)| fence.task == task && *lost == Lost::Reply)
+    };
+    for (index, &task) in inserted.tasks.iter().enumerate() {
+        let info = h.store.task_get(task).await.unwrap();
+        assert_eq!(info.state, TaskState::Succeeded, "{info:?}");
+        for (fence, lost) in lost_reports.iter().filter(|(f, _)| f.task == task) {
+            match lost {
+                // Left running in the store, rescued at its lease's end and
+                // run again.
+                Lost::Request => assert!(
+                    info.lost >= 1 && info.attempt > fence.attempt,
+                    "task {task}, its report of attempt {} refused, was rescued: {info:?}",
+                    fence.attempt
+                ),
+                // Committed: the task ended with that attempt.
+                Lost::Reply => assert_eq!(info.attempt, fence.attempt, "{info:?}"),
+            }
+        }
+        assert_eq!(
+            h.tally.starts(task),
+            info.attempt.0,
+            "task {task} started once per attempt"
+        );
+        let ends = h.tally.ends(task);
+        if reply_lost(task) {
+            // Its report is committed with no one to deliver it; see
+            // `every_task_is_delivered_once_though_a_completion_reply_is_lost`.
+            assert!(
+                ends.len() <= 1,
+                "task {task} delivered at most once: {ends:?}"
+            );
+            continue;
+        }
+        assert_eq!(ends.len(), 1, "task {task} delivered once: {ends:?}");
+        let (end, carried) = &ends[0];
+        assert_eq!(
+            (end.state, end.index, end.attempt, *carried),
+            (
+                TaskState::Succeeded,
+                index as u64,
+                info.attempt,
+                Some(index as u64)
+            ),
+            "task {task}'s end comes with its own attempt's report"
+        );
+    }
+
+    // Settled: no attempt holds a slot, and no failed claim kept one.
+    tokio::time::sleep(HEARTBEAT).await;
+    h.assert_slots_free();
+    assert!(!worker.is_finished());
+    h.plan.heal();
+    worker.shutdown().await.unwrap();
+}
+
+/// Renewals and rescues fail now and then as well as claims and completions:
+/// the batch still succeeds, and the worker lives on.
+#[tokio::test(start_paused = true)]
+async fn backend_failures_of_every_worker_operation_are_waited_out() {
+    let h = Harness::new(|index| Duration::from_millis(50 * (index % 5))).await;
+    h.plan.claim.fail_every(3);
+    h.plan.complete.fail_every(3).lose_reply_every(2);
+    h.plan.renew.fail_every(3);
+    h.plan.rescue.fail_every(2);
+    let inserted = h.submit(50).await;
+    let worker = h.spawn();
+
+    let info = h.finished(inserted.batch, &worker).await;
+    assert_eq!(info.state, BatchState::Succeeded, "{info:?}");
+    assert_eq!(info.counts.succeeded, 50, "{info:?}");
+    for faults in [
+        &h.plan.claim,
+        &h.plan.complete,
+        &h.plan.renew,
+        &h.plan.rescue,
+    ] {
+        assert!(faults.failed() > 0, "every kind of operation failed");
+    }
+    tokio::time::sleep(HEARTBEAT).await;
+    h.assert_slots_free();
+    // A failure while stopping would end the worker with it.
+    h.plan.heal();
+    worker.shutdown().await.unwrap();
+}
+
+/// Runs one test body per store operation, as `fn(&Plan) -> &Faults`.
+macro_rules! per_operation {
+    ($body:ident: $($name:ident => $faults:ident),* $(,)?) => {
+        $(
+            #[tokio::test(start_paused = true)]
+            async fn $name() {
+                $body(|plan| &plan.$faults).await;
+            }
+        )*
+    };
+}
+
+/// An error that is not the backend's ends the worker at once, without a
+/// retry, and `shutdown` returns it.
+async fn a_fatal_error_ends_the_worker(faults: fn(&Plan) -> &Faults) {
+    // Long enough to be renewed, so that every operation comes up.
+    let h = Harness::new(|_| Duration::from_secs(1)).await;
+    faults(&h.plan).fatal().fail_next(1);
+    h.submit(2).await;
+    let worker = h.spawn();
+
+    until("the worker ends on its own", || worker.is_finished()).await;
+    assert_eq!(faults(&h.plan).calls(), 1, "a fatal error is not retried");
+    match worker.shutdown().await {
+        Err(StoreError::UnknownBatch(FATAL_BATCH)) => {}
+        other => panic!("shutdown returns the fatal error, not {other:?}"),
+    }
+}
+
+mod fatal_error_ends_the_worker {
+    use super::*;
+
+    per_operation!(a_fatal_error_ends_the_worker:
+        from_claim => claim,
+        from_complete => complete,
+        from_renew => renew,
+        from_rescue => rescue,
+    );
+}
+
+/// Claims fail forever: the worker backs off rather than spin, and it still
+/// stops when asked, at once: the stop cuts the backoff short, and a worker
+/// that is stopping claims nothing more.
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_while_claims_fail_forever() {
+    let h = Harness::new(|_| Duration::ZERO).await;
+    h.plan.claim.fail_next(FOREVER);
+    let inserted = h.submit(2).await;
+    let worker = h.spawn();
+
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert!(
+        !worker.is_finished(),
+        "backend failures do not end the worker"
+    );
+    // 50 ms doubling to 5 s: 12 tries in the first 30 s; a loop without
+    // backoff would make thousands.
+    let claims = h.plan.claim.calls();
+    assert!((8..=16).contains(&claims), "{claims} claims in 30 s");
+
+    let asked = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(60), worker.shutdown())
+        .await
+        .expect("shutdown returns");
+    assert!(ended.is_ok(), "nothing failed once stopping: {ended:?}");
+    assert_eq!(asked.elapsed(), Duration::ZERO, "the backoff is cut short");
+    assert_eq!(h.plan.claim.calls(), claims, "no claim after the stop");
+    for &task in &inserted.tasks {
+        let info = h.store.task_get(task).await.unwrap();
+        assert_eq!((info.state, info.attempt.0), (TaskState::Queued, 0));
+    }
+    assert_eq!(h.tally.started(), 0);
+    h.assert_slots_free();
+}
+
+/// While claims fail, the attempts already running go on, are reported and
+/// delivered, and keep their leases.
+async fn running_attempts_outlive_a_claim_outage(rival_rescuer: bool) {
+    let h = Harness::new(|_| Duration::from_secs(2)).await;
+    // Fewer tasks than slots: the worker goes on claiming.
+    let inserted = h.submit(2).await;
+    let worker = h.spawn();
+    until("both tasks run", || h.tally.started() == 2).await;
+    h.plan.claim.fail_next(FOREVER);
+
+    let rival = rival_rescuer.then(|| {
+        // Another worker of the same store, as alive as this one: it rescues
+        // leases that were not renewed in time.
+        let (store, clock) = (h.store.clone(), h.clock.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                store.task_rescue(clock.now()).await.unwrap();
+            }
+        })
+    });
+    // The attempts take 2 s; their reports wait out one backoff at most.
+    let info = h
+        .settled(inserted.batch, &worker, Duration::from_secs(10))
+        .await;
+    if let Some(rival) = rival {
+        rival.abort();
+    }
+    assert!(h.plan.claim.failed() > 0, "claims failed meanwhile");
+    for &task in &inserted.tasks {
+        let info = h.store.task_get(task).await.unwrap();
+        assert_eq!(
+            (info.attempt.0, info.lost),
+            (1, 0),
+            "task {task} was not rescued from under its worker: {info:?}"
+        );
+        assert_eq!(h.tally.starts(task), 1);
+        assert_eq!(h.tally.ends(task).len(), 1);
+    }
+    assert_eq!(info.state, BatchState::Succeeded, "{info:?}");
+    assert!(!worker.is_finished());
+    h.plan.heal();
+    worker.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_attempts_outlive_a_claim_outage_alone() {
+    running_attempts_outlive_a_claim_outage(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn running_attempts_outlive_a_claim_outage_beside_a_rescuer() {
+    running_attempts_outlive_a_claim_outage(true).await;
+}
+
+/// Asked to stop while it waits out a failure, the worker claims nothing
+/// more: `shutdown` "stops claiming".
+#[tokio::test(start_paused = true)]
+async fn a_worker_asked_to_stop_during_a_backoff_starts_nothing() {
+    let h = Harness::new(|_| Duration::from_secs(1)).await;
+    h.plan.claim.fail_next(1);
+    h.submit(2).await;
+    let worker = h.spawn();
+    until("a claim failed", || h.plan.claim.failed() == 1).await;
+
+    worker.shutdown().await.unwrap();
+    assert_eq!(h.plan.claim.calls(), 1, "no claim after the stop");
+    assert_eq!(h.tally.started(), 0, "nothing starts after the stop");
+}
+
+/// Failures far apart, with successes between them, each wait the first
+/// backoff (50 ms): the backoff counts consecutive failures only, even while
+/// the worker is too busy to idle.
+#[tokio::test(start_paused = true)]
+async fn isolated_failures_each_wait_the_first_backoff() {
+    // Attempts that end at their first poll keep the loop busy.
+    let h = Harness::new(|_| Duration::ZERO).await;
+    // Committed, the reply lost: nothing waits on a lease.
+    h.plan.complete.fail_every(4).lose_reply_every(1);
+    let inserted = h.submit(200).await;
+    let started = Instant::now();
+    let worker = h.spawn();
+
+    let info = h.finished(inserted.batch, &worker).await;
+    assert_eq!(info.state, BatchState::Succeeded, "{info:?}");
+    let failed = h.plan.complete.failed();
+    assert!(failed >= 10, "{failed} completions failed");
+    // 50 ms each, and as much again for the heartbeats between.
+    let bound = Duration::from_millis(100) * failed;
+    assert!(
+        started.elapsed() <= bound,
+        "{failed} isolated failures took {:?} (at most {bound:?})",
+        started.elapsed()
+    );
+    h.plan.heal();
     worker.shutdown().await.unwrap();
 }

@@ -40,6 +40,7 @@ pub(crate) struct TaskRow {
     pub reason: Option<Reason>,
     pub message: Option<String>,
     pub attempt: Attempt,
+    pub first_attempt: Attempt,
     pub lost: u32,
     pub worker: Option<WorkerId>,
     pub lease_until: Option<Timestamp>,
@@ -155,6 +156,7 @@ pub(crate) struct TaskWrite<'a> {
     pub r: Option<String>,
     pub m: Option<&'a str>,
     pub a: u32,
+    pub fa: u32,
     pub l: u32,
     pub w: Option<i64>,
     pub lu: Option<i64>,
@@ -291,6 +293,16 @@ pub(crate) trait Tx: Send {
     fn tasks_get(&mut self, ids: &[TaskId]) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
     /// The batch's tasks that have not finished.
     fn tasks_live(&mut self, batch: BatchId) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
+    /// Every task of a batch, in batch order.
+    fn tasks_of_batch(
+        &mut self,
+        batch: BatchId,
+    ) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
+    /// Every dependency of a batch: (task, upstream).
+    fn deps_of_batch(
+        &mut self,
+        batch: BatchId,
+    ) -> impl Future<Output = Result<Vec<(TaskId, TaskId)>>> + Send;
     /// (upstream, dependent) for the pending dependents of these tasks.
     fn tasks_dependents(
         &mut self,
@@ -557,6 +569,81 @@ impl Work {
                 reason,
             },
         );
+    }
+
+    /// Reopens a finished batch for a rerun: its error policy and deadline
+    /// no longer stop it.
+    pub fn reopen_batch(&mut self, id: BatchId) -> Result<()> {
+        let b = self.batch_mut(id)?;
+        let from = b.state;
+        let to = if b.started_at.is_some() {
+            BatchState::Running
+        } else {
+            BatchState::Queued
+        };
+        debug_assert!(from.can_reopen_to(to), "{from} -> {to}");
+        b.state = to;
+        b.cancelled = false;
+        b.failed_by_policy = false;
+        b.stopped = None;
+        b.paused = false;
+        b.deadline = None;
+        b.finished_at = None;
+        if b.policy.deadline.is_some() {
+            b.policy = Arc::new(BatchPolicy {
+                deadline: None,
+                ..(*b.policy).clone()
+            });
+        }
+        self.emit(
+            id,
+            EventKind::Batch {
+                from: Some(from),
+                to,
+            },
+        );
+        Ok(())
+    }
+
+    /// Starts a finished task over for a rerun, waiting for `waiting` rerun
+    /// upstream tasks, with a fresh retry budget.
+    pub fn restart_task(&mut self, id: TaskId, waiting: u32) {
+        let t = self.task_mut(id);
+        let from = t.state;
+        let to = if waiting > 0 {
+            TaskState::Pending
+        } else {
+            TaskState::Queued
+        };
+        debug_assert!(from.can_rerun_to(to), "{from} -> {to}");
+        t.state = to;
+        t.reason = None;
+        t.message = None;
+        t.cancel = None;
+        t.lost = 0;
+        t.first_attempt = t.attempt.next();
+        t.deps_left = waiting;
+        t.run_at = None;
+        t.worker = None;
+        t.lease_until = None;
+        let (batch, index, attempt) = (t.batch, t.index, t.attempt);
+        if let Ok(b) = self.batch_mut(batch) {
+            b.counts.shift(Some(from), to);
+        }
+        self.emit(
+            batch,
+            EventKind::Task {
+                task: id,
+                index,
+                attempt,
+                from: Some(from),
+                to,
+                reason: None,
+            },
+        );
+        if to == TaskState::Queued {
+            self.enqueue(id);
+        }
     }
 
     /// Puts a queued task at the back of its batch's queue.
@@ -866,6 +953,7 @@ impl Work {
                         r: t.reason.map(|r| r.to_string()),
                         m: t.message.as_deref(),
                         a: t.attempt.0,
+                        fa: t.first_attempt.0,
                         l: t.lost,
                         w: t.worker.map(|w| w.0),
                         lu: t.lease_until.map(|at| at.0),

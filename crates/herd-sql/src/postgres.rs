@@ -277,10 +277,10 @@ mod sql {
     /// Writes back the mutable columns of changed task rows.
     pub(super) const TASKS_WRITE: &str = "\
         UPDATE tasks AS t SET state = j.s, reason = j.r, message = j.m, attempt = j.a, \
-        lost = j.l, worker_id = j.w, lease_until = j.lu, cancel_mode = j.cm, \
+        first_attempt = j.fa, lost = j.l, worker_id = j.w, lease_until = j.lu, cancel_mode = j.cm, \
         cancel_reason = j.cr, run_at = j.ra, ready_seq = j.rs, deps_left = j.d \
         FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, s text, r text, m text, a bigint, \
-        l bigint, w bigint, lu bigint, cm text, cr text, ra bigint, rs bigint, d bigint) \
+        fa bigint, l bigint, w bigint, lu bigint, cm text, cr text, ra bigint, rs bigint, d bigint) \
         WHERE t.id = j.id";
 
     /// Closes attempts: by primary key, never by scanning a worker's attempts.
@@ -435,7 +435,7 @@ impl Tx for PgTx {
              next_index = $10, next_ready = $11, n_pending = $12, n_queued = $13, \
              n_running = $14, n_retry_wait = $15, n_succeeded = $16, n_failed = $17, \
              n_cancelled = $18, n_skipped = $19, retries = $20, durations = $21, \
-             started_at = $22, finished_at = $23 WHERE id = $24",
+             started_at = $22, finished_at = $23, policy = $24 WHERE id = $25",
         )
         .bind(b.state.as_str())
         .bind(b.deadline.map(|d| d.0))
@@ -460,6 +460,7 @@ impl Tx for PgTx {
         .bind(b.durations.as_deref())
         .bind(b.started_at.map(|t| t.0))
         .bind(b.finished_at.map(|t| t.0))
+        .bind(json(&*b.policy)?)
         .bind(b.id.0)
         .execute(&mut *self.tx)
         .await
@@ -579,6 +580,32 @@ impl Tx for PgTx {
         .await
         .map_err(backend)?;
         rows.iter().map(task_row).collect()
+    }
+
+    async fn tasks_of_batch(&mut self, batch: BatchId) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = $1 ORDER BY t.idx"
+        ))
+        .bind(batch.0)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(task_row).collect()
+    }
+
+    async fn deps_of_batch(&mut self, batch: BatchId) -> Result<Vec<(TaskId, TaskId)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT d.task_id, d.upstream_id FROM task_deps d \
+             JOIN tasks t ON t.id = d.task_id WHERE t.batch_id = $1",
+        )
+        .bind(batch.0)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, u)| (TaskId(t), TaskId(u)))
+            .collect())
     }
 
     async fn tasks_dependents(&mut self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskRow)>> {

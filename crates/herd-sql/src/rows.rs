@@ -11,7 +11,7 @@ use crate::logic::{BatchRow, Result, TaskRow, backend, parse_cancel_mode, parse_
 
 /// The columns [`task_row`] reads, from `tasks` aliased `t`.
 pub(crate) const TASK_COLUMNS: &str = "t.id, t.batch_id, t.idx, t.key, t.priority, t.cost, \
-     t.state, t.reason, t.message, t.attempt, t.lost, t.worker_id, t.lease_until, \
+     t.state, t.reason, t.message, t.attempt, t.first_attempt, t.lost, t.worker_id, t.lease_until, \
      t.cancel_mode, t.cancel_reason, t.run_at, t.ready_seq, t.deps_left, t.rule, t.n_dependents";
 
 /// The columns [`batch_row`] reads.
@@ -121,6 +121,7 @@ pub(crate) fn task_row(r: &impl SqlRow) -> Result<TaskRow> {
         reason: r.opt_parsed("reason")?,
         message: r.opt_text("message")?,
         attempt: Attempt(r.unsigned("attempt")?),
+        first_attempt: Attempt(r.unsigned("first_attempt")?),
         lost: r.unsigned("lost")?,
         worker: r.opt_int("worker_id")?.map(WorkerId),
         lease_until: r.opt_int("lease_until")?.map(Timestamp),

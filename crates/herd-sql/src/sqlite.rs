@@ -407,7 +407,8 @@ impl Tx for SqliteTx {
              cancelled = ?, failed_by_policy = ?, running_cost = ?, last_served = ?, \
              next_index = ?, next_ready = ?, n_pending = ?, n_queued = ?, n_running = ?, \
              n_retry_wait = ?, n_succeeded = ?, n_failed = ?, n_cancelled = ?, n_skipped = ?, \
-             retries = ?, durations = ?, started_at = ?, finished_at = ? WHERE id = ?",
+             retries = ?, durations = ?, started_at = ?, finished_at = ?, policy = ? \
+             WHERE id = ?",
         )
         .bind(b.state.as_str())
         .bind(b.deadline.map(|d| d.0))
@@ -432,6 +433,7 @@ impl Tx for SqliteTx {
         .bind(b.durations.as_deref())
         .bind(b.started_at.map(|t| t.0))
         .bind(b.finished_at.map(|t| t.0))
+        .bind(json(&*b.policy)?)
         .bind(b.id.0)
         .execute(&mut *self.tx)
         .await
@@ -551,6 +553,32 @@ impl Tx for SqliteTx {
         rows.iter().map(task_row).collect()
     }
 
+    async fn tasks_of_batch(&mut self, batch: BatchId) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = ? ORDER BY t.idx"
+        ))
+        .bind(batch.0)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(task_row).collect()
+    }
+
+    async fn deps_of_batch(&mut self, batch: BatchId) -> Result<Vec<(TaskId, TaskId)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT d.task_id, d.upstream_id FROM task_deps d \
+             JOIN tasks t ON t.id = d.task_id WHERE t.batch_id = ?",
+        )
+        .bind(batch.0)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, u)| (TaskId(t), TaskId(u)))
+            .collect())
+    }
+
     async fn tasks_dependents(&mut self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskRow)>> {
         let rows = sqlx::query(&format!(
             "SELECT d.upstream_id AS upstream, {TASK_COLUMNS} FROM task_deps d \
@@ -615,7 +643,8 @@ impl Tx for SqliteTx {
     async fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> Result<()> {
         self.run(
             "UPDATE tasks SET state = j.value->>'s', reason = j.value->>'r', \
-             message = j.value->>'m', attempt = j.value->>'a', lost = j.value->>'l', \
+             message = j.value->>'m', attempt = j.value->>'a', \
+             first_attempt = j.value->>'fa', lost = j.value->>'l', \
              worker_id = j.value->>'w', lease_until = j.value->>'lu', \
              cancel_mode = j.value->>'cm', cancel_reason = j.value->>'cr', \
              run_at = j.value->>'ra', ready_seq = j.value->>'rs', deps_left = j.value->>'d' \

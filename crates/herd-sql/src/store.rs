@@ -1,6 +1,6 @@
 //! [`SqlStore`]: the [`Store`] contract over a SQL dialect.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -9,12 +9,12 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use herd_core::model::{
-    BatchId, BatchSpec, BatchState, BatchStats, StateCounts, SubmitError, TaskId, TaskSpec,
-    TaskState, Timestamp, WorkerId,
+    BatchId, BatchSpec, BatchState, BatchStats, FinishedTask, StateCounts, SubmitError, TaskId,
+    TaskSpec, TaskState, Timestamp, WorkerId, rerun_selection,
 };
 use herd_core::store::{
     Appended, Applied, AttemptOutcome, BatchInfo, CancelMode, CancelRequest, Claim, ClaimRequest,
-    ClaimedTask, Completion, Events, Inserted, Renewal, Signals, Stale, Store, StoreError,
+    ClaimedTask, Completion, Events, Inserted, Renewal, Rerun, Signals, Stale, Store, StoreError,
     TaskInfo, Upstream,
 };
 
@@ -422,6 +422,7 @@ where
                     index: t.index,
                     key: t.key.clone(),
                     attempt: t.attempt,
+                    first_attempt: t.first_attempt,
                     lost: t.lost,
                     cost: t.cost,
                     priority: t.priority,
@@ -651,6 +652,57 @@ where
             work.set_batch_state(batch, to);
         }
         self.finish_op(tx, work).await
+    }
+
+    async fn batch_rerun(&self, batch: BatchId, downstream: bool, now: Timestamp) -> Result<Rerun> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        work.lock(&mut tx, &[batch]).await?;
+        if !work.batch(batch)?.state.is_terminal() {
+            return Err(StoreError::Unfinished(batch));
+        }
+        let rows = tx.tasks_of_batch(batch).await?;
+        let position: HashMap<TaskId, usize> =
+            rows.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
+        let mut upstream: Vec<Vec<usize>> = vec![Vec::new(); rows.len()];
+        for (task, up) in tx.deps_of_batch(batch).await? {
+            if let (Some(&t), Some(&u)) = (position.get(&task), position.get(&up)) {
+                upstream[t].push(u);
+            }
+        }
+        let finished: Vec<FinishedTask> = rows
+            .iter()
+            .zip(&upstream)
+            .map(|(t, ups)| FinishedTask {
+                state: t.state,
+                reason: t.reason,
+                rule: t.rule,
+                upstream: ups.clone(),
+            })
+            .collect();
+        let selected = rerun_selection(&finished, downstream);
+        if !selected.contains(&true) {
+            return Ok(Rerun {
+                tasks: Vec::new(),
+                events: Arc::new(Vec::new()),
+            });
+        }
+        work.reopen_batch(batch)?;
+        let mut chosen = Vec::new();
+        for ((row, ups), chosen_here) in rows.into_iter().zip(&upstream).zip(&selected) {
+            if !chosen_here {
+                continue;
+            }
+            let waiting = ups.iter().filter(|&&u| selected[u]).count() as u32;
+            let id = work.adopt(row);
+            work.restart_task(id, waiting);
+            chosen.push(id);
+        }
+        let events = self.finish_op(tx, work).await?;
+        Ok(Rerun {
+            tasks: chosen,
+            events,
+        })
     }
 
     async fn task_rescue(&self, now: Timestamp) -> Result<Events> {

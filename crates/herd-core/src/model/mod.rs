@@ -8,6 +8,7 @@ mod event;
 mod ids;
 mod invalid;
 mod priority;
+mod rerun;
 mod retry;
 mod spec;
 mod state;
@@ -20,6 +21,7 @@ pub use event::{Event, EventKind};
 pub use ids::{Attempt, BatchId, TaskId, Timestamp, WorkerId};
 pub use invalid::InvalidField;
 pub use priority::{ParsePriorityError, Priority};
+pub use rerun::{FinishedTask, rerun_selection};
 pub use retry::{Backoff, ExitCodes, Failure, Jitter, RetryPolicy};
 pub use spec::{
     BatchPolicy, BatchSpec, DependencyRule, SubmitError, TaskSpec, find_cycle, shuffle_seeded,

@@ -82,6 +82,14 @@ impl TaskState {
         )
     }
 
+    /// Whether a rerun may send a task that ended in `self` back to `next`:
+    /// a task that did not succeed starts over, waiting or ready. Only
+    /// [`Store::batch_rerun`](crate::store::Store::batch_rerun) does this.
+    pub fn can_rerun_to(self, next: TaskState) -> bool {
+        use TaskState::*;
+        matches!(self, Failed | Cancelled | Skipped) && matches!(next, Pending | Queued)
+    }
+
     /// Whether `reason` may accompany a move into `self`.
     ///
     /// Terminal states other than `succeeded` always carry a reason;
@@ -270,6 +278,16 @@ impl BatchState {
             Paused => matches!(self, Queued | Running),
             Succeeded | Partial | Failed | Cancelled => true,
         }
+    }
+}
+
+impl BatchState {
+    /// Whether a rerun may reopen a batch that ended in `self` into `next`
+    /// (`running` if it had started, else `queued`). A batch that succeeded
+    /// has nothing to rerun.
+    pub fn can_reopen_to(self, next: BatchState) -> bool {
+        use BatchState::*;
+        matches!(self, Partial | Failed | Cancelled) && matches!(next, Queued | Running)
     }
 }
 

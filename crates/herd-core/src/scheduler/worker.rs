@@ -134,6 +134,8 @@ struct Worker<S: Store> {
 /// An attempt in flight at this worker.
 struct Running<S: Store> {
     attempt: Attempt,
+    /// The first attempt of the task's current run (see [`ClaimedTask::first_attempt`]).
+    first_attempt: Attempt,
     lost: u32,
     batch: BatchId,
     index: u64,
@@ -204,6 +206,56 @@ impl<O, F: Future<Output = Option<Done<O>>> + Send> Attempts<O> for FuturesUnord
     }
 }
 
+/// The kinds of store operation the loop makes, each with its own backoff.
+#[derive(Clone, Copy)]
+enum Op {
+    Report,
+    Heartbeat,
+    Expire,
+    Claim,
+}
+
+/// Consecutive failures of each kind of store operation (reset when one of
+/// that kind succeeds: another kind succeeding says little), and how long to
+/// wait after the next.
+#[derive(Default)]
+struct Failures {
+    count: [u32; 4],
+}
+
+impl Failures {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MAX: Duration = Duration::from_secs(5);
+
+    fn next_delay(&mut self, op: Op) -> Duration {
+        let count = &mut self.count[op as usize];
+        let delay = Self::FIRST
+            .saturating_mul(1 << (*count).min(10))
+            .min(Self::MAX);
+        *count += 1;
+        delay
+    }
+
+    fn reset(&mut self, op: Op) {
+        self.count[op as usize] = 0;
+    }
+}
+
+/// An error with its sources, on one line.
+struct DisplayChain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for DisplayChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(e) = source {
+            write!(f, ": {e}")?;
+            source = e.source();
+        }
+        Ok(())
+    }
+}
+
 /// Takes every attempt that has finished by now, without waiting.
 fn collect_finished<O>(attempts: &mut impl Attempts<O>, finished: &mut Vec<Done<O>>) {
     while let Some(Some(done)) = attempts.next().now_or_never() {
@@ -254,6 +306,28 @@ impl<S: Store> Worker<S> {
         let mut next_due: Option<Timestamp> = None;
         let mut stopping = false;
         let mut control = true;
+        let mut failures = Failures::default();
+        // A store operation that failed: wait (polling the attempts) and
+        // start the turn again; a failure that is not the backend's, or one
+        // during shutdown, ends the worker.
+        macro_rules! store_op {
+            ($kind:expr, $op:expr) => {
+                match $op {
+                    Ok(value) => {
+                        failures.reset($kind);
+                        value
+                    }
+                    Err(error) => {
+                        self.wait_out(error, failures.next_delay($kind), &mut attempts, &mut state)
+                            .await?;
+                        // Renew leases first thing: the wait may have been long.
+                        control = true;
+                        stopping |= self.stop.is_cancelled();
+                        continue;
+                    }
+                }
+            };
+        }
         loop {
             // With a store that answers at once (memory), nothing below ever
             // waits while there is work: spend tokio's cooperative budget
@@ -264,19 +338,25 @@ impl<S: Store> Worker<S> {
             // Finished attempts, and attempts that ended at the start (no
             // runner for their flow), are reported together.
             if !state.finished.is_empty() || !state.completions.is_empty() {
-                self.report(&mut state, &mut attempts).await?;
+                store_op!(Op::Report, self.report(&mut state, &mut attempts).await);
             }
 
             let now = Instant::now();
             if control || now >= next_heartbeat {
                 control = false;
                 next_heartbeat = now + self.config.heartbeat;
-                self.heartbeat(&mut state, &mut attempts).await?;
-                self.flush(&mut state, &mut attempts).await?;
+                store_op!(
+                    Op::Heartbeat,
+                    self.heartbeat(&mut state, &mut attempts).await
+                );
+                store_op!(Op::Report, self.flush(&mut state, &mut attempts).await);
             }
             if next_due.is_some_and(|due| due <= self.clock.now()) {
                 let op = store.batch_expire(self.clock.now());
-                let events = drive(&mut attempts, &mut state.finished, op).await?;
+                let events = store_op!(
+                    Op::Expire,
+                    drive(&mut attempts, &mut state.finished, op).await
+                );
                 self.router.route(&events, &[]).await;
                 next_due = None;
             }
@@ -299,7 +379,10 @@ impl<S: Store> Worker<S> {
                 let want = pool.take_up_to(room);
                 let mut claim = None;
                 if want > 0 {
-                    claim = Some(self.claim(&mut state, &mut attempts, want).await?);
+                    claim = Some(store_op!(
+                        Op::Claim,
+                        self.claim(&mut state, &mut attempts, want).await
+                    ));
                 }
                 // The next task costs more than the slots taken: take that
                 // many whole, if the pool has them, rather than skip it.
@@ -308,7 +391,10 @@ impl<S: Store> Worker<S> {
                     && let Some(cost) = c.blocked_by
                     && pool.take_exactly(cost)
                 {
-                    claim = Some(self.claim(&mut state, &mut attempts, cost).await?);
+                    claim = Some(store_op!(
+                        Op::Claim,
+                        self.claim(&mut state, &mut attempts, cost).await
+                    ));
                 }
                 if let Some(claim) = claim {
                     next_due = claim.next_due;
@@ -346,6 +432,43 @@ impl<S: Store> Worker<S> {
         }
     }
 
+    /// After a store operation failed: a backend failure (a busy database, a
+    /// lost connection) is waited out, with backoff, while the attempts keep
+    /// running; anything else, or any failure once the worker is stopping,
+    /// ends the worker.
+    async fn wait_out(
+        &self,
+        error: StoreError,
+        delay: Duration,
+        attempts: &mut impl Attempts<S::Output>,
+        state: &mut LoopState<S>,
+    ) -> Result<(), StoreError> {
+        if !matches!(error, StoreError::Backend(_)) || self.stop.is_cancelled() {
+            return Err(error);
+        }
+        // With attempts running, never longer than a heartbeat: their leases
+        // must be renewed in time, or they are rescued and run again.
+        let delay = if state.running.is_empty() {
+            delay
+        } else {
+            delay.min(self.config.heartbeat)
+        };
+        tracing::warn!(
+            worker = %state.id,
+            error = %DisplayChain(&error),
+            retry_in = ?delay,
+            "store operation failed; retrying"
+        );
+        let wait = async {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = self.stop.cancelled() => {}
+            }
+        };
+        drive(attempts, &mut state.finished, wait).await;
+        Ok(())
+    }
+
     /// Claims up to `slots` slots' worth of tasks; keeps the slots the tasks
     /// took and gives the rest back to the pool.
     async fn claim(
@@ -363,7 +486,13 @@ impl<S: Store> Worker<S> {
             },
             self.clock.now(),
         );
-        let claim = drive(attempts, &mut state.finished, op).await?;
+        let claim = match drive(attempts, &mut state.finished, op).await {
+            Ok(claim) => claim,
+            Err(error) => {
+                self.pool().untake(slots);
+                return Err(error);
+            }
+        };
         self.router.route(&claim.events, &[]).await;
         let used: u32 = claim.tasks.iter().map(|t| t.cost).sum();
         state.held += used;
@@ -446,6 +575,7 @@ impl<S: Store> Worker<S> {
         };
         let cancel = Cancellation::new();
         let (batch, index, cost, lost) = (task.batch, task.index, task.cost, task.lost);
+        let first_attempt = task.first_attempt;
         let policy = task.policy.clone();
         // The runner calls user code (a handler builds its future): a panic
         // there fails the attempt, like a panic inside the future, and does
@@ -457,6 +587,7 @@ impl<S: Store> Worker<S> {
             fence.task,
             Running {
                 attempt: fence.attempt,
+                first_attempt,
                 lost,
                 batch,
                 index,
@@ -660,7 +791,16 @@ impl<S: Store> Worker<S> {
         let op = self
             .store
             .task_complete(state.id, completions, self.clock.now());
-        let applied = drive(attempts, &mut state.finished, op).await?;
+        let applied = match drive(attempts, &mut state.finished, op).await {
+            Ok(applied) => applied,
+            Err(error) => {
+                // The reports are lost with the operation: their tasks stay
+                // running in the store until their leases expire and the
+                // rescuer requeues them (at-least-once, as with a dead worker).
+                state.deliveries.clear();
+                return Err(error);
+            }
+        };
         let mut delivered = Vec::with_capacity(ends.len());
         let mut last_runner: Option<Arc<dyn Runner<S>>> = None;
         for ((result, delivery), (fence, reason)) in applied
@@ -790,7 +930,8 @@ fn failed<S: Store>(
     now: Timestamp,
 ) -> AttemptOutcome<S::Output> {
     let retry = &run.policy.retry;
-    let attempt = run.attempt.0;
+    // Counted within the current run: a rerun starts with a fresh budget.
+    let attempt = run.attempt.0 - run.first_attempt.0.saturating_sub(1);
     let retry_at = retry
         .should_retry(attempt, run.lost, failure)
         .then(|| now.plus(retry.delay(attempt - run.lost.min(attempt), fastrand::f64())));

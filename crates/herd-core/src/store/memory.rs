@@ -22,6 +22,7 @@ use crate::model::{
     DurationHistogram, ErrorPolicy, Event, EventKind, OnFailure, Priority, Reason, StateCounts,
     TaskId, TaskSpec, TaskState, Timestamp, WorkerId, batch_outcome,
 };
+use crate::model::{FinishedTask, rerun_selection};
 
 use crate::util::IdMap;
 
@@ -219,6 +220,8 @@ struct TaskRec<P> {
     reason: Option<Reason>,
     message: Option<String>,
     attempt: Attempt,
+    /// The first attempt of the current run (after a rerun, the next one).
+    first_attempt: Attempt,
     lost: u32,
     worker: Option<WorkerId>,
     lease_until: Timestamp,
@@ -420,6 +423,7 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                 reason: None,
                 message: None,
                 attempt: Attempt(0),
+                first_attempt: Attempt(1),
                 lost: 0,
                 worker: None,
                 lease_until: Timestamp::EPOCH,
@@ -641,9 +645,13 @@ impl<P: Clone, O: Clone> Inner<P, O> {
             b.failed_by_policy,
             b.counts.succeeded == b.counts.total(),
         );
-        let kept = std::mem::take(&mut self.batches.get_mut(&batch).expect("exists").kept_outputs);
-        for task in kept {
-            self.outputs.remove(&task);
+        // A store that keeps finished tasks keeps their outputs too, for a
+        // rerun's tasks that depend on them.
+        if !self.retain {
+            let b = self.batches.get_mut(&batch).expect("exists");
+            for task in std::mem::take(&mut b.kept_outputs) {
+                self.outputs.remove(&task);
+            }
         }
         self.deadlines.retain(|(_, b)| *b != batch);
         self.ready_batches.retain(|b| *b != batch);
@@ -1005,6 +1013,7 @@ where
                 index: t.index,
                 key: t.key.clone(),
                 attempt: t.attempt,
+                first_attempt: t.first_attempt,
                 lost: t.lost,
                 cost: t.cost,
                 priority: t.priority,
@@ -1192,6 +1201,145 @@ where
             inner.set_batch_state(batch, to, now);
         }
         Ok(self.commit(inner))
+    }
+
+    async fn batch_rerun(
+        &self,
+        batch: BatchId,
+        downstream: bool,
+        now: Timestamp,
+    ) -> Result<Rerun, StoreError> {
+        let mut inner = self.lock();
+        if !inner.batch(batch)?.state.is_terminal() {
+            return Err(StoreError::Unfinished(batch));
+        }
+        if !self.retain {
+            return Err(StoreError::Forgotten(batch));
+        }
+        let mut ids: Vec<TaskId> = inner
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.batch == batch)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable_by_key(|id| inner.tasks[id].index);
+        let position: HashMap<TaskId, usize> =
+            ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        let finished: Vec<FinishedTask> = ids
+            .iter()
+            .map(|id| {
+                let t = &inner.tasks[id];
+                FinishedTask {
+                    state: t.state,
+                    reason: t.reason,
+                    rule: t.rule,
+                    upstream: t.upstream.iter().map(|u| position[u]).collect(),
+                }
+            })
+            .collect();
+        let selected = rerun_selection(&finished, downstream);
+        let chosen: Vec<TaskId> = ids
+            .iter()
+            .zip(&selected)
+            .filter(|(_, s)| **s)
+            .map(|(id, _)| *id)
+            .collect();
+        if chosen.is_empty() {
+            return Ok(Rerun {
+                tasks: Vec::new(),
+                events: Arc::new(Vec::new()),
+            });
+        }
+        let b = inner.batches.get_mut(&batch).expect("checked");
+        b.cancelled = false;
+        b.failed_by_policy = false;
+        b.stopped = None;
+        b.paused = false;
+        b.finished_at = None;
+        b.ready.clear();
+        b.in_ready_list = false;
+        if b.policy.deadline.is_some() {
+            b.policy = Arc::new(BatchPolicy {
+                deadline: None,
+                ..(*b.policy).clone()
+            });
+        }
+        let (from, to) = (
+            b.state,
+            if b.started_at.is_some() {
+                BatchState::Running
+            } else {
+                BatchState::Queued
+            },
+        );
+        b.state = to;
+        inner.emit(
+            now,
+            batch,
+            EventKind::Batch {
+                from: Some(from),
+                to,
+            },
+        );
+        // Dependents were let go when their upstream ended: link the rerun
+        // tasks to each other again.
+        for &id in &chosen {
+            let t = inner.tasks.get_mut(&id).expect("listed");
+            t.dependents.clear();
+        }
+        for &id in &chosen {
+            let upstream = inner.tasks[&id].upstream.clone();
+            let mut waiting = 0;
+            for u in upstream {
+                if selected[position[&u]] {
+                    inner.tasks.get_mut(&u).expect("listed").dependents.push(id);
+                    waiting += 1;
+                }
+            }
+            let t = inner.tasks.get_mut(&id).expect("listed");
+            let (from, to) = (
+                t.state,
+                if waiting > 0 {
+                    TaskState::Pending
+                } else {
+                    TaskState::Queued
+                },
+            );
+            t.state = to;
+            t.reason = None;
+            t.message = None;
+            t.cancel = None;
+            t.lost = 0;
+            t.first_attempt = t.attempt.next();
+            t.deps_left = waiting;
+            let (index, attempt) = (t.index, t.attempt);
+            inner
+                .batches
+                .get_mut(&batch)
+                .expect("checked")
+                .counts
+                .shift(Some(from), to);
+            inner.emit(
+                now,
+                batch,
+                EventKind::Task {
+                    task: id,
+                    index,
+                    attempt,
+                    from: Some(from),
+                    to,
+                    reason: None,
+                },
+            );
+            if to == TaskState::Queued {
+                inner.push_ready(id);
+            }
+        }
+        let events = self.commit(inner);
+        Ok(Rerun {
+            tasks: chosen,
+            events,
+        })
     }
 
     async fn task_rescue(&self, now: Timestamp) -> Result<Events, StoreError> {

@@ -121,6 +121,21 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<Events, StoreError>> + Send;
 
+    /// Runs a finished batch's failed tasks again, in the same batch: the
+    /// tasks [`rerun_selection`](crate::model::rerun_selection) picks (the
+    /// failed ones, those cancelled because the batch stopped, and with
+    /// `downstream` the tasks that did not run because of them). Succeeded
+    /// tasks keep their results and never run again; their outputs reach the
+    /// rerun tasks that depend on them. The batch reopens with its error
+    /// policy reset and no deadline, and each rerun task gets a fresh retry
+    /// budget.
+    fn batch_rerun(
+        &self,
+        batch: BatchId,
+        downstream: bool,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Rerun, StoreError>> + Send;
+
     /// Requeues (or fails, once the `lost` budget is spent) attempts whose lease expired.
     fn task_rescue(
         &self,

@@ -75,6 +75,9 @@ pub struct ClaimedTask<P, O> {
     pub key: Option<Arc<str>>,
     /// The attempt this claim starts; every report about it names it.
     pub attempt: Attempt,
+    /// The first attempt of the task's current run: 1, or the first after a
+    /// rerun. Attempts before it do not count against the retry policy.
+    pub first_attempt: Attempt,
     /// How many earlier attempts were lost to dead workers.
     pub lost: u32,
     /// Slots it occupies.
@@ -106,6 +109,16 @@ pub struct Claim<P, O> {
     /// behind it jump ahead.
     pub blocked_by: Option<u32>,
     /// The transitions of the claim.
+    pub events: Events,
+}
+
+/// What rerunning a finished batch did.
+#[derive(Clone, Debug)]
+pub struct Rerun {
+    /// The tasks that will run again, in batch order (empty: nothing to rerun,
+    /// and the batch stays as it was).
+    pub tasks: Vec<TaskId>,
+    /// The transitions: the batch reopened, each task back to waiting or ready.
     pub events: Events,
 }
 
@@ -273,6 +286,16 @@ pub enum StoreError {
         "no task {0} in this store: check the id (a store that forgets finished work keeps only unfinished tasks)"
     )]
     UnknownTask(TaskId),
+    /// A rerun was asked of a batch that has not finished.
+    #[error(
+        "batch {0} has not finished: wait for it to end (or cancel it), then rerun its failed tasks"
+    )]
+    Unfinished(BatchId),
+    /// A rerun was asked of a store that forgets finished tasks.
+    #[error(
+        "this store does not keep finished tasks, so batch {0} cannot be rerun: use a store that keeps them (MemoryStore::retaining, SQLite or PostgreSQL)"
+    )]
+    Forgotten(BatchId),
     /// Tasks were appended to a batch that is not open.
     #[error("batch {0} is sealed: no more tasks can be added; submit them as a new batch")]
     Sealed(BatchId),

@@ -53,6 +53,7 @@ CREATE TABLE tasks (
     reason        TEXT,
     message       TEXT,
     attempt       BIGINT  NOT NULL DEFAULT 0,
+    first_attempt BIGINT  NOT NULL DEFAULT 1,
     lost          BIGINT  NOT NULL DEFAULT 0,
     worker_id     BIGINT,
     lease_until   BIGINT,

@@ -61,6 +61,9 @@ CREATE TABLE tasks (
     message       TEXT,
     -- The current attempt: every report after a claim names it (fencing).
     attempt       INTEGER NOT NULL DEFAULT 0,
+    -- The first attempt of the current run (after a rerun, the next one):
+    -- earlier attempts do not count against the retry policy.
+    first_attempt INTEGER NOT NULL DEFAULT 1,
     lost          INTEGER NOT NULL DEFAULT 0,
     worker_id     INTEGER,
     lease_until   INTEGER,
