@@ -51,6 +51,8 @@ pub(crate) struct TaskRow {
     pub rule: DependencyRule,
     /// Tasks that wait for this one.
     pub dependents: u32,
+    /// Tasks this one waits for.
+    pub upstream: u32,
 }
 
 /// A batch row, as loaded (and locked) into a [`Work`].
@@ -135,6 +137,8 @@ pub(crate) struct NewTask {
     pub rule: &'static str,
     #[serde(rename = "n")]
     pub dependents: u32,
+    #[serde(rename = "u")]
+    pub upstream: u32,
 }
 
 /// A dependency to insert: `task` waits for `upstream`.
@@ -243,6 +247,17 @@ impl EventWrite {
     }
 }
 
+/// Where a claim starts from.
+#[derive(Default)]
+pub(crate) struct ClaimScan {
+    /// Retries due: (task, batch).
+    pub due: Vec<(TaskId, BatchId)>,
+    /// Batches past a deadline not enforced yet.
+    pub past_deadline: Vec<BatchId>,
+    /// Batches that could start a task.
+    pub claimable: Vec<BatchId>,
+}
+
 /// An upstream task's result, for a claimed dependent.
 pub(crate) struct UpstreamRow {
     pub dependent: TaskId,
@@ -265,22 +280,24 @@ pub(crate) trait Tx: Send {
         ids: &[BatchId],
     ) -> impl Future<Output = Result<Vec<BatchRow>>> + Send;
     fn batch_write(&mut self, row: &BatchRow) -> impl Future<Output = Result<()>> + Send;
-    /// Unfinished, unpaused, unstopped batches with queued tasks and a free slot.
-    fn batches_claimable(&mut self) -> impl Future<Output = Result<Vec<BatchId>>> + Send;
+    /// What a claim starts from, in one statement: retries due by `now`
+    /// (task, batch), batches past their deadline, and batches that could
+    /// start a task (unfinished, unpaused, unstopped, with queued tasks and
+    /// a free slot).
+    fn claim_scan(&mut self, now: Timestamp) -> impl Future<Output = Result<ClaimScan>> + Send;
     /// Unfinished batches whose deadline (not yet enforced) has passed.
     fn batches_past_deadline(
         &mut self,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<BatchId>>> + Send;
-    /// The batches of these tasks.
-    fn batches_of_tasks(
+    /// Locks and reads the batches of these tasks, in id order.
+    fn batches_lock_for_tasks(
         &mut self,
         ids: &[TaskId],
-    ) -> impl Future<Output = Result<Vec<BatchId>>> + Send;
-    /// The largest `last_served` of any batch.
-    fn last_served(&mut self) -> impl Future<Output = Result<i64>> + Send;
-    /// The earliest retry due time or unenforced deadline.
-    fn next_due(&mut self) -> impl Future<Output = Result<Option<Timestamp>>> + Send;
+    ) -> impl Future<Output = Result<Vec<BatchRow>>> + Send;
+    /// The largest `last_served` of any batch, and the earliest retry due
+    /// time or unenforced deadline.
+    fn served_and_due(&mut self) -> impl Future<Output = Result<(i64, Option<Timestamp>)>> + Send;
 
     /// `n` fresh task ids, ascending.
     fn task_ids(&mut self, n: usize) -> impl Future<Output = Result<Vec<i64>>> + Send;
@@ -308,28 +325,19 @@ pub(crate) trait Tx: Send {
         &mut self,
         ids: &[TaskId],
     ) -> impl Future<Output = Result<Vec<(TaskId, TaskRow)>>> + Send;
-    /// Up to `limit` queued tasks of each batch, in queue order.
+    /// Up to `limit` queued tasks of each batch, in queue order, with their
+    /// payloads (JSON text).
     fn tasks_ready(
         &mut self,
         batches: &[BatchId],
         limit: usize,
-    ) -> impl Future<Output = Result<Vec<TaskRow>>> + Send;
-    /// Tasks in `retry_wait` due by `now`: (task, batch).
-    fn tasks_retry_due(
-        &mut self,
-        now: Timestamp,
-    ) -> impl Future<Output = Result<Vec<(TaskId, BatchId)>>> + Send;
+    ) -> impl Future<Output = Result<Vec<(TaskRow, String)>>> + Send;
     /// Running tasks whose lease expired before `now`: (task, batch).
     fn tasks_lease_expired(
         &mut self,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<(TaskId, BatchId)>>> + Send;
     fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> impl Future<Output = Result<()>> + Send;
-    /// Payloads (JSON text) of these tasks.
-    fn payloads(
-        &mut self,
-        ids: &[TaskId],
-    ) -> impl Future<Output = Result<HashMap<TaskId, String>>> + Send;
     /// Upstream results of these tasks, in each one's `after` order.
     fn upstream(&mut self, ids: &[TaskId])
     -> impl Future<Output = Result<Vec<UpstreamRow>>> + Send;
@@ -452,6 +460,14 @@ impl Work {
         }
         for row in tx.batches_lock(&wanted).await? {
             self.batches.insert(row.id, row);
+        }
+        Ok(())
+    }
+
+    /// Locks and loads the batches of these tasks (see [`Work::lock`]).
+    pub async fn lock_for_tasks<T: Tx>(&mut self, tx: &mut T, ids: &[TaskId]) -> Result<()> {
+        for row in tx.batches_lock_for_tasks(ids).await? {
+            self.batches.entry(row.id).or_insert(row);
         }
         Ok(())
     }

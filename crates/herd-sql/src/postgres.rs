@@ -7,7 +7,6 @@
 //! completion of a hundred tasks is a handful of round trips. Idle workers
 //! wake on `LISTEN`/`NOTIFY` instead of polling.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -21,8 +20,8 @@ use herd_core::store::Signals;
 
 use crate::OpenError;
 use crate::logic::{
-    AttemptEnd, AttemptStart, BatchRow, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
-    TaskWrite, Tx, UpstreamRow, backend,
+    AttemptEnd, AttemptStart, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result,
+    TaskRow, TaskWrite, Tx, UpstreamRow, backend,
 };
 use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row};
 use crate::sqlite::upstream_row;
@@ -268,7 +267,8 @@ mod sql {
     pub(super) fn tasks_ready() -> String {
         format!(
             "SELECT h.* FROM UNNEST($1::bigint[]) AS b(id) CROSS JOIN LATERAL ( \
-               SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = b.id AND t.state = 'queued' \
+               SELECT {TASK_COLUMNS}, t.payload FROM tasks t \
+               WHERE t.batch_id = b.id AND t.state = 'queued' \
                ORDER BY t.priority DESC, t.ready_seq LIMIT $2 FOR UPDATE SKIP LOCKED) AS h \
              ORDER BY h.batch_id, h.priority DESC, h.ready_seq"
         )
@@ -468,17 +468,6 @@ impl Tx for PgTx {
         Ok(())
     }
 
-    async fn batches_claimable(&mut self) -> Result<Vec<BatchId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM batches WHERE finished_at IS NULL AND n_queued > 0 AND NOT paused \
-             AND stopped IS NULL AND running_cost < concurrency",
-        )
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
-        Ok(ids.into_iter().map(BatchId).collect())
-    }
-
     async fn batches_past_deadline(&mut self, now: Timestamp) -> Result<Vec<BatchId>> {
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM batches WHERE deadline <= $1 AND finished_at IS NULL ORDER BY id",
@@ -490,26 +479,21 @@ impl Tx for PgTx {
         Ok(ids.into_iter().map(BatchId).collect())
     }
 
-    async fn batches_of_tasks(&mut self, ids: &[TaskId]) -> Result<Vec<BatchId>> {
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT DISTINCT batch_id FROM tasks WHERE id = ANY($1)")
-                .bind(ids_of(ids.iter().map(|t| t.0)))
-                .fetch_all(&mut *self.tx)
-                .await
-                .map_err(backend)?;
-        Ok(ids.into_iter().map(BatchId).collect())
+    async fn batches_lock_for_tasks(&mut self, ids: &[TaskId]) -> Result<Vec<BatchRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE id IN \
+             (SELECT batch_id FROM tasks WHERE id = ANY($1)) ORDER BY id FOR UPDATE"
+        ))
+        .bind(ids_of(ids.iter().map(|t| t.0)))
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(batch_row).collect()
     }
 
-    async fn last_served(&mut self) -> Result<i64> {
-        sqlx::query_scalar("SELECT COALESCE(MAX(last_served), 0) FROM batches")
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(backend)
-    }
-
-    async fn next_due(&mut self) -> Result<Option<Timestamp>> {
-        let at: Option<i64> = sqlx::query_scalar(
-            "SELECT LEAST( \
+    async fn served_and_due(&mut self) -> Result<(i64, Option<Timestamp>)> {
+        let (served, due): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(last_served), 0) FROM batches)::bigint, LEAST( \
                (SELECT MIN(run_at) FROM tasks WHERE state = 'retry_wait'), \
                (SELECT MIN(deadline) FROM batches \
                 WHERE deadline IS NOT NULL AND finished_at IS NULL))",
@@ -517,7 +501,7 @@ impl Tx for PgTx {
         .fetch_one(&mut *self.tx)
         .await
         .map_err(backend)?;
-        Ok(at.map(Timestamp))
+        Ok((served, due.map(Timestamp)))
     }
 
     async fn task_ids(&mut self, n: usize) -> Result<Vec<i64>> {
@@ -536,10 +520,10 @@ impl Tx for PgTx {
         }
         sqlx::query(
             "INSERT INTO tasks (id, batch_id, idx, key, priority, cost, payload, state, \
-             ready_seq, deps_left, rule, n_dependents) \
-             SELECT j.id, $2, j.i, j.k, j.p, j.c, j.pl, j.s, j.rs, j.d, j.r, j.n \
+             ready_seq, deps_left, rule, n_dependents, n_upstream) \
+             SELECT j.id, $2, j.i, j.k, j.p, j.c, j.pl, j.s, j.rs, j.d, j.r, j.n, j.u \
              FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, i bigint, k text, p bigint, \
-             c bigint, pl text, s text, rs bigint, d bigint, r text, n bigint)",
+             c bigint, pl text, s text, rs bigint, d bigint, r text, n bigint, u bigint)",
         )
         .bind(json(&rows)?)
         .bind(batch.0)
@@ -623,22 +607,36 @@ impl Tx for PgTx {
             .collect()
     }
 
-    async fn tasks_ready(&mut self, batches: &[BatchId], limit: usize) -> Result<Vec<TaskRow>> {
+    async fn tasks_ready(
+        &mut self,
+        batches: &[BatchId],
+        limit: usize,
+    ) -> Result<Vec<(TaskRow, String)>> {
         let rows = sqlx::query(&sql::tasks_ready())
             .bind(ids_of(batches.iter().map(|b| b.0)))
             .bind(limit as i64)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(backend)?;
-        rows.iter().map(task_row).collect()
+        rows.iter()
+            .map(|r| Ok((task_row(r)?, r.text("payload")?)))
+            .collect()
     }
 
-    async fn tasks_retry_due(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
-        self.pairs(
-            "SELECT id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= $1",
-            now,
+    async fn claim_scan(&mut self, now: Timestamp) -> Result<ClaimScan> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT 'due', id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= $1 \
+             UNION ALL \
+             SELECT 'deadline', id, id FROM batches WHERE deadline <= $1 AND finished_at IS NULL \
+             UNION ALL \
+             SELECT 'claimable', id, id FROM batches WHERE finished_at IS NULL AND n_queued > 0 \
+             AND NOT paused AND stopped IS NULL AND running_cost < concurrency",
         )
+        .bind(now.0)
+        .fetch_all(&mut *self.tx)
         .await
+        .map_err(backend)?;
+        Ok(crate::sqlite::scan(rows))
     }
 
     async fn tasks_lease_expired(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
@@ -651,16 +649,6 @@ impl Tx for PgTx {
 
     async fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> Result<()> {
         self.run_json(sql::TASKS_WRITE, json(&rows)?).await
-    }
-
-    async fn payloads(&mut self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>> {
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("SELECT id, payload FROM tasks WHERE id = ANY($1)")
-                .bind(ids_of(ids.iter().map(|t| t.0)))
-                .fetch_all(&mut *self.tx)
-                .await
-                .map_err(backend)?;
-        Ok(rows.into_iter().map(|(id, p)| (TaskId(id), p)).collect())
     }
 
     async fn upstream(&mut self, ids: &[TaskId]) -> Result<Vec<UpstreamRow>> {

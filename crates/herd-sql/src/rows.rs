@@ -12,7 +12,8 @@ use crate::logic::{BatchRow, Result, TaskRow, backend, parse_cancel_mode, parse_
 /// The columns [`task_row`] reads, from `tasks` aliased `t`.
 pub(crate) const TASK_COLUMNS: &str = "t.id, t.batch_id, t.idx, t.key, t.priority, t.cost, \
      t.state, t.reason, t.message, t.attempt, t.first_attempt, t.lost, t.worker_id, t.lease_until, \
-     t.cancel_mode, t.cancel_reason, t.run_at, t.ready_seq, t.deps_left, t.rule, t.n_dependents";
+     t.cancel_mode, t.cancel_reason, t.run_at, t.ready_seq, t.deps_left, t.rule, t.n_dependents, \
+     t.n_upstream";
 
 /// The columns [`batch_row`] reads.
 pub(crate) const BATCH_COLUMNS: &str = "id, name, state, priority, concurrency, policy, \
@@ -131,6 +132,7 @@ pub(crate) fn task_row(r: &impl SqlRow) -> Result<TaskRow> {
         deps_left: r.unsigned("deps_left")?,
         rule: parse_rule(&rule).ok_or_else(|| corrupt("rule", &rule))?,
         dependents: r.unsigned("n_dependents")?,
+        upstream: r.unsigned("n_upstream")?,
     })
 }
 

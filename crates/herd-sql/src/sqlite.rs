@@ -2,20 +2,21 @@
 //!
 //! Writes in this process queue on an async lock before `BEGIN IMMEDIATE`,
 //! so that they wait their turn without SQLite's busy-sleeping; writers in
-//! other processes wait on the busy timeout. Set statements go through
-//! `json_each`: one statement per kind of change, whatever the number of rows.
+//! other processes wait on the busy timeout. Set statements bind many rows
+//! at once (`VALUES (…), (…)`, ids through `json_each`): a few statements per
+//! kind of change, whatever the number of rows.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
+use sqlx::query_builder::Separated;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Sqlite as Db, Transaction};
+use sqlx::{ConnectOptions, QueryBuilder, Sqlite as Db, Transaction};
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
@@ -24,8 +25,8 @@ use herd_core::store::Signals;
 
 use crate::OpenError;
 use crate::logic::{
-    AttemptEnd, AttemptStart, BatchRow, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
-    TaskWrite, Tx, UpstreamRow, backend,
+    AttemptEnd, AttemptStart, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result,
+    TaskRow, TaskWrite, Tx, UpstreamRow, backend,
 };
 use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row};
 use crate::store::{Dialect, SqlStore};
@@ -279,12 +280,30 @@ pub(crate) struct SqliteTx {
 }
 
 impl SqliteTx {
-    async fn run(&mut self, sql: &str, param: String) -> Result<()> {
-        sqlx::query(sql)
-            .bind(param)
-            .execute(&mut *self.tx)
-            .await
-            .map_err(backend)?;
+    /// Runs `head VALUES (…), (…) tail` over `rows`, `width` parameters a
+    /// row, in as few statements as SQLite's parameter limit allows. (Bound
+    /// values, not `json_each`: reading an object's fields from `json_each`
+    /// re-serialises the object for every field.)
+    async fn values<'r, T>(
+        &mut self,
+        head: &str,
+        tail: &str,
+        rows: &'r [T],
+        width: usize,
+        mut bind: impl FnMut(&mut Separated<'_, 'r, Db, &'static str>, &'r T),
+    ) -> Result<()> {
+        // SQLite allows 32,766 parameters a statement.
+        let per_statement = (32_766 / width).min(1_000);
+        for chunk in rows.chunks(per_statement) {
+            let mut query = QueryBuilder::<Db>::new(head);
+            query.push_values(chunk, |mut b, row| bind(&mut b, row));
+            query.push(tail);
+            query
+                .build()
+                .execute(&mut *self.tx)
+                .await
+                .map_err(backend)?;
+        }
         Ok(())
     }
 
@@ -441,17 +460,6 @@ impl Tx for SqliteTx {
         Ok(())
     }
 
-    async fn batches_claimable(&mut self) -> Result<Vec<BatchId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM batches WHERE finished_at IS NULL AND n_queued > 0 AND NOT paused \
-             AND stopped IS NULL AND running_cost < concurrency",
-        )
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
-        Ok(ids.into_iter().map(BatchId).collect())
-    }
-
     async fn batches_past_deadline(&mut self, now: Timestamp) -> Result<Vec<BatchId>> {
         let ids: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM batches WHERE deadline <= ? AND finished_at IS NULL ORDER BY id",
@@ -463,35 +471,32 @@ impl Tx for SqliteTx {
         Ok(ids.into_iter().map(BatchId).collect())
     }
 
-    async fn batches_of_tasks(&mut self, ids: &[TaskId]) -> Result<Vec<BatchId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT DISTINCT batch_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
-        )
+    async fn batches_lock_for_tasks(&mut self, ids: &[TaskId]) -> Result<Vec<BatchRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE id IN \
+             (SELECT batch_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))) \
+             ORDER BY id"
+        ))
         .bind(id_list(ids.iter().map(|t| t.0)))
         .fetch_all(&mut *self.tx)
         .await
         .map_err(backend)?;
-        Ok(ids.into_iter().map(BatchId).collect())
+        rows.iter().map(batch_row).collect()
     }
 
-    async fn last_served(&mut self) -> Result<i64> {
-        sqlx::query_scalar("SELECT COALESCE(MAX(last_served), 0) FROM batches")
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(backend)
-    }
-
-    async fn next_due(&mut self) -> Result<Option<Timestamp>> {
-        let at: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(at) FROM ( \
+    async fn served_and_due(&mut self) -> Result<(i64, Option<Timestamp>)> {
+        let (served, due): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT (SELECT COALESCE(MAX(last_served), 0) FROM batches), \
+             (SELECT MIN(at) FROM ( \
                SELECT MIN(run_at) AS at FROM tasks WHERE state = 'retry_wait' \
                UNION ALL \
-               SELECT MIN(deadline) FROM batches WHERE deadline IS NOT NULL AND finished_at IS NULL)",
+               SELECT MIN(deadline) FROM batches \
+               WHERE deadline IS NOT NULL AND finished_at IS NULL))",
         )
         .fetch_one(&mut *self.tx)
         .await
         .map_err(backend)?;
-        Ok(at.map(Timestamp))
+        Ok((served, due.map(Timestamp)))
     }
 
     async fn task_ids(&mut self, n: usize) -> Result<Vec<i64>> {
@@ -503,29 +508,42 @@ impl Tx for SqliteTx {
     }
 
     async fn tasks_insert(&mut self, batch: BatchId, rows: &[NewTask]) -> Result<()> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
+        self.values(
             "INSERT INTO tasks (id, batch_id, idx, key, priority, cost, payload, state, \
-             ready_seq, deps_left, rule, n_dependents) \
-             SELECT j.value->>'id', ?2, j.value->>'i', j.value->>'k', j.value->>'p', \
-             j.value->>'c', j.value->>'pl', j.value->>'s', j.value->>'rs', j.value->>'d', \
-             j.value->>'r', j.value->>'n' FROM json_each(?1) AS j",
+             ready_seq, deps_left, rule, n_dependents, n_upstream) ",
+            "",
+            rows,
+            13,
+            |b, t| {
+                b.push_bind(t.id)
+                    .push_bind(batch.0)
+                    .push_bind(t.index as i64)
+                    .push_bind(t.key.as_deref())
+                    .push_bind(t.priority)
+                    .push_bind(i64::from(t.cost))
+                    .push_bind(t.payload.as_str())
+                    .push_bind(t.state)
+                    .push_bind(t.ready_seq)
+                    .push_bind(i64::from(t.deps_left))
+                    .push_bind(t.rule)
+                    .push_bind(i64::from(t.dependents))
+                    .push_bind(i64::from(t.upstream));
+            },
         )
-        .bind(json(&rows)?)
-        .bind(batch.0)
-        .execute(&mut *self.tx)
         .await
-        .map_err(backend)?;
-        Ok(())
     }
 
     async fn deps_insert(&mut self, rows: &[NewDep]) -> Result<()> {
-        self.run(
-            "INSERT INTO task_deps (task_id, upstream_id, position) \
-             SELECT j.value->>'t', j.value->>'u', j.value->>'p' FROM json_each(?) AS j",
-            json(&rows)?,
+        self.values(
+            "INSERT INTO task_deps (task_id, upstream_id, position) ",
+            "",
+            rows,
+            3,
+            |b, d| {
+                b.push_bind(d.task)
+                    .push_bind(d.upstream)
+                    .push_bind(i64::from(d.position));
+            },
         )
         .await
     }
@@ -594,9 +612,14 @@ impl Tx for SqliteTx {
             .collect()
     }
 
-    async fn tasks_ready(&mut self, batches: &[BatchId], limit: usize) -> Result<Vec<TaskRow>> {
+    async fn tasks_ready(
+        &mut self,
+        batches: &[BatchId],
+        limit: usize,
+    ) -> Result<Vec<(TaskRow, String)>> {
         let sql = format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = ? AND t.state = 'queued' \
+            "SELECT {TASK_COLUMNS}, t.payload FROM tasks t \
+             WHERE t.batch_id = ? AND t.state = 'queued' \
              ORDER BY t.priority DESC, t.ready_seq LIMIT ?"
         );
         let mut out = Vec::new();
@@ -608,23 +631,26 @@ impl Tx for SqliteTx {
                 .await
                 .map_err(backend)?;
             for r in &rows {
-                out.push(task_row(r)?);
+                out.push((task_row(r)?, r.text("payload")?));
             }
         }
         Ok(out)
     }
 
-    async fn tasks_retry_due(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
-        let rows = self
-            .ids(
-                "SELECT id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= ?",
-                Some(now.0),
-            )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(t, b)| (TaskId(t), BatchId(b)))
-            .collect())
+    async fn claim_scan(&mut self, now: Timestamp) -> Result<ClaimScan> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT 'due', id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= ?1 \
+             UNION ALL \
+             SELECT 'deadline', id, id FROM batches WHERE deadline <= ?1 AND finished_at IS NULL \
+             UNION ALL \
+             SELECT 'claimable', id, id FROM batches WHERE finished_at IS NULL AND n_queued > 0 \
+             AND NOT paused AND stopped IS NULL AND running_cost < concurrency",
+        )
+        .bind(now.0)
+        .fetch_all(&mut *self.tx)
+        .await
+        .map_err(backend)?;
+        Ok(scan(rows))
     }
 
     async fn tasks_lease_expired(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
@@ -641,30 +667,33 @@ impl Tx for SqliteTx {
     }
 
     async fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> Result<()> {
-        self.run(
-            "UPDATE tasks SET state = j.value->>'s', reason = j.value->>'r', \
-             message = j.value->>'m', attempt = j.value->>'a', \
-             first_attempt = j.value->>'fa', lost = j.value->>'l', \
-             worker_id = j.value->>'w', lease_until = j.value->>'lu', \
-             cancel_mode = j.value->>'cm', cancel_reason = j.value->>'cr', \
-             run_at = j.value->>'ra', ready_seq = j.value->>'rs', deps_left = j.value->>'d' \
-             FROM json_each(?) AS j WHERE tasks.id = j.value->>'id'",
-            json(&rows)?,
+        self.values(
+            "UPDATE tasks SET state = j.column2, reason = j.column3, message = j.column4, \
+             attempt = j.column5, first_attempt = j.column6, lost = j.column7, \
+             worker_id = j.column8, lease_until = j.column9, cancel_mode = j.column10, \
+             cancel_reason = j.column11, run_at = j.column12, ready_seq = j.column13, \
+             deps_left = j.column14 FROM (",
+            ") AS j WHERE tasks.id = j.column1",
+            rows,
+            14,
+            |b, t| {
+                b.push_bind(t.id)
+                    .push_bind(t.s)
+                    .push_bind(t.r.as_deref())
+                    .push_bind(t.m)
+                    .push_bind(i64::from(t.a))
+                    .push_bind(i64::from(t.fa))
+                    .push_bind(i64::from(t.l))
+                    .push_bind(t.w)
+                    .push_bind(t.lu)
+                    .push_bind(t.cm)
+                    .push_bind(t.cr.as_deref())
+                    .push_bind(t.ra)
+                    .push_bind(t.rs)
+                    .push_bind(i64::from(t.d));
+            },
         )
         .await
-    }
-
-    async fn payloads(&mut self, ids: &[TaskId]) -> Result<HashMap<TaskId, String>> {
-        let rows = sqlx::query(
-            "SELECT id, payload FROM tasks WHERE id IN (SELECT value FROM json_each(?))",
-        )
-        .bind(id_list(ids.iter().map(|t| t.0)))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
-        rows.iter()
-            .map(|r| Ok((TaskId(r.int("id")?), r.text("payload")?)))
-            .collect()
     }
 
     async fn upstream(&mut self, ids: &[TaskId]) -> Result<Vec<UpstreamRow>> {
@@ -681,32 +710,50 @@ impl Tx for SqliteTx {
     }
 
     async fn outputs_write(&mut self, rows: &[(TaskId, String)]) -> Result<()> {
-        let rows: Vec<(i64, &str)> = rows.iter().map(|(t, o)| (t.0, o.as_str())).collect();
-        self.run(
-            "UPDATE tasks SET output = j.value->>1 FROM json_each(?) AS j \
-             WHERE tasks.id = j.value->>0",
-            json(&rows)?,
+        self.values(
+            "UPDATE tasks SET output = j.column2 FROM (",
+            ") AS j WHERE tasks.id = j.column1",
+            rows,
+            2,
+            |b, (task, output)| {
+                b.push_bind(task.0).push_bind(output.as_str());
+            },
         )
         .await
     }
 
     async fn attempts_start(&mut self, rows: &[AttemptStart]) -> Result<()> {
-        self.run(
-            "INSERT INTO attempts (task_id, attempt, worker_id, started_at) \
-             SELECT j.value->>'t', j.value->>'a', j.value->>'w', j.value->>'at' \
-             FROM json_each(?) AS j",
-            json(&rows)?,
+        self.values(
+            "INSERT INTO attempts (task_id, attempt, worker_id, started_at) ",
+            "",
+            rows,
+            4,
+            |b, a| {
+                b.push_bind(a.t)
+                    .push_bind(i64::from(a.a))
+                    .push_bind(a.w)
+                    .push_bind(a.at);
+            },
         )
         .await
     }
 
     async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
-        self.run(
-            "UPDATE attempts SET finished_at = j.value->>'at', outcome = j.value->>'o', \
-             reason = j.value->>'r', exit_code = j.value->>'x', error = j.value->>'e' \
-             FROM json_each(?) AS j \
-             WHERE attempts.task_id = j.value->>'t' AND attempts.attempt = j.value->>'a'",
-            json(&rows)?,
+        self.values(
+            "UPDATE attempts SET finished_at = j.column3, outcome = j.column4, \
+             reason = j.column5, exit_code = j.column6, error = j.column7 FROM (",
+            ") AS j WHERE attempts.task_id = j.column1 AND attempts.attempt = j.column2",
+            rows,
+            7,
+            |b, a| {
+                b.push_bind(a.t)
+                    .push_bind(i64::from(a.a))
+                    .push_bind(a.at)
+                    .push_bind(a.o)
+                    .push_bind(a.r.as_deref())
+                    .push_bind(a.x)
+                    .push_bind(a.e.as_deref());
+            },
         )
         .await
     }
@@ -723,13 +770,24 @@ impl Tx for SqliteTx {
     }
 
     async fn events_insert(&mut self, rows: &[EventWrite]) -> Result<()> {
-        self.run(
+        self.values(
             "INSERT INTO events (seq, at, batch_id, kind, task_id, idx, attempt, from_state, \
-             to_state, reason) \
-             SELECT j.value->>'seq', j.value->>'at', j.value->>'b', j.value->>'k', \
-             j.value->>'t', j.value->>'i', j.value->>'a', j.value->>'f', j.value->>'to', \
-             j.value->>'r' FROM json_each(?) AS j",
-            json(&rows)?,
+             to_state, reason) ",
+            "",
+            rows,
+            10,
+            |b, e| {
+                b.push_bind(e.seq)
+                    .push_bind(e.at)
+                    .push_bind(e.b)
+                    .push_bind(e.k)
+                    .push_bind(e.t)
+                    .push_bind(e.i.map(|i| i as i64))
+                    .push_bind(e.a.map(i64::from))
+                    .push_bind(e.f)
+                    .push_bind(e.to)
+                    .push_bind(e.r.as_deref());
+            },
         )
         .await
     }
@@ -738,6 +796,20 @@ impl Tx for SqliteTx {
         // Other processes notice the commit through `PRAGMA data_version`.
         Ok(())
     }
+}
+
+/// Sorts the rows of a claim scan: (kind, id, batch).
+pub(crate) fn scan(rows: Vec<(String, i64, i64)>) -> ClaimScan {
+    let mut out = ClaimScan::default();
+    for (kind, id, batch) in rows {
+        match kind.as_str() {
+            "due" => out.due.push((TaskId(id), BatchId(batch))),
+            "deadline" => out.past_deadline.push(BatchId(id)),
+            _ => out.claimable.push(BatchId(id)),
+        }
+    }
+    out.past_deadline.sort_unstable();
+    out
 }
 
 pub(crate) fn upstream_row(r: &impl SqlRow) -> Result<UpstreamRow> {

@@ -19,8 +19,8 @@ use herd_core::store::{
 };
 
 use crate::logic::{
-    BatchRow, NewBatch, NewDep, NewTask, Result, TaskRow, Tx, Work, Written, backend, best_batch,
-    escalates, owns, rule_str,
+    BatchRow, ClaimScan, NewBatch, NewDep, NewTask, Result, TaskRow, Tx, Work, Written, backend,
+    best_batch, escalates, owns, rule_str,
 };
 
 /// Capacity of the in-process event broadcast, in operations.
@@ -210,6 +210,7 @@ where
                 deps_left: ups.len() as u32,
                 rule: rule_str(spec.rule),
                 dependents: dependents[i],
+                upstream: ups.len() as u32,
             });
             created.push((TaskId(ids[i]), index, state));
         }
@@ -333,9 +334,11 @@ where
     async fn task_claim(&self, request: ClaimRequest, now: Timestamp) -> Result<Claim<P, O>> {
         let mut tx = self.dialect.begin().await?;
         let mut work = Work::new(now);
-        let due = tx.tasks_retry_due(now).await?;
-        let past_deadline = tx.batches_past_deadline(now).await?;
-        let claimable = tx.batches_claimable().await?;
+        let ClaimScan {
+            due,
+            past_deadline,
+            claimable,
+        } = tx.claim_scan(now).await?;
         let mut batches: Vec<BatchId> = due.iter().map(|(_, b)| *b).collect();
         batches.extend(&past_deadline);
         batches.extend(&claimable);
@@ -358,18 +361,18 @@ where
             .map(|b| b.id)
             .collect();
         let mut heads: BTreeMap<BatchId, VecDeque<TaskId>> = BTreeMap::new();
+        let mut payloads: HashMap<TaskId, String> = HashMap::new();
         if !candidates.is_empty() && request.max_tasks > 0 {
-            for row in tx.tasks_ready(&candidates, request.max_tasks).await? {
+            for (row, payload) in tx.tasks_ready(&candidates, request.max_tasks).await? {
                 let batch = row.batch;
                 let id = work.adopt(row);
                 heads.entry(batch).or_default().push_back(id);
+                payloads.insert(id, payload);
             }
         }
-        let mut tick = if heads.is_empty() {
-            0
-        } else {
-            tx.last_served().await?
-        };
+        // Nothing below changes retries or deadlines: the next due time is
+        // known now.
+        let (mut tick, next_due) = tx.served_and_due().await?;
         let mut capacity = request.capacity;
         let lease_until = now.plus(request.lease);
         let mut blocked_by = None;
@@ -399,12 +402,19 @@ where
             work.start(head, request.worker, lease_until);
             claimed.push(head);
         }
-        let next_due = tx.next_due().await?;
         let mut tasks = Vec::with_capacity(claimed.len());
         if !claimed.is_empty() {
-            let mut payloads = tx.payloads(&claimed).await?;
             let mut upstream: BTreeMap<TaskId, Vec<Upstream<O>>> = BTreeMap::new();
-            for u in tx.upstream(&claimed).await? {
+            let waiting: Vec<TaskId> = claimed
+                .iter()
+                .copied()
+                .filter(|id| work.tasks[id].upstream > 0)
+                .collect();
+            let rows = match waiting.is_empty() {
+                true => Vec::new(),
+                false => tx.upstream(&waiting).await?,
+            };
+            for u in rows {
                 let output = u.output.as_deref().map(decode).transpose()?;
                 upstream.entry(u.dependent).or_default().push(Upstream {
                     task: u.task,
@@ -459,8 +469,7 @@ where
         let mut tx = self.dialect.begin().await?;
         let mut work = Work::new(now);
         let ids: Vec<TaskId> = running.iter().map(|f| f.task).collect();
-        let batches = tx.batches_of_tasks(&ids).await?;
-        work.lock(&mut tx, &batches).await?;
+        work.lock_for_tasks(&mut tx, &ids).await?;
         work.load(&mut tx, &ids).await?;
         for fence in running {
             match work.tasks.get(&fence.task) {
@@ -490,8 +499,7 @@ where
         let mut tx = self.dialect.begin().await?;
         let mut work = Work::new(now);
         let ids: Vec<TaskId> = completions.iter().map(|c| c.fence.task).collect();
-        let batches = tx.batches_of_tasks(&ids).await?;
-        work.lock(&mut tx, &batches).await?;
+        work.lock_for_tasks(&mut tx, &ids).await?;
         work.load(&mut tx, &ids).await?;
         let mut results = Vec::with_capacity(completions.len());
         for c in completions {
@@ -574,11 +582,7 @@ where
     async fn task_cancel(&self, task: TaskId, mode: CancelMode, now: Timestamp) -> Result<Events> {
         let mut tx = self.dialect.begin().await?;
         let mut work = Work::new(now);
-        let batches = tx.batches_of_tasks(&[task]).await?;
-        if batches.is_empty() {
-            return Err(StoreError::UnknownTask(task));
-        }
-        work.lock(&mut tx, &batches).await?;
+        work.lock_for_tasks(&mut tx, &[task]).await?;
         work.load(&mut tx, &[task]).await?;
         let t = work.tasks.get(&task).ok_or(StoreError::UnknownTask(task))?;
         match t.state {

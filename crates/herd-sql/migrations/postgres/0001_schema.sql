@@ -64,6 +64,7 @@ CREATE TABLE tasks (
     deps_left     BIGINT  NOT NULL DEFAULT 0,
     rule          TEXT    NOT NULL,
     n_dependents  BIGINT  NOT NULL DEFAULT 0,
+    n_upstream    BIGINT  NOT NULL DEFAULT 0,
     output        TEXT,
     UNIQUE (batch_id, idx)
 );

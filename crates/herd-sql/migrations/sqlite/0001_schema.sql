@@ -77,6 +77,8 @@ CREATE TABLE tasks (
     rule          TEXT    NOT NULL,
     -- Tasks that wait for this one: its output is kept for them.
     n_dependents  INTEGER NOT NULL DEFAULT 0,
+    -- Tasks this one waits for: a claim reads their results only if any.
+    n_upstream    INTEGER NOT NULL DEFAULT 0,
     -- JSON: the result, kept for dependents.
     output        TEXT,
     UNIQUE (batch_id, idx)
