@@ -169,6 +169,9 @@ pub(crate) struct TaskWrite<'a> {
     pub ra: Option<i64>,
     pub rs: Option<i64>,
     pub d: u32,
+    /// The output to keep, for dialects that write it with the row
+    /// ([`Tx::write_all`] on PostgreSQL); others use [`Tx::outputs_write`].
+    pub o: Option<&'a str>,
 }
 
 /// An attempt that started.
@@ -210,7 +213,9 @@ pub(crate) struct EventWrite {
 }
 
 impl EventWrite {
-    pub fn from_event(e: &Event) -> EventWrite {
+    /// The row of `e`, `offset`-th event of its transaction: `seq` holds the
+    /// offset until [`Tx::write_all`] knows the first number.
+    pub fn from_event(e: &Event, offset: i64) -> EventWrite {
         match &e.kind {
             EventKind::Task {
                 task,
@@ -220,7 +225,7 @@ impl EventWrite {
                 to,
                 reason,
             } => EventWrite {
-                seq: e.seq as i64,
+                seq: offset,
                 at: e.at.0,
                 b: e.batch.0,
                 k: "task",
@@ -232,7 +237,7 @@ impl EventWrite {
                 r: reason.map(|r| r.to_string()),
             },
             EventKind::Batch { from, to } => EventWrite {
-                seq: e.seq as i64,
+                seq: offset,
                 at: e.at.0,
                 b: e.batch.0,
                 k: "batch",
@@ -245,6 +250,20 @@ impl EventWrite {
             },
         }
     }
+}
+
+/// Everything a transaction writes at its end.
+pub(crate) struct WriteSet<'a> {
+    pub tasks: Vec<TaskWrite<'a>>,
+    pub batches: Vec<&'a BatchRow>,
+    pub attempts_started: &'a [AttemptStart],
+    pub attempts_ended: &'a [AttemptEnd],
+    /// Also in `tasks` (`TaskWrite::o`).
+    pub outputs: &'a [(TaskId, String)],
+    /// `seq` holds each event's offset in the transaction.
+    pub events: Vec<EventWrite>,
+    pub notify_work: bool,
+    pub notify_control: bool,
 }
 
 /// Where a claim starts from.
@@ -355,6 +374,43 @@ pub(crate) trait Tx: Send {
     fn events_insert(&mut self, rows: &[EventWrite]) -> impl Future<Output = Result<()>> + Send;
     /// Tells other processes about new work or cancellations (PostgreSQL: NOTIFY).
     fn notify(&mut self, work: bool, control: bool) -> impl Future<Output = Result<()>> + Send;
+
+    /// Writes a transaction's changes and events; returns the first event's
+    /// `seq` (0 without events). Takes the sequence last, so that the
+    /// sequence row stays locked only until commit. A dialect may do it all
+    /// in one statement (PostgreSQL: one round trip instead of six).
+    fn write_all(&mut self, set: WriteSet<'_>) -> impl Future<Output = Result<u64>> + Send {
+        async move {
+            if !set.tasks.is_empty() {
+                self.tasks_write(&set.tasks).await?;
+            }
+            for b in &set.batches {
+                self.batch_write(b).await?;
+            }
+            if !set.attempts_started.is_empty() {
+                self.attempts_start(set.attempts_started).await?;
+            }
+            if !set.attempts_ended.is_empty() {
+                self.attempts_end(set.attempts_ended).await?;
+            }
+            if !set.outputs.is_empty() {
+                self.outputs_write(set.outputs).await?;
+            }
+            if set.notify_work || set.notify_control {
+                self.notify(set.notify_work, set.notify_control).await?;
+            }
+            if set.events.is_empty() {
+                return Ok(0);
+            }
+            let first = self.seq_take(set.events.len()).await?;
+            let mut events = set.events;
+            for e in &mut events {
+                e.seq += first as i64;
+            }
+            self.events_insert(&events).await?;
+            Ok(first)
+        }
+    }
 }
 
 /// Whether a cancellation request in `mode` adds to what was asked before:
@@ -957,39 +1013,15 @@ impl Work {
 
     /// Writes every changed row so that later reads in the transaction see it.
     pub async fn write_rows<T: Tx>(&mut self, tx: &mut T) -> Result<()> {
-        if !self.dirty_tasks.is_empty() {
-            let rows: Vec<TaskWrite<'_>> = self
-                .dirty_tasks
-                .iter()
-                .map(|id| {
-                    let t = &self.tasks[id];
-                    TaskWrite {
-                        id: id.0,
-                        s: t.state.as_str(),
-                        r: t.reason.map(|r| r.to_string()),
-                        m: t.message.as_deref(),
-                        a: t.attempt.0,
-                        fa: t.first_attempt.0,
-                        l: t.lost,
-                        w: t.worker.map(|w| w.0),
-                        lu: t.lease_until.map(|at| at.0),
-                        cm: t.cancel.map(|(mode, _)| cancel_mode_str(mode)),
-                        cr: t.cancel.map(|(_, reason)| reason.to_string()),
-                        ra: t.run_at.map(|at| at.0),
-                        rs: t.ready_seq,
-                        d: t.deps_left,
-                    }
-                })
-                .collect();
-            tx.tasks_write(&rows).await?;
-            self.dirty_tasks.clear();
+        let dirty_tasks = std::mem::take(&mut self.dirty_tasks);
+        let dirty_batches = std::mem::take(&mut self.dirty_batches);
+        encode_histograms(&mut self.batches, &dirty_batches);
+        let tasks = task_writes(&self.tasks, &self.outputs, &dirty_tasks);
+        if !tasks.is_empty() {
+            tx.tasks_write(&tasks).await?;
         }
-        for id in std::mem::take(&mut self.dirty_batches) {
-            let b = self.batches.get_mut(&id).expect("dirty batches are loaded");
-            if let Some(h) = &b.histogram {
-                b.durations = Some(h.to_bytes());
-            }
-            tx.batch_write(b).await?;
+        for id in &dirty_batches {
+            tx.batch_write(&self.batches[id]).await?;
         }
         Ok(())
     }
@@ -997,33 +1029,75 @@ impl Work {
     /// Writes everything the transaction changed, and its events with their
     /// sequence numbers. The caller commits.
     pub async fn write<T: Tx>(mut self, tx: &mut T) -> Result<Written> {
-        self.write_rows(tx).await?;
-        if !self.attempts_started.is_empty() {
-            tx.attempts_start(&self.attempts_started).await?;
-        }
-        if !self.attempts_ended.is_empty() {
-            tx.attempts_end(&self.attempts_ended).await?;
-        }
-        if !self.outputs.is_empty() {
-            tx.outputs_write(&self.outputs).await?;
-        }
-        if self.work_ready || self.control_pending {
-            tx.notify(self.work_ready, self.control_pending).await?;
-        }
-        if !self.events.is_empty() {
-            // Last: the sequence row stays locked until commit.
-            let first = tx.seq_take(self.events.len()).await?;
-            for (i, e) in self.events.iter_mut().enumerate() {
-                e.seq = first + i as u64;
-            }
-            let rows: Vec<EventWrite> = self.events.iter().map(EventWrite::from_event).collect();
-            tx.events_insert(&rows).await?;
+        let dirty_tasks = std::mem::take(&mut self.dirty_tasks);
+        let dirty_batches = std::mem::take(&mut self.dirty_batches);
+        encode_histograms(&mut self.batches, &dirty_batches);
+        let set = WriteSet {
+            tasks: task_writes(&self.tasks, &self.outputs, &dirty_tasks),
+            batches: dirty_batches.iter().map(|id| &self.batches[id]).collect(),
+            attempts_started: &self.attempts_started,
+            attempts_ended: &self.attempts_ended,
+            outputs: &self.outputs,
+            events: self
+                .events
+                .iter()
+                .enumerate()
+                .map(|(i, e)| EventWrite::from_event(e, i as i64))
+                .collect(),
+            notify_work: self.work_ready,
+            notify_control: self.control_pending,
+        };
+        let first = tx.write_all(set).await?;
+        for (i, e) in self.events.iter_mut().enumerate() {
+            e.seq = first + i as u64;
         }
         Ok(Written {
             events: self.events,
             work_ready: self.work_ready,
             control_pending: self.control_pending,
         })
+    }
+}
+
+/// The rows of the changed tasks, as written back.
+fn task_writes<'a>(
+    tasks: &'a HashMap<TaskId, TaskRow>,
+    outputs: &'a [(TaskId, String)],
+    dirty: &BTreeSet<TaskId>,
+) -> Vec<TaskWrite<'a>> {
+    let outputs: HashMap<TaskId, &str> = outputs.iter().map(|(t, o)| (*t, o.as_str())).collect();
+    dirty
+        .iter()
+        .map(|id| {
+            let t = &tasks[id];
+            TaskWrite {
+                id: id.0,
+                s: t.state.as_str(),
+                r: t.reason.map(|r| r.to_string()),
+                m: t.message.as_deref(),
+                a: t.attempt.0,
+                fa: t.first_attempt.0,
+                l: t.lost,
+                w: t.worker.map(|w| w.0),
+                lu: t.lease_until.map(|at| at.0),
+                cm: t.cancel.map(|(mode, _)| cancel_mode_str(mode)),
+                cr: t.cancel.map(|(_, reason)| reason.to_string()),
+                ra: t.run_at.map(|at| at.0),
+                rs: t.ready_seq,
+                d: t.deps_left,
+                o: outputs.get(id).copied(),
+            }
+        })
+        .collect()
+}
+
+/// Encodes the histograms of the changed batches for writing.
+fn encode_histograms(batches: &mut BTreeMap<BatchId, BatchRow>, dirty: &BTreeSet<BatchId>) {
+    for id in dirty {
+        let b = batches.get_mut(id).expect("dirty batches are loaded");
+        if let Some(h) = &b.histogram {
+            b.durations = Some(h.to_bytes());
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use herd_core::store::Signals;
 use crate::OpenError;
 use crate::logic::{
     AttemptEnd, AttemptStart, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result,
-    TaskRow, TaskWrite, Tx, UpstreamRow, backend,
+    TaskRow, TaskWrite, Tx, UpstreamRow, WriteSet, backend,
 };
 use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row};
 use crate::sqlite::upstream_row;
@@ -259,9 +259,132 @@ fn read_only_or(error: sqlx::Error, location: &str) -> OpenError {
     }
 }
 
+/// A changed batch row, as [`sql::WRITE_ALL`] reads it.
+#[derive(serde::Serialize)]
+struct BatchWrite<'a> {
+    id: i64,
+    state: &'static str,
+    deadline: Option<i64>,
+    open: bool,
+    paused: bool,
+    stopped: Option<String>,
+    cancelled: bool,
+    failed_by_policy: bool,
+    running_cost: u32,
+    last_served: i64,
+    next_index: u64,
+    next_ready: i64,
+    n: [u64; 8],
+    retries: u64,
+    /// Hex.
+    durations: Option<String>,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    policy: &'a str,
+}
+
+impl<'a> BatchWrite<'a> {
+    fn of(b: &BatchRow, policy: &'a str) -> BatchWrite<'a> {
+        let c = &b.counts;
+        BatchWrite {
+            id: b.id.0,
+            state: b.state.as_str(),
+            deadline: b.deadline.map(|d| d.0),
+            open: b.open,
+            paused: b.paused,
+            stopped: b.stopped.map(|r| r.to_string()),
+            cancelled: b.cancelled,
+            failed_by_policy: b.failed_by_policy,
+            running_cost: b.running_cost,
+            last_served: b.last_served,
+            next_index: b.next_index,
+            next_ready: b.next_ready,
+            n: [
+                c.pending,
+                c.queued,
+                c.running,
+                c.retry_wait,
+                c.succeeded,
+                c.failed,
+                c.cancelled,
+                c.skipped,
+            ],
+            retries: b.retries,
+            durations: b.durations.as_deref().map(hex),
+            started_at: b.started_at.map(|t| t.0),
+            finished_at: b.finished_at.map(|t| t.0),
+            policy,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
 /// The hot statements, kept apart so that a test can check their plans.
 mod sql {
     use crate::rows::TASK_COLUMNS;
+
+    /// Everything a transaction writes at its end, in one round trip: task
+    /// rows (with outputs), batch rows, attempts opened and closed, events
+    /// numbered from the sequence row (locked until commit), notifications.
+    /// Data-modifying CTEs all run; the notifications are selected so that
+    /// they run too.
+    pub(super) const WRITE_ALL: &str = "\
+        WITH tw AS ( \
+          UPDATE tasks AS t SET state = j.s, reason = j.r, message = j.m, attempt = j.a, \
+            first_attempt = j.fa, lost = j.l, worker_id = j.w, lease_until = j.lu, \
+            cancel_mode = j.cm, cancel_reason = j.cr, run_at = j.ra, ready_seq = j.rs, \
+            deps_left = j.d, output = COALESCE(j.o, t.output) \
+          FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, s text, r text, m text, \
+            a bigint, fa bigint, l bigint, w bigint, lu bigint, cm text, cr text, ra bigint, \
+            rs bigint, d bigint, o text) \
+          WHERE t.id = j.id RETURNING 1), \
+        bw AS ( \
+          UPDATE batches AS b SET state = j.state, deadline = j.deadline, open = j.open, \
+            paused = j.paused, stopped = j.stopped, cancelled = j.cancelled, \
+            failed_by_policy = j.failed_by_policy, running_cost = j.running_cost, \
+            last_served = j.last_served, next_index = j.next_index, \
+            next_ready = j.next_ready, n_pending = (j.n->>0)::bigint, \
+            n_queued = (j.n->>1)::bigint, n_running = (j.n->>2)::bigint, \
+            n_retry_wait = (j.n->>3)::bigint, n_succeeded = (j.n->>4)::bigint, \
+            n_failed = (j.n->>5)::bigint, n_cancelled = (j.n->>6)::bigint, \
+            n_skipped = (j.n->>7)::bigint, retries = j.retries, \
+            durations = decode(j.durations, 'hex'), started_at = j.started_at, \
+            finished_at = j.finished_at, policy = j.policy \
+          FROM jsonb_to_recordset($2::jsonb) AS j(id bigint, state text, deadline bigint, \
+            open boolean, paused boolean, stopped text, cancelled boolean, \
+            failed_by_policy boolean, running_cost bigint, last_served bigint, \
+            next_index bigint, next_ready bigint, n jsonb, retries bigint, durations text, \
+            started_at bigint, finished_at bigint, policy text) \
+          WHERE b.id = j.id RETURNING 1), \
+        opened AS ( \
+          INSERT INTO attempts (task_id, attempt, worker_id, started_at) \
+          SELECT j.t, j.a, j.w, j.at FROM jsonb_to_recordset($3::jsonb) \
+            AS j(t bigint, a bigint, w bigint, at bigint) RETURNING 1), \
+        closed AS ( \
+          UPDATE attempts AS x SET finished_at = j.at, outcome = j.o, reason = j.r, \
+            exit_code = j.x, error = j.e FROM jsonb_to_recordset($4::jsonb) \
+            AS j(t bigint, a bigint, at bigint, o text, r text, x bigint, e text) \
+          WHERE x.task_id = j.t AND x.attempt = j.a RETURNING 1), \
+        seq AS ( \
+          UPDATE herd_meta SET next_seq = next_seq + $6 WHERE id = 1 AND $6 > 0 \
+          RETURNING next_seq - $6 AS first), \
+        ev AS ( \
+          INSERT INTO events (seq, at, batch_id, kind, task_id, idx, attempt, from_state, \
+            to_state, reason) \
+          SELECT seq.first + j.seq, j.at, j.b, j.k, j.t, j.i, j.a, j.f, j.\"to\", j.r \
+          FROM seq, jsonb_to_recordset($5::jsonb) AS j(seq bigint, at bigint, b bigint, \
+            k text, t bigint, i bigint, a bigint, f text, \"to\" text, r text) RETURNING 1), \
+        woke AS (SELECT pg_notify(c, '') FROM unnest(ARRAY[$7, $8]::text[]) AS c \
+          WHERE c IS NOT NULL) \
+        SELECT (SELECT first FROM seq) WHERE (SELECT count(*) FROM woke) >= 0";
 
     /// Up to `$2` queued tasks of each batch in `$1`, in queue order.
     pub(super) fn tasks_ready() -> String {
@@ -716,6 +839,33 @@ impl Tx for PgTx {
         .await
     }
 
+    async fn write_all(&mut self, set: WriteSet<'_>) -> Result<u64> {
+        let policies: Vec<String> = set
+            .batches
+            .iter()
+            .map(|b| json(&*b.policy))
+            .collect::<Result<_>>()?;
+        let batches: Vec<BatchWrite<'_>> = set
+            .batches
+            .iter()
+            .zip(&policies)
+            .map(|(b, policy)| BatchWrite::of(b, policy))
+            .collect();
+        let first: Option<i64> = sqlx::query_scalar(sql::WRITE_ALL)
+            .bind(json(&set.tasks)?)
+            .bind(json(&batches)?)
+            .bind(json(&set.attempts_started)?)
+            .bind(json(&set.attempts_ended)?)
+            .bind(json(&set.events)?)
+            .bind(set.events.len() as i64)
+            .bind(set.notify_work.then_some(self.work_channel.as_str()))
+            .bind(set.notify_control.then_some(self.control_channel.as_str()))
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(first.unwrap_or(0) as u64)
+    }
+
     async fn notify(&mut self, work: bool, control: bool) -> Result<()> {
         // Delivered at commit, and only if the transaction commits.
         for (wanted, channel) in [(work, &self.work_channel), (control, &self.control_channel)] {
@@ -790,6 +940,12 @@ mod tests {
             ),
             ("write", "jsonb", sql::TASKS_WRITE.to_owned(), "('[]')"),
             ("ended", "jsonb", sql::ATTEMPTS_END.to_owned(), "('[]')"),
+            (
+                "write_all",
+                "jsonb, jsonb, jsonb, jsonb, jsonb, bigint, text, text",
+                sql::WRITE_ALL.to_owned(),
+                "('[]', '[]', '[]', '[]', '[]', 0, NULL, NULL)",
+            ),
         ];
         for (name, types, statement, args) in statements {
             sqlx::query(&format!("PREPARE {name}({types}) AS {statement}"))
