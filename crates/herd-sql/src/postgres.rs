@@ -95,6 +95,18 @@ impl<P, O> SqlStore<Postgres, P, O> {
             Some(schema) => options.options([("search_path", schema)]),
             None => options,
         };
+        // herd's statements reach rows by key or through partial indexes, by
+        // design. A queue's tables grow and churn faster than their
+        // statistics: with stale ones, the planner takes a freshly filled
+        // table for a small one and hash-joins a scan of it into every
+        // claim and completion (measured: a 100-task claim spent most of its
+        // time scanning). Without scans and hash or merge joins to choose
+        // from, it looks rows up by index whatever the statistics say.
+        let options = options.options([
+            ("enable_seqscan", "off"),
+            ("enable_hashjoin", "off"),
+            ("enable_mergejoin", "off"),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))

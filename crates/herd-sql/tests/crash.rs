@@ -341,8 +341,11 @@ fn sqlite_location(dir: &Path) -> String {
 const CRASH_TASKS: usize = 2_000;
 /// Worker processes killed before the last one drains the batch.
 const KILLS: usize = 20;
-/// Short, so that the attempts of a killed worker come back soon.
-const CRASH_LEASE: Duration = Duration::from_secs(1);
+/// Short, so that the attempts of a killed worker come back soon; long enough
+/// that a live worker renews its leases in time on a loaded machine (the
+/// test's other cases run beside it), so that every attempt lost is one a
+/// kill took. (At 1 s, one run in a few lost a live worker's lease.)
+const CRASH_LEASE: Duration = Duration::from_secs(3);
 
 /// The crash test's direct reads of a store's tables, past its API: what
 /// the store says happened, to hold against the workers' logs.
