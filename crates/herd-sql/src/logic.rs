@@ -44,6 +44,8 @@ pub(crate) struct TaskRow {
     pub lost: u32,
     pub worker: Option<WorkerId>,
     pub lease_until: Option<Timestamp>,
+    /// When the current attempt started.
+    pub started_at: Option<Timestamp>,
     pub cancel: Option<(CancelMode, Reason)>,
     pub run_at: Option<Timestamp>,
     pub ready_seq: Option<i64>,
@@ -164,6 +166,7 @@ pub(crate) struct TaskWrite<'a> {
     pub l: u32,
     pub w: Option<i64>,
     pub lu: Option<i64>,
+    pub st: Option<i64>,
     pub cm: Option<&'static str>,
     pub cr: Option<String>,
     pub ra: Option<i64>,
@@ -174,20 +177,15 @@ pub(crate) struct TaskWrite<'a> {
     pub o: Option<&'a str>,
 }
 
-/// An attempt that started.
-#[derive(serde::Serialize)]
-pub(crate) struct AttemptStart {
-    pub t: i64,
-    pub a: u32,
-    pub w: i64,
-    pub at: i64,
-}
-
-/// An attempt that ended.
+/// An attempt that ended: its one row in `attempts`, written at its end
+/// (while it runs, its worker and start are on the task row).
 #[derive(serde::Serialize)]
 pub(crate) struct AttemptEnd {
     pub t: i64,
     pub a: u32,
+    pub w: Option<i64>,
+    /// When it started.
+    pub st: i64,
     pub at: i64,
     /// The state the attempt led to.
     pub o: &'static str,
@@ -256,7 +254,6 @@ impl EventWrite {
 pub(crate) struct WriteSet<'a> {
     pub tasks: Vec<TaskWrite<'a>>,
     pub batches: Vec<&'a BatchRow>,
-    pub attempts_started: &'a [AttemptStart],
     pub attempts_ended: &'a [AttemptEnd],
     /// Also in `tasks` (`TaskWrite::o`).
     pub outputs: &'a [(TaskId, String)],
@@ -365,7 +362,6 @@ pub(crate) trait Tx: Send {
         rows: &[(TaskId, String)],
     ) -> impl Future<Output = Result<()>> + Send;
 
-    fn attempts_start(&mut self, rows: &[AttemptStart]) -> impl Future<Output = Result<()>> + Send;
     fn attempts_end(&mut self, rows: &[AttemptEnd]) -> impl Future<Output = Result<()>> + Send;
 
     /// Takes `n` event sequence numbers, returning the first. Serialises
@@ -386,9 +382,6 @@ pub(crate) trait Tx: Send {
             }
             for b in &set.batches {
                 self.batch_write(b).await?;
-            }
-            if !set.attempts_started.is_empty() {
-                self.attempts_start(set.attempts_started).await?;
             }
             if !set.attempts_ended.is_empty() {
                 self.attempts_end(set.attempts_ended).await?;
@@ -468,7 +461,6 @@ pub(crate) struct Work {
     dirty_tasks: BTreeSet<TaskId>,
     dirty_batches: BTreeSet<BatchId>,
     events: Vec<Event>,
-    attempts_started: Vec<AttemptStart>,
     attempts_ended: Vec<AttemptEnd>,
     outputs: Vec<(TaskId, String)>,
     /// Tasks became ready: wake workers.
@@ -493,7 +485,6 @@ impl Work {
             dirty_tasks: BTreeSet::new(),
             dirty_batches: BTreeSet::new(),
             events: Vec::new(),
-            attempts_started: Vec::new(),
             attempts_ended: Vec::new(),
             outputs: Vec::new(),
             work_ready: false,
@@ -698,6 +689,7 @@ impl Work {
         t.run_at = None;
         t.worker = None;
         t.lease_until = None;
+        t.started_at = None;
         let (batch, index, attempt) = (t.batch, t.index, t.attempt);
         if let Ok(b) = self.batch_mut(batch) {
             b.counts.shift(Some(from), to);
@@ -736,14 +728,8 @@ impl Work {
         t.attempt = t.attempt.next();
         t.worker = Some(worker);
         t.lease_until = Some(lease_until);
+        t.started_at = Some(now);
         t.ready_seq = None;
-        let attempt = t.attempt;
-        self.attempts_started.push(AttemptStart {
-            t: id.0,
-            a: attempt.0,
-            w: worker.0,
-            at: now.0,
-        });
         self.move_task(id, TaskState::Running, None);
     }
 
@@ -752,6 +738,8 @@ impl Work {
         self.attempts_ended.push(AttemptEnd {
             t: id.0,
             a: t.attempt.0,
+            w: t.worker.map(|w| w.0),
+            st: t.started_at.map_or(self.now.0, |at| at.0),
             at: self.now.0,
             o: to.as_str(),
             r: reason.map(|r| r.to_string()),
@@ -1035,7 +1023,6 @@ impl Work {
         let set = WriteSet {
             tasks: task_writes(&self.tasks, &self.outputs, &dirty_tasks),
             batches: dirty_batches.iter().map(|id| &self.batches[id]).collect(),
-            attempts_started: &self.attempts_started,
             attempts_ended: &self.attempts_ended,
             outputs: &self.outputs,
             events: self
@@ -1080,6 +1067,7 @@ fn task_writes<'a>(
                 l: t.lost,
                 w: t.worker.map(|w| w.0),
                 lu: t.lease_until.map(|at| at.0),
+                st: t.started_at.map(|at| at.0),
                 cm: t.cancel.map(|(mode, _)| cancel_mode_str(mode)),
                 cr: t.cancel.map(|(_, reason)| reason.to_string()),
                 ra: t.run_at.map(|at| at.0),

@@ -20,8 +20,8 @@ use herd_core::store::Signals;
 
 use crate::OpenError;
 use crate::logic::{
-    AttemptEnd, AttemptStart, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result,
-    TaskRow, TaskWrite, Tx, UpstreamRow, WriteSet, backend,
+    AttemptEnd, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
+    TaskWrite, Tx, UpstreamRow, WriteSet, backend,
 };
 use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row};
 use crate::sqlite::upstream_row;
@@ -344,7 +344,7 @@ mod sql {
     use crate::rows::TASK_COLUMNS;
 
     /// Everything a transaction writes at its end, in one round trip: task
-    /// rows (with outputs), batch rows, attempts opened and closed, events
+    /// rows (with outputs), batch rows, attempts that ended, events
     /// numbered from the sequence row (locked until commit), notifications.
     /// Data-modifying CTEs all run; the notifications are selected so that
     /// they run too.
@@ -353,10 +353,10 @@ mod sql {
           UPDATE tasks AS t SET state = j.s, reason = j.r, message = j.m, attempt = j.a, \
             first_attempt = j.fa, lost = j.l, worker_id = j.w, lease_until = j.lu, \
             cancel_mode = j.cm, cancel_reason = j.cr, run_at = j.ra, ready_seq = j.rs, \
-            deps_left = j.d, output = COALESCE(j.o, t.output) \
+            deps_left = j.d, started_at = j.st, output = COALESCE(j.o, t.output) \
           FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, s text, r text, m text, \
-            a bigint, fa bigint, l bigint, w bigint, lu bigint, cm text, cr text, ra bigint, \
-            rs bigint, d bigint, o text) \
+            a bigint, fa bigint, l bigint, w bigint, lu bigint, st bigint, cm text, cr text, \
+            ra bigint, rs bigint, d bigint, o text) \
           WHERE t.id = j.id RETURNING 1), \
         bw AS ( \
           UPDATE batches AS b SET state = j.state, deadline = j.deadline, open = j.open, \
@@ -376,25 +376,22 @@ mod sql {
             next_index bigint, next_ready bigint, n jsonb, retries bigint, durations text, \
             started_at bigint, finished_at bigint, policy text) \
           WHERE b.id = j.id RETURNING 1), \
-        opened AS ( \
-          INSERT INTO attempts (task_id, attempt, worker_id, started_at) \
-          SELECT j.t, j.a, j.w, j.at FROM jsonb_to_recordset($3::jsonb) \
-            AS j(t bigint, a bigint, w bigint, at bigint) RETURNING 1), \
-        closed AS ( \
-          UPDATE attempts AS x SET finished_at = j.at, outcome = j.o, reason = j.r, \
-            exit_code = j.x, error = j.e FROM jsonb_to_recordset($4::jsonb) \
-            AS j(t bigint, a bigint, at bigint, o text, r text, x bigint, e text) \
-          WHERE x.task_id = j.t AND x.attempt = j.a RETURNING 1), \
+        ended AS ( \
+          INSERT INTO attempts (task_id, attempt, worker_id, started_at, finished_at, \
+            outcome, reason, exit_code, error) \
+          SELECT j.t, j.a, j.w, j.st, j.at, j.o, j.r, j.x, j.e \
+          FROM jsonb_to_recordset($3::jsonb) AS j(t bigint, a bigint, w bigint, st bigint, \
+            at bigint, o text, r text, x bigint, e text) RETURNING 1), \
         seq AS ( \
-          UPDATE herd_meta SET next_seq = next_seq + $6 WHERE id = 1 AND $6 > 0 \
-          RETURNING next_seq - $6 AS first), \
+          UPDATE herd_meta SET next_seq = next_seq + $5 WHERE id = 1 AND $5 > 0 \
+          RETURNING next_seq - $5 AS first), \
         ev AS ( \
           INSERT INTO events (seq, at, batch_id, kind, task_id, idx, attempt, from_state, \
             to_state, reason) \
           SELECT seq.first + j.seq, j.at, j.b, j.k, j.t, j.i, j.a, j.f, j.\"to\", j.r \
-          FROM seq, jsonb_to_recordset($5::jsonb) AS j(seq bigint, at bigint, b bigint, \
+          FROM seq, jsonb_to_recordset($4::jsonb) AS j(seq bigint, at bigint, b bigint, \
             k text, t bigint, i bigint, a bigint, f text, \"to\" text, r text) RETURNING 1), \
-        woke AS (SELECT pg_notify(c, '') FROM unnest(ARRAY[$7, $8]::text[]) AS c \
+        woke AS (SELECT pg_notify(c, '') FROM unnest(ARRAY[$6, $7]::text[]) AS c \
           WHERE c IS NOT NULL) \
         SELECT (SELECT first FROM seq) WHERE (SELECT count(*) FROM woke) >= 0";
 
@@ -413,17 +410,19 @@ mod sql {
     pub(super) const TASKS_WRITE: &str = "\
         UPDATE tasks AS t SET state = j.s, reason = j.r, message = j.m, attempt = j.a, \
         first_attempt = j.fa, lost = j.l, worker_id = j.w, lease_until = j.lu, cancel_mode = j.cm, \
-        cancel_reason = j.cr, run_at = j.ra, ready_seq = j.rs, deps_left = j.d \
+        cancel_reason = j.cr, run_at = j.ra, ready_seq = j.rs, deps_left = j.d, \
+        started_at = j.st \
         FROM jsonb_to_recordset($1::jsonb) AS j(id bigint, s text, r text, m text, a bigint, \
-        fa bigint, l bigint, w bigint, lu bigint, cm text, cr text, ra bigint, rs bigint, d bigint) \
+        fa bigint, l bigint, w bigint, lu bigint, st bigint, cm text, cr text, ra bigint, \
+        rs bigint, d bigint) \
         WHERE t.id = j.id";
 
-    /// Closes attempts: by primary key, never by scanning a worker's attempts.
+    /// Records attempts at their end: one row each, one insert.
     pub(super) const ATTEMPTS_END: &str = "\
-        UPDATE attempts AS x SET finished_at = j.at, outcome = j.o, reason = j.r, \
-        exit_code = j.x, error = j.e FROM jsonb_to_recordset($1::jsonb) \
-        AS j(t bigint, a bigint, at bigint, o text, r text, x bigint, e text) \
-        WHERE x.task_id = j.t AND x.attempt = j.a";
+        INSERT INTO attempts (task_id, attempt, worker_id, started_at, finished_at, outcome, \
+        reason, exit_code, error) \
+        SELECT j.t, j.a, j.w, j.st, j.at, j.o, j.r, j.x, j.e FROM jsonb_to_recordset($1::jsonb) \
+        AS j(t bigint, a bigint, w bigint, st bigint, at bigint, o text, r text, x bigint, e text)";
 }
 
 fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
@@ -814,16 +813,6 @@ impl Tx for PgTx {
         Ok(())
     }
 
-    async fn attempts_start(&mut self, rows: &[AttemptStart]) -> Result<()> {
-        self.run_json(
-            "INSERT INTO attempts (task_id, attempt, worker_id, started_at) \
-             SELECT j.t, j.a, j.w, j.at FROM jsonb_to_recordset($1::jsonb) \
-             AS j(t bigint, a bigint, w bigint, at bigint)",
-            json(&rows)?,
-        )
-        .await
-    }
-
     async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
         self.run_json(sql::ATTEMPTS_END, json(&rows)?).await
     }
@@ -866,7 +855,6 @@ impl Tx for PgTx {
         let first: Option<i64> = sqlx::query_scalar(sql::WRITE_ALL)
             .bind(json(&set.tasks)?)
             .bind(json(&batches)?)
-            .bind(json(&set.attempts_started)?)
             .bind(json(&set.attempts_ended)?)
             .bind(json(&set.events)?)
             .bind(set.events.len() as i64)
@@ -954,9 +942,9 @@ mod tests {
             ("ended", "jsonb", sql::ATTEMPTS_END.to_owned(), "('[]')"),
             (
                 "write_all",
-                "jsonb, jsonb, jsonb, jsonb, jsonb, bigint, text, text",
+                "jsonb, jsonb, jsonb, jsonb, bigint, text, text",
                 sql::WRITE_ALL.to_owned(),
-                "('[]', '[]', '[]', '[]', '[]', 0, NULL, NULL)",
+                "('[]', '[]', '[]', '[]', 0, NULL, NULL)",
             ),
         ];
         for (name, types, statement, args) in statements {

@@ -11,7 +11,7 @@ use crate::logic::{BatchRow, Result, TaskRow, backend, parse_cancel_mode, parse_
 
 /// The columns [`task_row`] reads, from `tasks` aliased `t`.
 pub(crate) const TASK_COLUMNS: &str = "t.id, t.batch_id, t.idx, t.key, t.priority, t.cost, \
-     t.state, t.reason, t.message, t.attempt, t.first_attempt, t.lost, t.worker_id, t.lease_until, \
+     t.state, t.reason, t.message, t.attempt, t.first_attempt, t.lost, t.worker_id, t.lease_until, t.started_at, \
      t.cancel_mode, t.cancel_reason, t.run_at, t.ready_seq, t.deps_left, t.rule, t.n_dependents, \
      t.n_upstream";
 
@@ -126,6 +126,7 @@ pub(crate) fn task_row(r: &impl SqlRow) -> Result<TaskRow> {
         lost: r.unsigned("lost")?,
         worker: r.opt_int("worker_id")?.map(WorkerId),
         lease_until: r.opt_int("lease_until")?.map(Timestamp),
+        started_at: r.opt_int("started_at")?.map(Timestamp),
         cancel,
         run_at: r.opt_int("run_at")?.map(Timestamp),
         ready_seq: r.opt_int("ready_seq")?,

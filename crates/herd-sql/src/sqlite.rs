@@ -25,8 +25,8 @@ use herd_core::store::Signals;
 
 use crate::OpenError;
 use crate::logic::{
-    AttemptEnd, AttemptStart, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result,
-    TaskRow, TaskWrite, Tx, UpstreamRow, backend,
+    AttemptEnd, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
+    TaskWrite, Tx, UpstreamRow, backend,
 };
 use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row};
 use crate::store::{Dialect, SqlStore};
@@ -672,10 +672,10 @@ impl Tx for SqliteTx {
              attempt = j.column5, first_attempt = j.column6, lost = j.column7, \
              worker_id = j.column8, lease_until = j.column9, cancel_mode = j.column10, \
              cancel_reason = j.column11, run_at = j.column12, ready_seq = j.column13, \
-             deps_left = j.column14 FROM (",
+             deps_left = j.column14, started_at = j.column15 FROM (",
             ") AS j WHERE tasks.id = j.column1",
             rows,
-            14,
+            15,
             |b, t| {
                 b.push_bind(t.id)
                     .push_bind(t.s)
@@ -690,7 +690,8 @@ impl Tx for SqliteTx {
                     .push_bind(t.cr.as_deref())
                     .push_bind(t.ra)
                     .push_bind(t.rs)
-                    .push_bind(i64::from(t.d));
+                    .push_bind(i64::from(t.d))
+                    .push_bind(t.st);
             },
         )
         .await
@@ -722,32 +723,18 @@ impl Tx for SqliteTx {
         .await
     }
 
-    async fn attempts_start(&mut self, rows: &[AttemptStart]) -> Result<()> {
+    async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
         self.values(
-            "INSERT INTO attempts (task_id, attempt, worker_id, started_at) ",
+            "INSERT INTO attempts (task_id, attempt, worker_id, started_at, finished_at, \
+             outcome, reason, exit_code, error) ",
             "",
             rows,
-            4,
+            9,
             |b, a| {
                 b.push_bind(a.t)
                     .push_bind(i64::from(a.a))
                     .push_bind(a.w)
-                    .push_bind(a.at);
-            },
-        )
-        .await
-    }
-
-    async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
-        self.values(
-            "UPDATE attempts SET finished_at = j.column3, outcome = j.column4, \
-             reason = j.column5, exit_code = j.column6, error = j.column7 FROM (",
-            ") AS j WHERE attempts.task_id = j.column1 AND attempts.attempt = j.column2",
-            rows,
-            7,
-            |b, a| {
-                b.push_bind(a.t)
-                    .push_bind(i64::from(a.a))
+                    .push_bind(a.st)
                     .push_bind(a.at)
                     .push_bind(a.o)
                     .push_bind(a.r.as_deref())

@@ -57,6 +57,7 @@ CREATE TABLE tasks (
     lost          BIGINT  NOT NULL DEFAULT 0,
     worker_id     BIGINT,
     lease_until   BIGINT,
+    started_at    BIGINT,
     cancel_mode   TEXT,
     cancel_reason TEXT,
     run_at        BIGINT,

@@ -67,6 +67,8 @@ CREATE TABLE tasks (
     lost          INTEGER NOT NULL DEFAULT 0,
     worker_id     INTEGER,
     lease_until   INTEGER,
+    -- When the current attempt started (its attempts row is written at its end).
+    started_at    INTEGER,
     cancel_mode   TEXT,
     cancel_reason TEXT,
     -- retry_wait: when the task is due again.
@@ -98,6 +100,8 @@ CREATE TABLE task_deps (
 );
 CREATE INDEX task_deps_upstream ON task_deps (upstream_id);
 
+-- One row per attempt that ended, written when it ends (a running attempt's
+-- worker and start are on its task row).
 CREATE TABLE attempts (
     task_id     INTEGER NOT NULL REFERENCES tasks (id) ON DELETE CASCADE,
     attempt     INTEGER NOT NULL,
