@@ -82,6 +82,13 @@ fn worker_process() {
                 serve(Arc::new(store), &logs, lease).await;
             }
             Some("postgres" | "postgresql") => {
+                // Named after the process, so that the test can tell when the
+                // server has let go of a killed worker's connections.
+                let separator = if location.contains('?') { '&' } else { '?' };
+                let location = format!(
+                    "{location}{separator}application_name={}",
+                    backend_name(std::process::id())
+                );
                 let store = match std::env::var(ENV_SCHEMA) {
                     Ok(schema) => PgStore::<String, String>::connect_in_schema(&location, &schema)
                         .await
@@ -95,6 +102,11 @@ fn worker_process() {
             _ => panic!("{ENV_STORE}={location:?} names no store this test knows"),
         }
     });
+}
+
+/// The PostgreSQL `application_name` of worker process `pid`'s connections.
+fn backend_name(pid: u32) -> String {
+    format!("herd-crash-{pid}")
 }
 
 /// Runs a worker over `store` until it is killed; returns only by panicking,
@@ -362,6 +374,11 @@ trait Probe: Store<Payload = String, Output = String> {
     async fn task_attempts(&self, batch: BatchId) -> HashMap<i64, u32>;
     /// The attempts of `batch` that the store counted as lost.
     async fn batch_lost(&self, batch: BatchId) -> usize;
+    /// Returns once nothing the killed worker process `pid` sent can still
+    /// commit. SQLite: at once (a write is the process's own). PostgreSQL:
+    /// once the server has closed its connections, since a backend may
+    /// finish a COMMIT its client sent just before it died.
+    async fn settle_after_kill(&self, pid: u32);
 }
 
 /// Implements [`Probe`] for stores with a `pool()`, in SQL that both
@@ -369,7 +386,7 @@ trait Probe: Store<Payload = String, Output = String> {
 /// too), and every number read as a BIGINT (PostgreSQL's columns; its
 /// `SUM` of them is a NUMERIC, hence the cast).
 macro_rules! impl_probe {
-    ($($store:ty),+ $(,)?) => {$(
+    ($($store:ty => $settle:ident),+ $(,)?) => {$(
         impl Probe for $store {
             async fn worker_id_max(&self) -> i64 {
                 sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM workers")
@@ -433,11 +450,43 @@ macro_rules! impl_probe {
                 .expect("the losses are counted");
                 to_usize(lost)
             }
+
+            async fn settle_after_kill(&self, pid: u32) {
+                $settle(self, pid).await
+            }
         }
     )+};
 }
 
-impl_probe!(SqliteStore<String, String>, PgStore<String, String>);
+impl_probe!(
+    SqliteStore<String, String> => settled_at_once,
+    PgStore<String, String> => backends_closed,
+);
+
+async fn settled_at_once(_: &SqliteStore<String, String>, _pid: u32) {}
+
+/// Waits (polling the server's view, for at most a minute) until no
+/// connection of worker process `pid` is left.
+async fn backends_closed(store: &PgStore<String, String>, pid: u32) {
+    let name = backend_name(pid);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let open: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = $1")
+                .bind(&name)
+                .fetch_one(store.pool())
+                .await
+                .expect("the server's connections are read");
+        if open == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server kept {open} connections of killed worker {pid} for a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 fn to_usize(count: i64) -> usize {
     usize::try_from(count).unwrap_or_else(|_| panic!("a negative count: {count}"))
@@ -507,7 +556,9 @@ async fn workers_killed_at_random_lose_no_task<S: Probe>(store: &S, serve: &Serv
         let before = store.worker_id_max().await;
         let worker = WorkerProcess::spawn(serve);
         tokio::time::sleep(Duration::from_millis(rng.u64(50..=300))).await;
+        let pid = worker.pid();
         worker.kill();
+        store.settle_after_kill(pid).await;
         in_flight.push(store.tasks_running_after(before).await);
     }
     let done_by_kills = store
