@@ -110,7 +110,7 @@ impl<P, O> SqlStore<Postgres, P, O> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(open)?;
         let current: String = sqlx::query_scalar("SELECT current_schema()")
@@ -128,7 +128,13 @@ impl<P, O> SqlStore<Postgres, P, O> {
         })?;
         let work_channel = channel("herd_work", &current);
         let control_channel = channel("herd_control", &current);
-        let mut listener = PgListener::connect_with(&pool).await?;
+        // The listener keeps its connection for the store's life: a pool of
+        // its own, so that closing the store's pool does not wait for it.
+        let listening = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        let mut listener = PgListener::connect_with(&listening).await?;
         listener
             .listen_all([work_channel.as_str(), control_channel.as_str()])
             .await?;

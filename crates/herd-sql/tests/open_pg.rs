@@ -145,3 +145,14 @@ async fn a_rejected_submit_stores_nothing() {
         assert_eq!(rows, 0, "{table}");
     }
 }
+
+#[tokio::test]
+async fn closing_the_pool_does_not_wait_for_the_listener() {
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let store = common::fresh_postgres(&url, "open_close_pool").await;
+    tokio::time::timeout(std::time::Duration::from_secs(10), store.pool().close())
+        .await
+        .expect("the pool closes: no connection of it is held for the store's life");
+}
