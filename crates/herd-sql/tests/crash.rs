@@ -545,7 +545,10 @@ async fn postgres_workers_killed_at_random_lose_no_task() {
 async fn workers_killed_at_random_lose_no_task<S: Probe>(store: &S, serve: &Serve<'_>) {
     let seed = fastrand::u64(..);
     let mut rng = fastrand::Rng::with_seed(seed);
-    let batch = insert_batch(store, CRASH_TASKS, SLOTS).await;
+    // Room for several workers' worth of attempts: a killed worker's tasks
+    // hold their batch slots until their leases expire, and the next worker
+    // must find free ones meanwhile, or it would idle until the rescue.
+    let batch = insert_batch(store, CRASH_TASKS, SLOTS * 8).await;
     let began = Instant::now();
 
     // Tasks left running by each killed worker: its attempts in flight.
@@ -554,8 +557,16 @@ async fn workers_killed_at_random_lose_no_task<S: Probe>(store: &S, serve: &Serv
     let mut in_flight = Vec::with_capacity(KILLS);
     for _ in 0..KILLS {
         let before = store.worker_id_max().await;
-        let worker = WorkerProcess::spawn(serve);
-        tokio::time::sleep(Duration::from_millis(rng.u64(50..=300))).await;
+        let mut worker = WorkerProcess::spawn(serve);
+        // The window starts once the worker has registered, so that kills
+        // land while it works rather than while it starts.
+        let registered = Instant::now() + Duration::from_secs(60);
+        while store.worker_id_max().await == before {
+            worker.assert_alive();
+            assert!(Instant::now() < registered, "the worker never registered");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.u64(20..=250))).await;
         let pid = worker.pid();
         worker.kill();
         store.settle_after_kill(pid).await;
