@@ -12,9 +12,16 @@
 //! // [dev-dependencies] herd-core = { workspace = true, features = ["testing"] }
 //! // and tokio (features "macros", "rt-multi-thread") as a dev-dependency.
 //! herd_core::store_conformance!(|case: &'static str| async move {
-//!     herd_sql::SqliteStore::<String, String>::open(&path_for(case)).await.unwrap()
+//!     let dir = tempfile::Builder::new().prefix(case).tempdir().unwrap().keep();
+//!     let path = dir.join("herd.db");
+//!     herd_sql::SqliteStore::<String, String>::open(&format!("sqlite:{}", path.display()))
+//!         .await
+//!         .unwrap()
 //! });
 //! ```
+//!
+//! A store that needs a server expands `store_conformance!(if AVAILABLE;
+//! FACTORY)` instead (see `herd-sql/tests/conformance_pg.rs`).
 //!
 //! The factory is anything implementing [`StoreFactory`]; closures
 //! `Fn(&'static str) -> impl Future<Output = S>` do. The suite's payloads and
@@ -62,7 +69,8 @@
 //!   when operations run in parallel.
 //!
 //! This crate runs the suite against the memory store, in both of its
-//! flavours: `cargo test -p herd-core --features testing --test conformance`.
+//! flavours: `cargo test -p herd-core --features testing --test conformance`;
+//! `herd-sql` runs it against SQLite and PostgreSQL.
 
 use std::collections::HashMap;
 use std::future::Future;
