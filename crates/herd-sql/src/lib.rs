@@ -19,6 +19,7 @@ mod logic;
 mod postgres;
 mod rows;
 mod sqlite;
+mod statements;
 mod store;
 
 pub use postgres::{PgStore, Postgres};
@@ -79,7 +80,9 @@ pub enum OpenError {
         #[source]
         source: sqlx::migrate::MigrateError,
     },
-    /// A query failed.
-    #[error("reading the store failed")]
+    /// A query while opening failed.
+    #[error(
+        "reading the store while opening it failed (the cause follows): check that the database is up and that herd may use it"
+    )]
     Query(#[from] sqlx::Error),
 }

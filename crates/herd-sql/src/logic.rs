@@ -274,6 +274,22 @@ pub(crate) struct ClaimScan {
     pub claimable: Vec<BatchId>,
 }
 
+impl ClaimScan {
+    /// Sorts the rows of [`crate::statements::CLAIM_SCAN`]: (kind, id, batch).
+    pub fn from_rows(rows: Vec<(String, i64, i64)>) -> ClaimScan {
+        let mut out = ClaimScan::default();
+        for (kind, id, batch) in rows {
+            match kind.as_str() {
+                "due" => out.due.push((TaskId(id), BatchId(batch))),
+                "deadline" => out.past_deadline.push(BatchId(id)),
+                _ => out.claimable.push(BatchId(id)),
+            }
+        }
+        out.past_deadline.sort_unstable();
+        out
+    }
+}
+
 /// An upstream task's result, for a claimed dependent.
 pub(crate) struct UpstreamRow {
     pub dependent: TaskId,

@@ -8,6 +8,7 @@
 //! wake on `LISTEN`/`NOTIFY` instead of polling.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,8 +24,8 @@ use crate::logic::{
     AttemptEnd, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
     TaskWrite, Tx, UpstreamRow, WriteSet, backend,
 };
-use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row};
-use crate::sqlite::upstream_row;
+use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row, upstream_row};
+use crate::statements::{self, bind_batch_row, bind_new_batch, json};
 use crate::store::{Dialect, SqlStore};
 
 /// herd's PostgreSQL migrations, embedded at build time.
@@ -110,7 +111,7 @@ impl<P, O> SqlStore<Postgres, P, O> {
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(options.clone())
+            .connect_with(options)
             .await
             .map_err(open)?;
         let current: String = sqlx::query_scalar("SELECT current_schema()")
@@ -128,13 +129,9 @@ impl<P, O> SqlStore<Postgres, P, O> {
         })?;
         let work_channel = channel("herd_work", &current);
         let control_channel = channel("herd_control", &current);
-        // The listener keeps its connection for the store's life: a pool of
-        // its own, so that closing the store's pool does not wait for it.
-        let listening = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(options);
-        let mut listener = PgListener::connect_with(&listening).await?;
+        // The listener detaches its connection from the pool: closing the
+        // pool does not wait for it (a test checks).
+        let mut listener = PgListener::connect_with(&pool).await?;
         listener
             .listen_all([work_channel.as_str(), control_channel.as_str()])
             .await?;
@@ -277,6 +274,29 @@ fn read_only_or(error: sqlx::Error, location: &str) -> OpenError {
     }
 }
 
+// The hot statements that read rows, formatted once.
+static BATCHES_LOCK: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+});
+
+static BATCHES_LOCK_FOR_TASKS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE id IN \
+             (SELECT batch_id FROM tasks WHERE id = ANY($1)) ORDER BY id FOR UPDATE"
+    )
+});
+
+static TASKS_GET: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = ANY($1)"));
+
+static TASKS_DEPENDENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT d.upstream_id AS upstream, {TASK_COLUMNS} FROM task_deps d \
+             JOIN tasks t ON t.id = d.task_id \
+             WHERE d.upstream_id = ANY($1) AND t.state = 'pending'"
+    )
+});
+
 /// A changed batch row, as [`sql::WRITE_ALL`] reads it.
 #[derive(serde::Serialize)]
 struct BatchWrite<'a> {
@@ -347,6 +367,8 @@ fn hex(bytes: &[u8]) -> String {
 
 /// The hot statements, kept apart so that a test can check their plans.
 mod sql {
+    use std::sync::LazyLock;
+
     use crate::rows::TASK_COLUMNS;
 
     /// Everything a transaction writes at its end, in one round trip: task
@@ -402,7 +424,7 @@ mod sql {
         SELECT (SELECT first FROM seq) WHERE (SELECT count(*) FROM woke) >= 0";
 
     /// Up to `$2` queued tasks of each batch in `$1`, in queue order.
-    pub(super) fn tasks_ready() -> String {
+    pub(super) static TASKS_READY: LazyLock<String> = LazyLock::new(|| {
         format!(
             "SELECT h.* FROM UNNEST($1::bigint[]) AS b(id) CROSS JOIN LATERAL ( \
                SELECT {TASK_COLUMNS}, t.payload FROM tasks t \
@@ -410,7 +432,7 @@ mod sql {
                ORDER BY t.priority DESC, t.ready_seq LIMIT $2 FOR UPDATE SKIP LOCKED) AS h \
              ORDER BY h.batch_id, h.priority DESC, h.ready_seq"
         )
-    }
+    });
 
     /// Writes back the mutable columns of changed task rows.
     pub(super) const TASKS_WRITE: &str = "\
@@ -429,10 +451,6 @@ mod sql {
         reason, exit_code, error) \
         SELECT j.t, j.a, j.w, j.st, j.at, j.o, j.r, j.x, j.e FROM jsonb_to_recordset($1::jsonb) \
         AS j(t bigint, a bigint, w bigint, st bigint, at bigint, o text, r text, x bigint, e text)";
-}
-
-fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
-    serde_json::to_string(rows).map_err(backend)
 }
 
 fn ids_of<I: IntoIterator<Item = i64>>(ids: I) -> Vec<i64> {
@@ -455,18 +473,6 @@ impl PgTx {
             .map_err(backend)?;
         Ok(())
     }
-
-    async fn pairs(&mut self, sql: &str, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(sql)
-            .bind(now.0)
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(backend)?;
-        Ok(rows
-            .into_iter()
-            .map(|(t, b)| (TaskId(t), BatchId(b)))
-            .collect())
-    }
 }
 
 impl Dialect for Postgres {
@@ -486,148 +492,85 @@ impl Dialect for Postgres {
     }
 
     async fn worker_insert(&self, host: &str, pid: u32, now: Timestamp) -> Result<WorkerId> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO workers (host, pid, started_at, last_heartbeat) VALUES ($1, $2, $3, $3) \
-             RETURNING id",
-        )
-        .bind(host)
-        .bind(i64::from(pid))
-        .bind(now.0)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
+        let id: i64 = sqlx::query_scalar(statements::WORKER_INSERT)
+            .bind(host)
+            .bind(i64::from(pid))
+            .bind(now.0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(WorkerId(id))
     }
 
     async fn batch_read(&self, id: BatchId) -> Result<Option<BatchRow>> {
-        let row = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let row = sqlx::query(&statements::BATCH_READ)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(batch_row).transpose()
     }
 
     async fn task_read(&self, id: TaskId) -> Result<Option<TaskRow>> {
-        let row = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = $1"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let row = sqlx::query(&statements::TASK_READ)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(task_row).transpose()
     }
 }
 
 impl Tx for PgTx {
     async fn batch_by_key(&mut self, key: &str) -> Result<Option<BatchId>> {
-        let id: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM batches WHERE idempotency_key = $1")
-                .bind(key)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(backend)?;
+        let id: Option<i64> = sqlx::query_scalar(statements::BATCH_BY_KEY)
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(id.map(BatchId))
     }
 
     async fn batch_insert(&mut self, b: NewBatch<'_>) -> Result<BatchId> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO batches (name, idempotency_key, flow, state, priority, concurrency, \
-             policy, error_policy, deadline, open, paused, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id",
-        )
-        .bind(b.name)
-        .bind(b.idempotency_key)
-        .bind(&*b.policy.flow)
-        .bind(b.state.as_str())
-        .bind(i64::from(b.priority.0))
-        .bind(i64::from(b.concurrency))
-        .bind(json(b.policy)?)
-        .bind(json(b.error_policy)?)
-        .bind(b.policy.deadline.map(|d| d.0))
-        .bind(b.open)
-        .bind(b.paused)
-        .bind(b.created_at.0)
-        .fetch_one(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let id: i64 = bind_new_batch!(sqlx::query_scalar(statements::BATCH_INSERT), b)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(BatchId(id))
     }
 
     async fn batches_lock(&mut self, ids: &[BatchId]) -> Result<Vec<BatchRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = ANY($1) ORDER BY id FOR UPDATE"
-        ))
-        .bind(ids_of(ids.iter().map(|b| b.0)))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&BATCHES_LOCK)
+            .bind(ids_of(ids.iter().map(|b| b.0)))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(batch_row).collect()
     }
 
     async fn batch_write(&mut self, b: &BatchRow) -> Result<()> {
-        sqlx::query(
-            "UPDATE batches SET state = $1, deadline = $2, open = $3, paused = $4, stopped = $5, \
-             cancelled = $6, failed_by_policy = $7, running_cost = $8, last_served = $9, \
-             next_index = $10, next_ready = $11, n_pending = $12, n_queued = $13, \
-             n_running = $14, n_retry_wait = $15, n_succeeded = $16, n_failed = $17, \
-             n_cancelled = $18, n_skipped = $19, retries = $20, durations = $21, \
-             started_at = $22, finished_at = $23, policy = $24 WHERE id = $25",
-        )
-        .bind(b.state.as_str())
-        .bind(b.deadline.map(|d| d.0))
-        .bind(b.open)
-        .bind(b.paused)
-        .bind(b.stopped.map(|r| r.to_string()))
-        .bind(b.cancelled)
-        .bind(b.failed_by_policy)
-        .bind(i64::from(b.running_cost))
-        .bind(b.last_served)
-        .bind(b.next_index as i64)
-        .bind(b.next_ready)
-        .bind(b.counts.pending as i64)
-        .bind(b.counts.queued as i64)
-        .bind(b.counts.running as i64)
-        .bind(b.counts.retry_wait as i64)
-        .bind(b.counts.succeeded as i64)
-        .bind(b.counts.failed as i64)
-        .bind(b.counts.cancelled as i64)
-        .bind(b.counts.skipped as i64)
-        .bind(b.retries as i64)
-        .bind(b.durations.as_deref())
-        .bind(b.started_at.map(|t| t.0))
-        .bind(b.finished_at.map(|t| t.0))
-        .bind(json(&*b.policy)?)
-        .bind(b.id.0)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        bind_batch_row!(sqlx::query(statements::BATCH_WRITE), b)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 
     async fn batches_past_deadline(&mut self, now: Timestamp) -> Result<Vec<BatchId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM batches WHERE deadline <= $1 AND finished_at IS NULL ORDER BY id",
-        )
-        .bind(now.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let ids: Vec<i64> = sqlx::query_scalar(statements::BATCHES_PAST_DEADLINE)
+            .bind(now.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(ids.into_iter().map(BatchId).collect())
     }
 
     async fn batches_lock_for_tasks(&mut self, ids: &[TaskId]) -> Result<Vec<BatchRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} FROM batches WHERE id IN \
-             (SELECT batch_id FROM tasks WHERE id = ANY($1)) ORDER BY id FOR UPDATE"
-        ))
-        .bind(ids_of(ids.iter().map(|t| t.0)))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&BATCHES_LOCK_FOR_TASKS)
+            .bind(ids_of(ids.iter().map(|t| t.0)))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(batch_row).collect()
     }
 
@@ -684,48 +627,38 @@ impl Tx for PgTx {
     }
 
     async fn tasks_get(&mut self, ids: &[TaskId]) -> Result<Vec<TaskRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = ANY($1)"
-        ))
-        .bind(ids_of(ids.iter().map(|t| t.0)))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&TASKS_GET)
+            .bind(ids_of(ids.iter().map(|t| t.0)))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(task_row).collect()
     }
 
     async fn tasks_live(&mut self, batch: BatchId) -> Result<Vec<TaskRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = $1 \
-             AND t.state IN ('pending', 'queued', 'running', 'retry_wait')"
-        ))
-        .bind(batch.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&statements::TASKS_LIVE)
+            .bind(batch.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(task_row).collect()
     }
 
     async fn tasks_of_batch(&mut self, batch: BatchId) -> Result<Vec<TaskRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = $1 ORDER BY t.idx"
-        ))
-        .bind(batch.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&statements::TASKS_OF_BATCH)
+            .bind(batch.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(task_row).collect()
     }
 
     async fn deps_of_batch(&mut self, batch: BatchId) -> Result<Vec<(TaskId, TaskId)>> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT d.task_id, d.upstream_id FROM task_deps d \
-             JOIN tasks t ON t.id = d.task_id WHERE t.batch_id = $1",
-        )
-        .bind(batch.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows: Vec<(i64, i64)> = sqlx::query_as(statements::DEPS_OF_BATCH)
+            .bind(batch.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(rows
             .into_iter()
             .map(|(t, u)| (TaskId(t), TaskId(u)))
@@ -733,15 +666,11 @@ impl Tx for PgTx {
     }
 
     async fn tasks_dependents(&mut self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskRow)>> {
-        let rows = sqlx::query(&format!(
-            "SELECT d.upstream_id AS upstream, {TASK_COLUMNS} FROM task_deps d \
-             JOIN tasks t ON t.id = d.task_id \
-             WHERE d.upstream_id = ANY($1) AND t.state = 'pending'"
-        ))
-        .bind(ids_of(ids.iter().map(|t| t.0)))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&TASKS_DEPENDENTS)
+            .bind(ids_of(ids.iter().map(|t| t.0)))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter()
             .map(|r| Ok((TaskId(r.int("upstream")?), task_row(r)?)))
             .collect()
@@ -752,7 +681,7 @@ impl Tx for PgTx {
         batches: &[BatchId],
         limit: usize,
     ) -> Result<Vec<(TaskRow, String)>> {
-        let rows = sqlx::query(&sql::tasks_ready())
+        let rows = sqlx::query(&sql::TASKS_READY)
             .bind(ids_of(batches.iter().map(|b| b.0)))
             .bind(limit as i64)
             .fetch_all(&mut *self.tx)
@@ -764,27 +693,24 @@ impl Tx for PgTx {
     }
 
     async fn claim_scan(&mut self, now: Timestamp) -> Result<ClaimScan> {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT 'due', id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= $1 \
-             UNION ALL \
-             SELECT 'deadline', id, id FROM batches WHERE deadline <= $1 AND finished_at IS NULL \
-             UNION ALL \
-             SELECT 'claimable', id, id FROM batches WHERE finished_at IS NULL AND n_queued > 0 \
-             AND NOT paused AND stopped IS NULL AND running_cost < concurrency",
-        )
-        .bind(now.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
-        Ok(crate::sqlite::scan(rows))
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(statements::CLAIM_SCAN)
+            .bind(now.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(ClaimScan::from_rows(rows))
     }
 
     async fn tasks_lease_expired(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
-        self.pairs(
-            "SELECT id, batch_id FROM tasks WHERE state = 'running' AND lease_until < $1",
-            now,
-        )
-        .await
+        let rows: Vec<(i64, i64)> = sqlx::query_as(statements::TASKS_LEASE_EXPIRED)
+            .bind(now.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, b)| (TaskId(t), BatchId(b)))
+            .collect())
     }
 
     async fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> Result<()> {
@@ -824,13 +750,11 @@ impl Tx for PgTx {
     }
 
     async fn seq_take(&mut self, n: usize) -> Result<u64> {
-        let next: i64 = sqlx::query_scalar(
-            "UPDATE herd_meta SET next_seq = next_seq + $1 WHERE id = 1 RETURNING next_seq",
-        )
-        .bind(n as i64)
-        .fetch_one(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let next: i64 = sqlx::query_scalar(statements::SEQ_TAKE)
+            .bind(n as i64)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok((next - n as i64) as u64)
     }
 
@@ -941,7 +865,7 @@ mod tests {
             (
                 "ready",
                 "bigint[], bigint",
-                sql::tasks_ready(),
+                sql::TASKS_READY.clone(),
                 "('{1}', 100)",
             ),
             ("write", "jsonb", sql::TASKS_WRITE.to_owned(), "('[]')"),

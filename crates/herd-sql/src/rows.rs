@@ -7,7 +7,9 @@ use herd_core::model::{
     WorkerId,
 };
 
-use crate::logic::{BatchRow, Result, TaskRow, backend, parse_cancel_mode, parse_rule};
+use crate::logic::{
+    BatchRow, Result, TaskRow, UpstreamRow, backend, parse_cancel_mode, parse_rule,
+};
 
 /// The columns [`task_row`] reads, from `tasks` aliased `t`.
 pub(crate) const TASK_COLUMNS: &str = "t.id, t.batch_id, t.idx, t.key, t.priority, t.cost, \
@@ -24,7 +26,9 @@ pub(crate) const BATCH_COLUMNS: &str = "id, name, state, priority, concurrency, 
 
 /// A stored value herd cannot read: the store was changed by something else.
 #[derive(Debug, thiserror::Error)]
-#[error("the store holds a value herd cannot read in column {column}: {value:?}")]
+#[error(
+    "the store holds a value herd cannot read in column {column}: {value:?}; it was changed outside herd or by a newer herd: restore it from a backup, or open it with the herd that wrote it"
+)]
 pub(crate) struct Corrupt {
     column: &'static str,
     value: String,
@@ -174,5 +178,16 @@ pub(crate) fn batch_row(r: &impl SqlRow) -> Result<BatchRow> {
         created_at: Timestamp(r.int("created_at")?),
         started_at: r.opt_int("started_at")?.map(Timestamp),
         finished_at: r.opt_int("finished_at")?.map(Timestamp),
+    })
+}
+
+/// An upstream task's result, as the `upstream` statements read it.
+pub(crate) fn upstream_row(r: &impl SqlRow) -> Result<UpstreamRow> {
+    Ok(UpstreamRow {
+        dependent: TaskId(r.int("dependent")?),
+        task: TaskId(r.int("id")?),
+        key: r.opt_text("key")?.map(Arc::from),
+        state: r.parsed("state")?,
+        output: r.opt_text("output")?,
     })
 }

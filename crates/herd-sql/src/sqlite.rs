@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -28,7 +29,8 @@ use crate::logic::{
     AttemptEnd, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
     TaskWrite, Tx, UpstreamRow, backend,
 };
-use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row};
+use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row, upstream_row};
+use crate::statements::{self, bind_batch_row, bind_new_batch};
 use crate::store::{Dialect, SqlStore};
 
 /// herd's SQLite migrations, embedded at build time.
@@ -256,6 +258,41 @@ fn is_read_only(error: &sqlx::Error) -> bool {
     }
 }
 
+// The hot statements that read rows, formatted once.
+static BATCHES_LOCK: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {BATCH_COLUMNS} FROM batches \
+             WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
+    )
+});
+
+static BATCHES_LOCK_FOR_TASKS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE id IN \
+             (SELECT batch_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))) \
+             ORDER BY id"
+    )
+});
+
+static TASKS_GET: LazyLock<String> = LazyLock::new(|| {
+    format!("SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id IN (SELECT value FROM json_each(?))")
+});
+
+static TASKS_DEPENDENTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT d.upstream_id AS upstream, {TASK_COLUMNS} FROM task_deps d \
+             JOIN tasks t ON t.id = d.task_id \
+             WHERE d.upstream_id IN (SELECT value FROM json_each(?)) AND t.state = 'pending'"
+    )
+});
+static TASKS_READY: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {TASK_COLUMNS}, t.payload FROM tasks t \
+         WHERE t.batch_id = $1 AND t.state = 'queued' \
+         ORDER BY t.priority DESC, t.ready_seq LIMIT $2"
+    )
+});
+
 /// A JSON array of ids, for `json_each`.
 fn id_list<I: IntoIterator<Item = i64>>(ids: I) -> String {
     let mut out = String::from("[");
@@ -267,10 +304,6 @@ fn id_list<I: IntoIterator<Item = i64>>(ids: I) -> String {
     }
     out.push(']');
     out
-}
-
-fn json<T: serde::Serialize>(rows: &T) -> Result<String> {
-    serde_json::to_string(rows).map_err(backend)
 }
 
 /// A write transaction on the file, holding this process's write turn.
@@ -306,17 +339,6 @@ impl SqliteTx {
         }
         Ok(())
     }
-
-    async fn ids(&mut self, sql: &str, param: Option<i64>) -> Result<Vec<(i64, i64)>> {
-        let mut q = sqlx::query(sql);
-        if let Some(p) = param {
-            q = q.bind(p);
-        }
-        let rows = q.fetch_all(&mut *self.tx).await.map_err(backend)?;
-        rows.iter()
-            .map(|r| Ok((r.int("id")?, r.int("batch_id")?)))
-            .collect()
-    }
 }
 
 impl Dialect for Sqlite {
@@ -338,22 +360,18 @@ impl Dialect for Sqlite {
 
     async fn worker_insert(&self, host: &str, pid: u32, now: Timestamp) -> Result<WorkerId> {
         let _turn = self.writer.lock().await;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO workers (host, pid, started_at, last_heartbeat) VALUES (?, ?, ?, ?) \
-             RETURNING id",
-        )
-        .bind(host)
-        .bind(i64::from(pid))
-        .bind(now.0)
-        .bind(now.0)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(backend)?;
+        let id: i64 = sqlx::query_scalar(statements::WORKER_INSERT)
+            .bind(host)
+            .bind(i64::from(pid))
+            .bind(now.0)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
         Ok(WorkerId(id))
     }
 
     async fn batch_read(&self, id: BatchId) -> Result<Option<BatchRow>> {
-        let row = sqlx::query(&format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ?"))
+        let row = sqlx::query(&statements::BATCH_READ)
             .bind(id.0)
             .fetch_optional(&self.pool)
             .await
@@ -362,125 +380,65 @@ impl Dialect for Sqlite {
     }
 
     async fn task_read(&self, id: TaskId) -> Result<Option<TaskRow>> {
-        let row = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id = ?"
-        ))
-        .bind(id.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(backend)?;
+        let row = sqlx::query(&statements::TASK_READ)
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
         row.as_ref().map(task_row).transpose()
     }
 }
 
 impl Tx for SqliteTx {
     async fn batch_by_key(&mut self, key: &str) -> Result<Option<BatchId>> {
-        let id: Option<i64> =
-            sqlx::query_scalar("SELECT id FROM batches WHERE idempotency_key = ?")
-                .bind(key)
-                .fetch_optional(&mut *self.tx)
-                .await
-                .map_err(backend)?;
+        let id: Option<i64> = sqlx::query_scalar(statements::BATCH_BY_KEY)
+            .bind(key)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(id.map(BatchId))
     }
 
     async fn batch_insert(&mut self, b: NewBatch<'_>) -> Result<BatchId> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO batches (name, idempotency_key, flow, state, priority, concurrency, \
-             policy, error_policy, deadline, open, paused, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(b.name)
-        .bind(b.idempotency_key)
-        .bind(&*b.policy.flow)
-        .bind(b.state.as_str())
-        .bind(b.priority.0)
-        .bind(i64::from(b.concurrency))
-        .bind(json(b.policy)?)
-        .bind(json(b.error_policy)?)
-        .bind(b.policy.deadline.map(|d| d.0))
-        .bind(b.open)
-        .bind(b.paused)
-        .bind(b.created_at.0)
-        .fetch_one(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let id: i64 = bind_new_batch!(sqlx::query_scalar(statements::BATCH_INSERT), b)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(BatchId(id))
     }
 
     async fn batches_lock(&mut self, ids: &[BatchId]) -> Result<Vec<BatchRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} FROM batches \
-             WHERE id IN (SELECT value FROM json_each(?)) ORDER BY id"
-        ))
-        .bind(id_list(ids.iter().map(|b| b.0)))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&BATCHES_LOCK)
+            .bind(id_list(ids.iter().map(|b| b.0)))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(batch_row).collect()
     }
 
     async fn batch_write(&mut self, b: &BatchRow) -> Result<()> {
-        sqlx::query(
-            "UPDATE batches SET state = ?, deadline = ?, open = ?, paused = ?, stopped = ?, \
-             cancelled = ?, failed_by_policy = ?, running_cost = ?, last_served = ?, \
-             next_index = ?, next_ready = ?, n_pending = ?, n_queued = ?, n_running = ?, \
-             n_retry_wait = ?, n_succeeded = ?, n_failed = ?, n_cancelled = ?, n_skipped = ?, \
-             retries = ?, durations = ?, started_at = ?, finished_at = ?, policy = ? \
-             WHERE id = ?",
-        )
-        .bind(b.state.as_str())
-        .bind(b.deadline.map(|d| d.0))
-        .bind(b.open)
-        .bind(b.paused)
-        .bind(b.stopped.map(|r| r.to_string()))
-        .bind(b.cancelled)
-        .bind(b.failed_by_policy)
-        .bind(i64::from(b.running_cost))
-        .bind(b.last_served)
-        .bind(b.next_index as i64)
-        .bind(b.next_ready)
-        .bind(b.counts.pending as i64)
-        .bind(b.counts.queued as i64)
-        .bind(b.counts.running as i64)
-        .bind(b.counts.retry_wait as i64)
-        .bind(b.counts.succeeded as i64)
-        .bind(b.counts.failed as i64)
-        .bind(b.counts.cancelled as i64)
-        .bind(b.counts.skipped as i64)
-        .bind(b.retries as i64)
-        .bind(b.durations.as_deref())
-        .bind(b.started_at.map(|t| t.0))
-        .bind(b.finished_at.map(|t| t.0))
-        .bind(json(&*b.policy)?)
-        .bind(b.id.0)
-        .execute(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        bind_batch_row!(sqlx::query(statements::BATCH_WRITE), b)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 
     async fn batches_past_deadline(&mut self, now: Timestamp) -> Result<Vec<BatchId>> {
-        let ids: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM batches WHERE deadline <= ? AND finished_at IS NULL ORDER BY id",
-        )
-        .bind(now.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let ids: Vec<i64> = sqlx::query_scalar(statements::BATCHES_PAST_DEADLINE)
+            .bind(now.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(ids.into_iter().map(BatchId).collect())
     }
 
     async fn batches_lock_for_tasks(&mut self, ids: &[TaskId]) -> Result<Vec<BatchRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {BATCH_COLUMNS} FROM batches WHERE id IN \
-             (SELECT batch_id FROM tasks WHERE id IN (SELECT value FROM json_each(?))) \
-             ORDER BY id"
-        ))
-        .bind(id_list(ids.iter().map(|t| t.0)))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&BATCHES_LOCK_FOR_TASKS)
+            .bind(id_list(ids.iter().map(|t| t.0)))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(batch_row).collect()
     }
 
@@ -549,48 +507,38 @@ impl Tx for SqliteTx {
     }
 
     async fn tasks_get(&mut self, ids: &[TaskId]) -> Result<Vec<TaskRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.id IN (SELECT value FROM json_each(?))"
-        ))
-        .bind(id_list(ids.iter().map(|t| t.0)))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&TASKS_GET)
+            .bind(id_list(ids.iter().map(|t| t.0)))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(task_row).collect()
     }
 
     async fn tasks_live(&mut self, batch: BatchId) -> Result<Vec<TaskRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = ? \
-             AND t.state IN ('pending', 'queued', 'running', 'retry_wait')"
-        ))
-        .bind(batch.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&statements::TASKS_LIVE)
+            .bind(batch.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(task_row).collect()
     }
 
     async fn tasks_of_batch(&mut self, batch: BatchId) -> Result<Vec<TaskRow>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TASK_COLUMNS} FROM tasks t WHERE t.batch_id = ? ORDER BY t.idx"
-        ))
-        .bind(batch.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&statements::TASKS_OF_BATCH)
+            .bind(batch.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter().map(task_row).collect()
     }
 
     async fn deps_of_batch(&mut self, batch: BatchId) -> Result<Vec<(TaskId, TaskId)>> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
-            "SELECT d.task_id, d.upstream_id FROM task_deps d \
-             JOIN tasks t ON t.id = d.task_id WHERE t.batch_id = ?",
-        )
-        .bind(batch.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows: Vec<(i64, i64)> = sqlx::query_as(statements::DEPS_OF_BATCH)
+            .bind(batch.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(rows
             .into_iter()
             .map(|(t, u)| (TaskId(t), TaskId(u)))
@@ -598,15 +546,11 @@ impl Tx for SqliteTx {
     }
 
     async fn tasks_dependents(&mut self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskRow)>> {
-        let rows = sqlx::query(&format!(
-            "SELECT d.upstream_id AS upstream, {TASK_COLUMNS} FROM task_deps d \
-             JOIN tasks t ON t.id = d.task_id \
-             WHERE d.upstream_id IN (SELECT value FROM json_each(?)) AND t.state = 'pending'"
-        ))
-        .bind(id_list(ids.iter().map(|t| t.0)))
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let rows = sqlx::query(&TASKS_DEPENDENTS)
+            .bind(id_list(ids.iter().map(|t| t.0)))
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         rows.iter()
             .map(|r| Ok((TaskId(r.int("upstream")?), task_row(r)?)))
             .collect()
@@ -617,14 +561,9 @@ impl Tx for SqliteTx {
         batches: &[BatchId],
         limit: usize,
     ) -> Result<Vec<(TaskRow, String)>> {
-        let sql = format!(
-            "SELECT {TASK_COLUMNS}, t.payload FROM tasks t \
-             WHERE t.batch_id = ? AND t.state = 'queued' \
-             ORDER BY t.priority DESC, t.ready_seq LIMIT ?"
-        );
         let mut out = Vec::new();
         for batch in batches {
-            let rows = sqlx::query(&sql)
+            let rows = sqlx::query(&TASKS_READY)
                 .bind(batch.0)
                 .bind(limit as i64)
                 .fetch_all(&mut *self.tx)
@@ -638,28 +577,20 @@ impl Tx for SqliteTx {
     }
 
     async fn claim_scan(&mut self, now: Timestamp) -> Result<ClaimScan> {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT 'due', id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= ?1 \
-             UNION ALL \
-             SELECT 'deadline', id, id FROM batches WHERE deadline <= ?1 AND finished_at IS NULL \
-             UNION ALL \
-             SELECT 'claimable', id, id FROM batches WHERE finished_at IS NULL AND n_queued > 0 \
-             AND NOT paused AND stopped IS NULL AND running_cost < concurrency",
-        )
-        .bind(now.0)
-        .fetch_all(&mut *self.tx)
-        .await
-        .map_err(backend)?;
-        Ok(scan(rows))
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(statements::CLAIM_SCAN)
+            .bind(now.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(ClaimScan::from_rows(rows))
     }
 
     async fn tasks_lease_expired(&mut self, now: Timestamp) -> Result<Vec<(TaskId, BatchId)>> {
-        let rows = self
-            .ids(
-                "SELECT id, batch_id FROM tasks WHERE state = 'running' AND lease_until < ?",
-                Some(now.0),
-            )
-            .await?;
+        let rows: Vec<(i64, i64)> = sqlx::query_as(statements::TASKS_LEASE_EXPIRED)
+            .bind(now.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok(rows
             .into_iter()
             .map(|(t, b)| (TaskId(t), BatchId(b)))
@@ -746,13 +677,11 @@ impl Tx for SqliteTx {
     }
 
     async fn seq_take(&mut self, n: usize) -> Result<u64> {
-        let next: i64 = sqlx::query_scalar(
-            "UPDATE herd_meta SET next_seq = next_seq + ? WHERE id = 1 RETURNING next_seq",
-        )
-        .bind(n as i64)
-        .fetch_one(&mut *self.tx)
-        .await
-        .map_err(backend)?;
+        let next: i64 = sqlx::query_scalar(statements::SEQ_TAKE)
+            .bind(n as i64)
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(backend)?;
         Ok((next - n as i64) as u64)
     }
 
@@ -783,30 +712,6 @@ impl Tx for SqliteTx {
         // Other processes notice the commit through `PRAGMA data_version`.
         Ok(())
     }
-}
-
-/// Sorts the rows of a claim scan: (kind, id, batch).
-pub(crate) fn scan(rows: Vec<(String, i64, i64)>) -> ClaimScan {
-    let mut out = ClaimScan::default();
-    for (kind, id, batch) in rows {
-        match kind.as_str() {
-            "due" => out.due.push((TaskId(id), BatchId(batch))),
-            "deadline" => out.past_deadline.push(BatchId(id)),
-            _ => out.claimable.push(BatchId(id)),
-        }
-    }
-    out.past_deadline.sort_unstable();
-    out
-}
-
-pub(crate) fn upstream_row(r: &impl SqlRow) -> Result<UpstreamRow> {
-    Ok(UpstreamRow {
-        dependent: TaskId(r.int("dependent")?),
-        task: TaskId(r.int("id")?),
-        key: r.opt_text("key")?.map(Arc::from),
-        state: r.parsed("state")?,
-        output: r.opt_text("output")?,
-    })
 }
 
 #[cfg(test)]
