@@ -628,9 +628,19 @@ impl Work {
 
     /// Moves a task to a non-terminal state, keeping counters and events.
     pub fn move_task(&mut self, id: TaskId, to: TaskState, reason: Option<Reason>) {
+        debug_assert!(
+            self.tasks[&id].state.can_become(to),
+            "{} -> {to}",
+            self.tasks[&id].state
+        );
+        self.shift_task(id, to, reason);
+    }
+
+    /// Sets a task's state and reason, moves it between its batch's
+    /// counters and records the transition. Callers check the move.
+    fn shift_task(&mut self, id: TaskId, to: TaskState, reason: Option<Reason>) {
         let t = self.task_mut(id);
         let from = t.state;
-        debug_assert!(from.can_become(to), "{from} -> {to}");
         t.state = to;
         t.reason = reason;
         let (batch, index, attempt) = (t.batch, t.index, t.attempt);
@@ -695,8 +705,6 @@ impl Work {
             TaskState::Queued
         };
         debug_assert!(from.can_rerun_to(to), "{from} -> {to}");
-        t.state = to;
-        t.reason = None;
         t.message = None;
         t.cancel = None;
         t.lost = 0;
@@ -706,21 +714,7 @@ impl Work {
         t.worker = None;
         t.lease_until = None;
         t.started_at = None;
-        let (batch, index, attempt) = (t.batch, t.index, t.attempt);
-        if let Ok(b) = self.batch_mut(batch) {
-            b.counts.shift(Some(from), to);
-        }
-        self.emit(
-            batch,
-            EventKind::Task {
-                task: id,
-                index,
-                attempt,
-                from: Some(from),
-                to,
-                reason: None,
-            },
-        );
+        self.shift_task(id, to, None);
         if to == TaskState::Queued {
             self.enqueue(id);
         }
@@ -822,8 +816,7 @@ impl Work {
                 if t.state.is_terminal() {
                     continue;
                 }
-                let (from, batch, index, attempt, cost, dependents) =
-                    (t.state, t.batch, t.index, t.attempt, t.cost, t.dependents);
+                let (from, batch, cost, dependents) = (t.state, t.batch, t.cost, t.dependents);
                 debug_assert!(from.can_become(state), "{from} -> {state}");
                 if from == TaskState::Running {
                     self.end_attempt(task, state, reason);
@@ -832,30 +825,15 @@ impl Work {
                     }
                 }
                 let t = self.task_mut(task);
-                t.state = state;
-                t.reason = reason;
                 t.cancel = None;
                 t.worker = None;
                 t.lease_until = None;
                 t.run_at = None;
                 t.ready_seq = None;
-                if let Ok(b) = self.batch_mut(batch) {
-                    b.counts.shift(Some(from), state);
-                }
+                self.shift_task(task, state, reason);
                 if !touched.contains(&batch) {
                     touched.push(batch);
                 }
-                self.emit(
-                    batch,
-                    EventKind::Task {
-                        task,
-                        index,
-                        attempt,
-                        from: Some(from),
-                        to: state,
-                        reason,
-                    },
-                );
                 if task == seed
                     && let Some(out) = output.take()
                     && dependents > 0

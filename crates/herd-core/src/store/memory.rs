@@ -344,11 +344,19 @@ impl<P: Clone, O: Clone> Inner<P, O> {
 
     /// Moves a task to a non-terminal state, keeping counters and the event log.
     fn move_task(&mut self, id: TaskId, to: TaskState, reason: Option<Reason>, now: Timestamp) {
+        if let Some(t) = self.tasks.get(&id) {
+            debug_assert!(t.state.can_become(to), "{} -> {to}", t.state);
+        }
+        self.shift_task(id, to, reason, now);
+    }
+
+    /// Sets a task's state and reason, moves it between its batch's counters
+    /// and records the transition. Callers check the move.
+    fn shift_task(&mut self, id: TaskId, to: TaskState, reason: Option<Reason>, now: Timestamp) {
         let Some(t) = self.tasks.get_mut(&id) else {
             return;
         };
         let from = t.state;
-        debug_assert!(from.can_become(to), "{from} -> {to}");
         debug_assert!(to.accepts_reason(reason), "{to} with {reason:?}");
         t.state = to;
         t.reason = reason;
@@ -1297,40 +1305,18 @@ where
                 }
             }
             let t = inner.tasks.get_mut(&id).expect("listed");
-            let (from, to) = (
-                t.state,
-                if waiting > 0 {
-                    TaskState::Pending
-                } else {
-                    TaskState::Queued
-                },
-            );
-            t.state = to;
-            t.reason = None;
+            let to = if waiting > 0 {
+                TaskState::Pending
+            } else {
+                TaskState::Queued
+            };
+            debug_assert!(t.state.can_rerun_to(to), "{} -> {to}", t.state);
             t.message = None;
             t.cancel = None;
             t.lost = 0;
             t.first_attempt = t.attempt.next();
             t.deps_left = waiting;
-            let (index, attempt) = (t.index, t.attempt);
-            inner
-                .batches
-                .get_mut(&batch)
-                .expect("checked")
-                .counts
-                .shift(Some(from), to);
-            inner.emit(
-                now,
-                batch,
-                EventKind::Task {
-                    task: id,
-                    index,
-                    attempt,
-                    from: Some(from),
-                    to,
-                    reason: None,
-                },
-            );
+            inner.shift_task(id, to, None, now);
             if to == TaskState::Queued {
                 inner.push_ready(id);
             }
