@@ -6,6 +6,18 @@
 use std::io::Write;
 use std::sync::Once;
 
+/// herd's tables, as both schemas name them (`herd_meta` holds one row
+/// from the start; the others are empty in a new store).
+pub const TABLES: [&str; 7] = [
+    "attempts",
+    "batches",
+    "events",
+    "herd_meta",
+    "task_deps",
+    "tasks",
+    "workers",
+];
+
 /// The PostgreSQL test database, from `HERD_TEST_DATABASE_URL`.
 ///
 /// Without it, PostgreSQL tests are skipped, said once in one loud line on
