@@ -631,6 +631,7 @@ fn succeeded(task: &ClaimedTask<String, String>) -> Completion<String> {
         },
         outcome: AttemptOutcome::Succeeded { output: None },
         duration: Duration::from_micros(1),
+        log: None,
     }
 }
 

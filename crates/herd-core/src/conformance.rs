@@ -255,6 +255,7 @@ fn report(fence: Fence, outcome: AttemptOutcome<String>, duration: Duration) -> 
         fence,
         outcome,
         duration,
+        log: None,
     }
 }
 

@@ -105,6 +105,7 @@ where
                     result: AttemptResult::Succeeded,
                     output: keep.map(|keep| keep(&output)),
                     delivery: Some(Box::new(output)),
+                    log: None,
                 },
                 Err(error) => AttemptReport {
                     result: AttemptResult::Failed {
@@ -115,6 +116,7 @@ where
                     },
                     output: None,
                     delivery: Some(Box::new(error)),
+                    log: None,
                 },
             }
         })

@@ -65,6 +65,11 @@ pub struct BatchPolicy {
     pub deadline: Option<Timestamp>,
     /// Grace given to a cancelled or timed-out process before it is killed.
     pub grace: Duration,
+    /// What the face that submitted the batch needs to run it again (`herd
+    /// run`'s command line, a flow's parameters), stored with the batch. The
+    /// scheduler never reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta: Option<serde_json::Value>,
 }
 
 /// A batch as submitted: all of it is stored, or none of it.
@@ -104,6 +109,7 @@ impl<P> BatchSpec<P> {
                 timeout: None,
                 deadline: None,
                 grace: Duration::from_secs(5),
+                meta: None,
             },
             error_policy: ErrorPolicy::CONTINUE,
             paused: false,

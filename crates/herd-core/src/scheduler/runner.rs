@@ -6,7 +6,7 @@ use futures::future::BoxFuture;
 
 use super::signal::Cancellation;
 use crate::model::{Attempt, BatchId, Failure, Reason, TaskId, TaskState};
-use crate::store::{ClaimedTask, Store};
+use crate::store::{AttemptLog, ClaimedTask, Store};
 
 /// How an attempt ended, as the runner saw it.
 #[derive(Clone, Debug, PartialEq)]
@@ -31,6 +31,8 @@ pub struct AttemptReport<O> {
     /// Private to the runner: handed back to [`Runner::deliver`] once the
     /// store has accepted the attempt as the task's last.
     pub delivery: Option<Box<dyn Any + Send>>,
+    /// What the attempt left behind for people, kept with its record.
+    pub log: Option<AttemptLog>,
 }
 
 impl<O> AttemptReport<O> {
@@ -40,6 +42,7 @@ impl<O> AttemptReport<O> {
             result: AttemptResult::Succeeded,
             output: None,
             delivery: None,
+            log: None,
         }
     }
 
@@ -52,6 +55,7 @@ impl<O> AttemptReport<O> {
             },
             output: None,
             delivery: None,
+            log: None,
         }
     }
 }

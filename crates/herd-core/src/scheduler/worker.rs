@@ -561,6 +561,7 @@ impl<S: Store> Worker<S> {
                     retry_at: None,
                 },
                 duration: Duration::ZERO,
+                log: None,
             });
             state.deliveries.push(None);
             return None;
@@ -722,22 +723,22 @@ impl<S: Store> Worker<S> {
             let run = state.running.remove(&done.fence.task).expect("checked");
             state.held -= run.cost;
             state.freed += run.cost;
-            let (outcome, delivery) = match done.ended {
+            let (outcome, delivery, log) = match done.ended {
                 Ended::Report(report) => {
                     let AttemptReport {
                         result,
                         output,
                         delivery,
+                        log,
                     } = report;
-                    match result {
-                        AttemptResult::Succeeded => {
-                            (AttemptOutcome::Succeeded { output }, delivery)
-                        }
+                    let outcome = match result {
+                        AttemptResult::Succeeded => AttemptOutcome::Succeeded { output },
                         AttemptResult::Failed { failure, message } => match run.cancelling {
-                            Some(reason) => (AttemptOutcome::Cancelled { reason }, delivery),
-                            None => (failed(&run, failure, message, now), delivery),
+                            Some(reason) => AttemptOutcome::Cancelled { reason },
+                            None => failed(&run, failure, message, now),
                         },
-                    }
+                    };
+                    (outcome, delivery, log)
                 }
                 Ended::Timeout => (
                     failed(
@@ -747,11 +748,13 @@ impl<S: Store> Worker<S> {
                         now,
                     ),
                     None,
+                    None,
                 ),
                 Ended::Deadline => (
                     AttemptOutcome::Cancelled {
                         reason: Reason::Deadline,
                     },
+                    None,
                     None,
                 ),
             };
@@ -759,6 +762,7 @@ impl<S: Store> Worker<S> {
                 fence: done.fence,
                 outcome,
                 duration: done.duration,
+                log,
             });
             state.deliveries.push(Some(Delivery {
                 runner: run.runner,
@@ -894,6 +898,7 @@ impl<S: Store> Worker<S> {
                                 reason: request.reason,
                             },
                             duration: run.started.elapsed(),
+                            log: None,
                         });
                         state.deliveries.push(Some(Delivery {
                             runner: run.runner,

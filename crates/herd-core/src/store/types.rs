@@ -164,6 +164,24 @@ pub struct Completion<O> {
     pub outcome: AttemptOutcome<O>,
     /// How long it ran.
     pub duration: Duration,
+    /// What it left behind for people (a process's exit code and output tails).
+    pub log: Option<AttemptLog>,
+}
+
+/// What an attempt left behind for people: a process's exit code and the
+/// tails of its output. Kept with the attempt's record, never read by the scheduler.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AttemptLog {
+    /// The exit code, if the process exited (rather than died of a signal).
+    pub exit_code: Option<i32>,
+    /// The last bytes of standard output, at most the runner's cap.
+    pub stdout: Vec<u8>,
+    /// How many bytes of standard output there were in all.
+    pub stdout_total: u64,
+    /// The last bytes of standard error, at most the runner's cap.
+    pub stderr: Vec<u8>,
+    /// How many bytes of standard error there were in all.
+    pub stderr_total: u64,
 }
 
 /// A report refused because it names an attempt that is no longer current
