@@ -97,6 +97,15 @@ pub trait Runner<S: Store>: Send + Sync + 'static {
     /// report carried, if that attempt is what ended it.
     fn deliver(&self, end: TaskEnd, delivery: Option<Box<dyn Any + Send>>);
 
+    /// Whether a timeout or deadline asks the attempt to stop (its
+    /// [`Cancellation`] fires) and drops it only after the batch's grace,
+    /// rather than dropping it at once. A process runner says yes: it sends
+    /// SIGTERM to the process group, then SIGKILL once the grace has passed.
+    /// Either way the attempt ends as timed out (or cut by the deadline).
+    fn graceful_stop(&self) -> bool {
+        false
+    }
+
     /// Called after a group of [`Runner::deliver`] calls: a runner that
     /// buffers deliveries passes them on here, as one message per group
     /// rather than one per task.

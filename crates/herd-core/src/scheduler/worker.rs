@@ -31,7 +31,8 @@ use crate::model::{
     Attempt, BatchId, BatchPolicy, Clock, Failure, Reason, TaskId, Timestamp, WorkerId,
 };
 use crate::store::{
-    AttemptOutcome, CancelMode, ClaimRequest, ClaimedTask, Completion, Fence, Store, StoreError,
+    AttemptLog, AttemptOutcome, CancelMode, ClaimRequest, ClaimedTask, Completion, Fence, Store,
+    StoreError,
 };
 use crate::util::IdMap;
 
@@ -77,9 +78,22 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     /// Stops claiming, lets running attempts finish and report, then returns.
-    pub async fn shutdown(self) -> Result<(), StoreError> {
+    pub async fn shutdown(mut self) -> Result<(), StoreError> {
+        self.stop();
+        self.join().await
+    }
+
+    /// Asks the worker to stop claiming; its running attempts go on and
+    /// report. [`WorkerHandle::join`] waits for the end.
+    pub fn stop(&self) {
         self.stop.cancel();
-        match self.join.await {
+    }
+
+    /// Waits for the worker loop to end: after [`WorkerHandle::stop`] once
+    /// the running attempts have reported, after [`WorkerHandle::abort`] at
+    /// once, or on a store error.
+    pub async fn join(&mut self) -> Result<(), StoreError> {
+        match (&mut self.join).await {
             Ok(result) => result,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => Ok(()),
@@ -151,8 +165,11 @@ struct Running<S: Store> {
 /// How an attempt ended.
 enum Ended<O> {
     Report(AttemptReport<O>),
-    Timeout,
-    Deadline,
+    /// The timeout passed; the log is what the attempt reported if it
+    /// wound down within the grace of a graceful stop.
+    Timeout(Option<AttemptLog>),
+    /// The batch deadline passed (likewise).
+    Deadline(Option<AttemptLog>),
 }
 
 /// A finished attempt.
@@ -575,6 +592,9 @@ impl<S: Store> Worker<S> {
             (None, None) => None,
         };
         let cancel = Cancellation::new();
+        // A runner that stops gracefully (a process: SIGTERM, then SIGKILL)
+        // is asked to stop at the cut and dropped only after the grace.
+        let grace = runner.graceful_stop().then_some(task.policy.grace);
         let (batch, index, cost, lost) = (task.batch, task.index, task.cost, task.lost);
         let first_attempt = task.first_attempt;
         let policy = task.policy.clone();
@@ -658,6 +678,7 @@ impl<S: Store> Worker<S> {
             futures::future::Either::Left(work)
         };
         let signal = cancel;
+        let stop = signal.clone();
         let attempt = async move {
             let mut work = std::pin::pin!(work);
             // Poll once before arming a timer: short attempts end here and
@@ -668,10 +689,31 @@ impl<S: Store> Worker<S> {
                 std::task::Poll::Pending => match cut {
                     Some((at, is_deadline)) => {
                         let timer = Box::pin(tokio::time::sleep_until(at));
-                        tokio::select! {
+                        let cut_short = tokio::select! {
                             biased;
                             r = work.as_mut() => Ok(r),
-                            () = timer => Err(if is_deadline { Ended::Deadline } else { Ended::Timeout }),
+                            () = timer => Err(()),
+                        };
+                        match cut_short {
+                            Ok(r) => Ok(r),
+                            Err(()) => {
+                                let mut log = None;
+                                if let Some(grace) = grace {
+                                    stop.cancel();
+                                    tokio::select! {
+                                        biased;
+                                        r = work.as_mut() => {
+                                            log = r.ok().and_then(|report| report.log);
+                                        }
+                                        () = tokio::time::sleep(grace) => {}
+                                    }
+                                }
+                                Err(if is_deadline {
+                                    Ended::Deadline(log)
+                                } else {
+                                    Ended::Timeout(log)
+                                })
+                            }
                         }
                     }
                     None => Ok(work.await),
@@ -740,7 +782,7 @@ impl<S: Store> Worker<S> {
                     };
                     (outcome, delivery, log)
                 }
-                Ended::Timeout => (
+                Ended::Timeout(log) => (
                     failed(
                         &run,
                         Failure::Timeout,
@@ -748,14 +790,14 @@ impl<S: Store> Worker<S> {
                         now,
                     ),
                     None,
-                    None,
+                    log,
                 ),
-                Ended::Deadline => (
+                Ended::Deadline(log) => (
                     AttemptOutcome::Cancelled {
                         reason: Reason::Deadline,
                     },
                     None,
-                    None,
+                    log,
                 ),
             };
             state.completions.push(Completion {
