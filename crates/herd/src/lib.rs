@@ -31,7 +31,7 @@
 //! while let Some(outcome) = outcomes.next().await {
 //!     sum += outcome.result.expect("no task fails here");
 //! }
-//! assert_eq!(sum, (1..=100u64).map(|n| n * n).sum());
+//! assert_eq!(sum, (1..=100u64).map(|n| n * n).sum::<u64>());
 //! # Ok(())
 //! # }
 //! ```
