@@ -590,6 +590,7 @@ async fn store_drain<B: Bench>(bench: &mut B, n: usize, batch: usize) -> Result<
         capacity: batch as u32,
         max_tasks: batch,
         lease: Duration::from_secs(30),
+        batch: None,
     };
     let (mut claim, mut complete) = (Timing::default(), Timing::default());
     let start = Instant::now();

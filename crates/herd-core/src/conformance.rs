@@ -42,7 +42,10 @@
 //!   reason its state accepts, and increments the attempt exactly when the
 //!   task starts running; a batch only finishes once all its tasks have; the
 //!   counts of [`Store::batch_get`] and the states of [`Store::task_get`]
-//!   match the events; and at the end of the case a subscriber taken at its
+//!   match the events, as do [`Store::batch_list`] (every batch, newest
+//!   first) and [`Store::task_list`] (each batch's tasks by index, those the
+//!   store keeps); a task names a worker and a start exactly while it runs;
+//!   and at the end of the case a subscriber taken at its
 //!   start ([`Store::events`]) has received exactly the same events, in `seq`
 //!   order.
 //!
@@ -67,6 +70,10 @@
 //!   stores nothing and returns `stopped`, also after the batch was sealed.
 //! - Subscribers receive each operation's events once, in `seq` order, even
 //!   when operations run in parallel.
+//! - A claim limited to one batch still readies every batch's due retries
+//!   and enforces every passed deadline; it only takes tasks from its batch.
+//! - An attempt ended by [`Store::worker_expire`] or a lease's expiry has no
+//!   log; one ended by a report has the report's log, if any.
 //!
 //! This crate runs the suite against the memory store, in both of its
 //! flavours: `cargo test -p herd-core --features testing --test conformance`;
@@ -84,8 +91,9 @@ use crate::model::{
     TaskId, TaskSpec, TaskState, Timestamp, WorkerId,
 };
 use crate::store::{
-    Appended, Applied, AttemptOutcome, BatchInfo, CancelMode, CancelRequest, Claim, ClaimRequest,
-    ClaimedTask, Completion, Events, Fence, Inserted, Renewal, Stale, Store, StoreError,
+    Appended, Applied, AttemptInfo, AttemptLog, AttemptOutcome, BatchInfo, BatchQuery, CancelMode,
+    CancelRequest, Claim, ClaimRequest, ClaimedTask, Completion, Events, Fence, Inserted, Renewal,
+    Stale, Store, StoreError, TaskQuery, TaskRecord,
 };
 
 /// A store the suite can run against: payloads and outputs are text.
@@ -168,6 +176,12 @@ macro_rules! store_conformance {
             rerun_runs_failures_again_and_keeps_successes,
             rerun_restarts_a_stopped_batch,
             rerun_refuses_an_unfinished_batch,
+            claims_can_be_limited_to_one_batch,
+            worker_expire_ends_only_that_workers_attempts,
+            worker_list_reports_registrations_and_heartbeats,
+            batch_list_pages_newest_first,
+            task_list_pages_by_index,
+            attempts_keep_their_logs,
         );
     };
     ($factory:expr $(,)?) => {
@@ -527,6 +541,12 @@ impl<S: SuiteStore> Harness<S> {
             match self.store.task_get(id).await {
                 Ok(info) => {
                     assert_eq!(info.id, id);
+                    let running = seen.state == TaskState::Running;
+                    assert_eq!(
+                        (info.worker.is_some(), info.started_at.is_some()),
+                        (running, running),
+                        "task_get({id}) names a worker and start exactly while it runs"
+                    );
                     assert_eq!(
                         (
                             info.batch,
@@ -552,6 +572,42 @@ impl<S: SuiteStore> Harness<S> {
                 ),
                 Err(e) => panic!("task_get({id}): {e}"),
             }
+        }
+        // The listings agree with the events: every batch newest first, and
+        // each batch's tasks (those the store keeps) by index.
+        let listed = self
+            .store
+            .batch_list(BatchQuery {
+                limit: 10_000,
+                ..BatchQuery::default()
+            })
+            .await
+            .expect("batch_list");
+        let listed: Vec<(BatchId, BatchState)> = listed.iter().map(|b| (b.id, b.state)).collect();
+        let mut want: Vec<(BatchId, BatchState)> =
+            self.log.batches.iter().map(|(id, s)| (*id, *s)).collect();
+        want.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+        assert_eq!(listed, want, "batch_list differs from the events");
+        for &batch in self.log.batches.keys() {
+            let query = TaskQuery {
+                limit: 10_000,
+                ..TaskQuery::default()
+            };
+            let listed: Vec<(TaskId, u64, TaskState)> = self
+                .tasks(batch, query)
+                .await
+                .iter()
+                .map(|t| (t.info.id, t.info.index, t.info.state))
+                .collect();
+            let mut want: Vec<(TaskId, u64, TaskState)> = self
+                .log
+                .tasks
+                .iter()
+                .filter(|(_, t)| t.batch == batch && (retains || !t.state.is_terminal()))
+                .map(|(id, t)| (*id, t.index, t.state))
+                .collect();
+            want.sort_by_key(|(_, index, _)| *index);
+            assert_eq!(listed, want, "task_list({batch}) differs from the events");
         }
     }
 
@@ -652,7 +708,40 @@ impl<S: SuiteStore> Harness<S> {
             capacity,
             max_tasks,
             lease: LEASE,
+            batch: None,
         };
+        self.claim_with(request, now).await
+    }
+
+    /// Claims for this harness's worker from `batch` only.
+    async fn claim_in(
+        &mut self,
+        batch: BatchId,
+        capacity: u32,
+        max_tasks: usize,
+        now: Timestamp,
+    ) -> Claim<String, String> {
+        let request = ClaimRequest {
+            worker: self.worker,
+            capacity,
+            max_tasks,
+            lease: LEASE,
+            batch: Some(batch),
+        };
+        let claim = self.claim_with(request, now).await;
+        for t in &claim.tasks {
+            assert_eq!(t.batch, batch, "a claim limited to {batch} took {}", t.id);
+        }
+        claim
+    }
+
+    async fn claim_with(&mut self, request: ClaimRequest, now: Timestamp) -> Claim<String, String> {
+        let ClaimRequest {
+            worker,
+            capacity,
+            max_tasks,
+            ..
+        } = request;
         let claim = self
             .store
             .task_claim(request, now)
@@ -668,6 +757,17 @@ impl<S: SuiteStore> Harness<S> {
             assert_eq!(self.log.tasks[&t.id].index, t.index, "{}", t.id);
             assert_eq!(self.log.tasks[&t.id].batch, t.batch, "{}", t.id);
             assert_eq!(&*t.policy.flow, FLOW);
+            let info = self
+                .store
+                .task_get(t.id)
+                .await
+                .expect("running tasks are readable");
+            assert_eq!(
+                (info.worker, info.started_at),
+                (Some(worker), Some(now)),
+                "a running task names its worker and start: {}",
+                t.id
+            );
             costs += t.cost;
         }
         assert!(
@@ -824,6 +924,25 @@ impl<S: SuiteStore> Harness<S> {
         let events = self.store.task_rescue(now).await.expect("task_rescue");
         self.record(&events, now).await;
         events
+    }
+
+    async fn expire_worker(&mut self, worker: WorkerId, now: Timestamp) -> Events {
+        let events = self
+            .store
+            .worker_expire(worker, now)
+            .await
+            .expect("worker_expire");
+        self.record(&events, now).await;
+        events
+    }
+
+    /// Every task of `batch` the store lists, in one page.
+    async fn tasks(&self, batch: BatchId, query: TaskQuery) -> Vec<TaskRecord<String, String>> {
+        self.store.task_list(batch, query).await.expect("task_list")
+    }
+
+    async fn attempts(&self, task: TaskId) -> Vec<AttemptInfo> {
+        self.store.task_attempts(task).await.expect("task_attempts")
     }
 
     async fn expire(&mut self, now: Timestamp) -> Events {
@@ -2683,6 +2802,7 @@ pub mod cases {
                         capacity: 2,
                         max_tasks: 2,
                         lease: LEASE,
+                        batch: None,
                     };
                     let claim = store.task_claim(request, now).await.expect("task_claim");
                     events.extend(claim.events.iter().cloned());
@@ -2930,6 +3050,600 @@ pub mod cases {
         assert!(matches!(
             h.store.batch_get(BatchId(i64::MAX)).await,
             Err(StoreError::UnknownBatch(_))
+        ));
+        h.finish().await;
+    }
+
+    /// A claim limited to one batch takes tasks from it alone, even when
+    /// another batch's tasks rank higher; inside it everything is as for any
+    /// claim (queue order, concurrency, pauses). A batch that does not exist
+    /// yields nothing.
+    pub async fn claims_can_be_limited_to_one_batch<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let high = BatchSpec {
+            priority: Priority::HIGH,
+            ..batch(10, vec![task("h1"), task("h2")])
+        };
+        let high = h.insert(high, T0).await;
+        let urgent = TaskSpec {
+            priority: Some(Priority::CRITICAL),
+            ..task("l2")
+        };
+        let low = h
+            .insert(batch(2, vec![task("l1"), urgent, task("l3")]), T0)
+            .await;
+        let claim = h.claim_in(low.batch, 10, 10, secs(1)).await;
+        assert_eq!(
+            payloads(&claim),
+            ["l2", "l1"],
+            "the batch's own order, within its concurrency"
+        );
+        assert!(
+            h.claim_in(low.batch, 10, 10, secs(1))
+                .await
+                .tasks
+                .is_empty(),
+            "the batch is at its concurrency; the other batch is not taken instead"
+        );
+        let nowhere = BatchId(high.batch.0.max(low.batch.0) + 100);
+        assert!(h.claim_in(nowhere, 10, 10, secs(1)).await.tasks.is_empty());
+
+        h.pause(high.batch, secs(2)).await;
+        assert!(
+            h.claim_in(high.batch, 10, 10, secs(2))
+                .await
+                .tasks
+                .is_empty(),
+            "paused"
+        );
+        h.resume(high.batch, secs(3)).await;
+        let claim = h.claim_in(high.batch, 10, 1, secs(3)).await;
+        assert_eq!(payloads(&claim), ["h1"]);
+        let claim = h.claim(10, 10, secs(4)).await;
+        assert_eq!(payloads(&claim), ["h2"], "an unlimited claim: low is full");
+        assert_eq!(h.batch(low.batch).await.counts.queued, 1);
+        h.finish().await;
+    }
+
+    /// `worker_expire` ends the attempts one worker is running as if their
+    /// leases had expired now: requeued with reason `lost` (or failed once
+    /// the `lost` budget is spent), counted as retries, while other workers'
+    /// attempts run on. That worker's later reports are stale and its
+    /// renewals find the attempts lost; the task runs again under a new
+    /// attempt. Expiring a worker that runs nothing changes nothing.
+    pub async fn worker_expire_ends_only_that_workers_attempts<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let (w1, w2) = (
+            h.worker,
+            h.store.worker_register("other", 2, T0).await.unwrap(),
+        );
+        let mut spec = batch(4, vec![task("a"), task("b"), task("c"), task("d")]);
+        spec.policy.retry.max_lost = 1;
+        let ins = h.insert(spec, T0).await;
+        let [a, b, c, d] = ins.tasks[..] else {
+            panic!("four tasks")
+        };
+        let first = h.claim_by(w1, 2, 2, secs(1)).await;
+        assert_eq!(payloads(&first), ["a", "b"]);
+        let theirs = h.claim_by(w2, 1, 1, secs(1)).await;
+        assert_eq!(payloads(&theirs), ["c"]);
+
+        let events = h.expire_worker(w1, secs(2)).await;
+        assert_moves(
+            &events,
+            &[
+                (a, RetryWait, Some(Reason::Lost)),
+                (b, RetryWait, Some(Reason::Lost)),
+            ],
+        );
+        assert!(batch_moves(&events).is_empty());
+        assert_eq!(h.state(c), (Running, None), "another worker's attempt");
+        let info = h.batch(ins.batch).await;
+        assert_eq!(info.retries, 2);
+        let got = h.store.task_get(a).await.expect("live tasks are readable");
+        assert_eq!((got.attempt, got.lost), (Attempt(1), 1));
+        assert!(got.message.is_some(), "says why the attempt ended");
+
+        let ta = claimed(&first, "a").clone();
+        let (result, events) = h.report(fence(&ta), success(None), secs(3)).await;
+        assert_eq!(
+            result,
+            Err(Stale(fence(&ta))),
+            "the expired attempt's report"
+        );
+        assert!(events.is_empty());
+        let renewal = h
+            .renew_by(
+                w1,
+                vec![fence(&ta), fence(claimed(&first, "b"))],
+                secs(40),
+                secs(3),
+            )
+            .await;
+        assert_eq!(renewal.lost.len(), 2, "{renewal:?}");
+        assert!(
+            h.expire_worker(w1, secs(3)).await.is_empty(),
+            "runs nothing"
+        );
+
+        // Queued again behind d, at once: the lease's expiry is not awaited.
+        let again = h.claim_by(w1, 3, 3, secs(4)).await;
+        assert_eq!(payloads(&again), ["d", "a", "b"]);
+        assert_eq!(claimed(&again, "a").attempt, Attempt(2));
+        assert_eq!(claimed(&again, "a").lost, 1);
+        let events = h.expire_worker(w1, secs(5)).await;
+        assert_moves(
+            &events,
+            &[
+                (a, Failed, Some(Reason::Lost)),
+                (b, Failed, Some(Reason::Lost)),
+                (d, RetryWait, Some(Reason::Lost)),
+            ],
+        );
+
+        let tc = claimed(&theirs, "c").clone();
+        h.complete_by(
+            w2,
+            vec![report(fence(&tc), success(None), Duration::ZERO)],
+            secs(101),
+        )
+        .await;
+        let claim = h.claim_by(w2, 1, 1, secs(102)).await;
+        assert_eq!(payloads(&claim), ["d"]);
+        let events = h.succeed(&claim.tasks[0], None, secs(103)).await;
+        assert_eq!(batch_moves(&events), [(ins.batch, B::Partial)]);
+        let info = h.batch(ins.batch).await;
+        assert_eq!(info.retries, 3);
+        assert_eq!(
+            info.counts,
+            counts(|n| {
+                n.failed = 2;
+                n.succeeded = 2;
+            })
+        );
+        h.finish().await;
+    }
+
+    /// `worker_list` reports every registered worker by id with its host,
+    /// pid and registration time; a lease renewal (also one with nothing to
+    /// renew) records the worker's heartbeat.
+    pub async fn worker_list_reports_registrations_and_heartbeats<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let w2 = h
+            .store
+            .worker_register("other-host", 42, secs(1))
+            .await
+            .expect("worker_register");
+        let list = h.store.worker_list().await.expect("worker_list");
+        let view = |list: &[crate::store::WorkerInfo]| {
+            list.iter()
+                .map(|w| (w.id, w.host.clone(), w.pid, w.started_at, w.last_heartbeat))
+                .collect::<Vec<_>>()
+        };
+        let w1 = h.worker;
+        assert_eq!(
+            view(&list),
+            [
+                (w1, "conformance".to_owned(), 1, T0, T0),
+                (w2, "other-host".to_owned(), 42, secs(1), secs(1)),
+            ]
+        );
+        h.insert(batch(1, vec![task("a")]), T0).await;
+        let claim = h.claim_by(w2, 1, 1, secs(2)).await;
+        h.renew_by(w2, vec![fence(&claim.tasks[0])], secs(40), secs(5))
+            .await;
+        h.renew_by(w1, Vec::new(), secs(40), secs(6)).await;
+        let list = h.store.worker_list().await.expect("worker_list");
+        assert_eq!(
+            view(&list),
+            [
+                (w1, "conformance".to_owned(), 1, T0, secs(6)),
+                (w2, "other-host".to_owned(), 42, secs(1), secs(5)),
+            ]
+        );
+        h.finish().await;
+    }
+
+    /// `batch_list` pages through batches newest first: at most `limit`,
+    /// strictly below the `before` cursor, only in the states asked for
+    /// (any when none are), each as `batch_get` reports it.
+    pub async fn batch_list_pages_newest_first<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let list = |states: Vec<BatchState>, before: Option<BatchId>, limit: usize| BatchQuery {
+            states,
+            before,
+            limit,
+        };
+        let ids = |page: &[BatchInfo]| page.iter().map(|b| b.id).collect::<Vec<_>>();
+        let none = h.store.batch_list(list(vec![], None, 10)).await.unwrap();
+        assert!(none.is_empty());
+
+        let b1 = h.insert(batch(1, vec![task("a")]), T0).await.batch;
+        let paused = BatchSpec {
+            paused: true,
+            name: Some("held".into()),
+            ..batch(1, vec![task("b")])
+        };
+        let b2 = h.insert(paused, T0).await.batch;
+        let b3 = h.insert(batch(1, vec![task("c")]), T0).await.batch;
+        let b4 = h.insert(batch(1, vec![]), T0).await.batch;
+        let claim = h.claim(10, 10, secs(1)).await;
+        assert_eq!(sorted_payloads(&claim), ["a", "c"]);
+        h.succeed(claimed(&claim, "a"), None, secs(2)).await;
+
+        let all = h.store.batch_list(list(vec![], None, 10)).await.unwrap();
+        assert_eq!(ids(&all), [b4, b3, b2, b1]);
+        for b in &all {
+            let got = h.batch(b.id).await;
+            assert_eq!(
+                (
+                    b.name.clone(),
+                    b.state,
+                    b.counts,
+                    b.created_at,
+                    b.started_at,
+                    b.finished_at
+                ),
+                (
+                    got.name,
+                    got.state,
+                    got.counts,
+                    got.created_at,
+                    got.started_at,
+                    got.finished_at
+                ),
+                "{}",
+                b.id
+            );
+        }
+        let states: Vec<BatchState> = all.iter().map(|b| b.state).collect();
+        assert_eq!(states, [B::Succeeded, B::Running, B::Paused, B::Succeeded]);
+
+        let page = |q| {
+            let store = h.store.clone();
+            async move { ids(&store.batch_list(q).await.expect("batch_list")) }
+        };
+        assert_eq!(page(list(vec![], None, 2)).await, [b4, b3]);
+        assert_eq!(page(list(vec![], Some(b3), 2)).await, [b2, b1]);
+        assert_eq!(page(list(vec![], Some(b1), 2)).await, []);
+        assert_eq!(page(list(vec![], None, 0)).await, []);
+        assert_eq!(page(list(vec![B::Succeeded], None, 10)).await, [b4, b1]);
+        let live = vec![B::Running, B::Paused, B::Queued];
+        assert_eq!(page(list(live.clone(), None, 10)).await, [b3, b2]);
+        assert_eq!(page(list(live.clone(), Some(b3), 10)).await, [b2]);
+        assert_eq!(page(list(live, None, 1)).await, [b3]);
+        assert_eq!(page(list(vec![B::Failed], None, 10)).await, []);
+        h.finish().await;
+    }
+
+    /// `task_list` pages through a batch's tasks by index: at most `limit`,
+    /// strictly after the `after` cursor, only in the states asked for, each
+    /// with its state, payload, kept output (tasks with dependents) and
+    /// latest ended attempt, whose log comes only when asked for. A store
+    /// that forgets finished tasks lists the tasks it still has. An unknown
+    /// batch is an error.
+    pub async fn task_list_pages_by_index<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let retains = h.store.retains_finished_tasks();
+        let tasks = vec![
+            task("a"),
+            after("b", &["a"]),
+            task("c"),
+            task("d"),
+            task("e"),
+        ];
+        let mut spec = batch(4, tasks);
+        spec.policy.retry = crate::model::RetryPolicy::attempts(3);
+        let ins = h.insert(spec, T0).await;
+        let [a, b, c, d, e] = ins.tasks[..] else {
+            panic!("five tasks")
+        };
+        let claim = h.claim(10, 2, secs(1)).await;
+        assert_eq!(payloads(&claim), ["a", "c"]);
+        let log = AttemptLog {
+            exit_code: Some(0),
+            stdout: b"A\n".to_vec(),
+            stdout_total: 2,
+            stderr: Vec::new(),
+            stderr_total: 0,
+        };
+        let mut done = report(
+            fence(claimed(&claim, "a")),
+            success(Some("A")),
+            Duration::ZERO,
+        );
+        done.log = Some(log.clone());
+        let failed = report(
+            fence(claimed(&claim, "c")),
+            failure(Reason::ExitCode(1), Some(secs(100))),
+            Duration::ZERO,
+        );
+        let applied = h.complete(vec![done, failed], secs(2)).await;
+        assert_eq!(applied.results, [Ok(Succeeded), Ok(RetryWait)]);
+        let claim = h.claim(10, 1, secs(3)).await;
+        assert_eq!(payloads(&claim), ["d"]);
+        h.cancel_task(e, CancelMode::Graceful, secs(4))
+            .await
+            .expect("task_cancel");
+
+        let all = TaskQuery {
+            limit: 10,
+            ..TaskQuery::default()
+        };
+        let kept = |ids: &[TaskId]| -> Vec<TaskId> {
+            ids.iter()
+                .copied()
+                .filter(|id| retains || ![a, e].contains(id))
+                .collect()
+        };
+        let page = h.tasks(ins.batch, all.clone()).await;
+        let listed: Vec<TaskId> = page.iter().map(|t| t.info.id).collect();
+        assert_eq!(listed, kept(&[a, b, c, d, e]));
+        let record = |id: TaskId| page.iter().find(|t| t.info.id == id);
+        for t in &page {
+            assert_eq!(t.info.batch, ins.batch);
+            let key = t.info.key.as_deref().expect("keyed");
+            assert_eq!(t.payload, key, "payload of {key}");
+            assert_eq!(t.info.state, h.state(t.info.id).0, "state of {key}");
+        }
+        let view = |id| {
+            let t = record(id).expect("listed");
+            (t.info.index, t.info.state, t.output.clone())
+        };
+        assert_eq!(view(b), (1, Queued, None));
+        assert_eq!(view(c), (2, RetryWait, None));
+        assert_eq!(view(d), (3, Running, None));
+        let running = &record(d).expect("listed").info;
+        assert_eq!(
+            (running.worker, running.started_at),
+            (Some(h.worker), Some(secs(3)))
+        );
+        assert!(record(b).unwrap().last_attempt.is_none(), "never ran");
+        assert!(record(d).unwrap().last_attempt.is_none(), "none ended");
+        if retains {
+            assert_eq!(view(a), (0, Succeeded, Some("A".to_owned())), "output kept");
+            assert_eq!(view(e), (4, Cancelled, None));
+            let last = record(a).unwrap().last_attempt.clone().expect("ended");
+            assert_eq!(
+                (last.attempt, last.worker, last.started_at, last.finished_at),
+                (Attempt(1), Some(h.worker), secs(1), Some(secs(2)))
+            );
+            assert_eq!((last.state, last.reason), (Some(Succeeded), None));
+            assert_eq!(last.log, None, "logs only when asked for");
+            let last = record(c).unwrap().last_attempt.clone().expect("ended");
+            assert_eq!(
+                (
+                    last.attempt,
+                    last.state,
+                    last.reason,
+                    last.message.as_deref()
+                ),
+                (
+                    Attempt(1),
+                    Some(RetryWait),
+                    Some(Reason::ExitCode(1)),
+                    Some("failed: exit_code(1)")
+                )
+            );
+            let with_logs = h
+                .tasks(
+                    ins.batch,
+                    TaskQuery {
+                        logs: true,
+                        ..all.clone()
+                    },
+                )
+                .await;
+            assert_eq!(with_logs[0].info.id, a);
+            let last = with_logs[0].last_attempt.as_ref().expect("ended");
+            assert_eq!(last.log.as_ref(), Some(&log));
+        } else {
+            assert!(page.iter().all(|t| t.last_attempt.is_none()), "kept none");
+        }
+
+        let ids = |page: Vec<TaskRecord<String, String>>| {
+            page.iter().map(|t| t.info.id).collect::<Vec<_>>()
+        };
+        let query = |states: Vec<TaskState>, after: Option<u64>, limit: usize| TaskQuery {
+            states,
+            after,
+            limit,
+            logs: false,
+        };
+        let mut pages = Vec::new();
+        let mut after = None;
+        loop {
+            let page = h.tasks(ins.batch, query(vec![], after, 2)).await;
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = Some(last.info.index);
+            pages.extend(ids(page));
+        }
+        assert_eq!(pages, kept(&[a, b, c, d, e]), "paged with the cursor");
+        let pick = |states, after, limit| h.tasks(ins.batch, query(states, after, limit));
+        assert_eq!(ids(pick(vec![], Some(1), 2).await), [c, d]);
+        assert_eq!(ids(pick(vec![], Some(4), 10).await), []);
+        assert_eq!(ids(pick(vec![], None, 0).await), []);
+        assert_eq!(ids(pick(vec![Running, RetryWait], None, 10).await), [c, d]);
+        assert_eq!(ids(pick(vec![Running, RetryWait], Some(2), 10).await), [d]);
+        assert_eq!(ids(pick(vec![Running, RetryWait], None, 1).await), [c]);
+        assert_eq!(ids(pick(vec![Skipped], None, 10).await), []);
+
+        let nowhere = BatchId(ins.batch.0 + 1000);
+        let err = h.store.task_list(nowhere, all).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnknownBatch(id) if id == nowhere),
+            "{err}"
+        );
+        h.finish().await;
+    }
+
+    /// Every attempt is recorded when it ends, with the log its report
+    /// carried (large output tails too, byte for byte); an attempt that ended
+    /// without a report of its own (a lost lease) has no log. `task_attempts`
+    /// lists them in order, a running attempt last and unfinished. A store
+    /// that forgets finished tasks keeps no attempt records. An unknown task
+    /// is an error.
+    pub async fn attempts_keep_their_logs<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let retains = h.store.retains_finished_tasks();
+        let w = h.worker;
+        let mut spec = batch(2, vec![task("a"), task("b")]);
+        spec.policy.retry = crate::model::RetryPolicy::attempts(4);
+        let ins = h.insert(spec, T0).await;
+        let [a, b] = ins.tasks[..] else {
+            panic!("two tasks")
+        };
+        let claim = h.claim(2, 2, secs(1)).await;
+        let small = AttemptLog {
+            exit_code: Some(3),
+            stdout: b"out\n".to_vec(),
+            stdout_total: 4,
+            stderr: b"err: \xff not utf-8\n".to_vec(),
+            stderr_total: 1 << 40,
+        };
+        // Large tails, as a process flooding its output leaves them: beyond
+        // what a store may keep uncompressed, and not all alike.
+        let mut noise = 0x2545_f491_u32;
+        let large_out: Vec<u8> = (0..64 * 1024)
+            .map(|i| {
+                noise ^= noise << 13;
+                noise ^= noise >> 17;
+                noise ^= noise << 5;
+                if i % 80 == 79 {
+                    b'\n'
+                } else {
+                    b' ' + (noise % 90) as u8
+                }
+            })
+            .collect();
+        let large = AttemptLog {
+            exit_code: Some(0),
+            stdout: large_out,
+            stdout_total: 10_000_000,
+            stderr: vec![b'!'; 5000],
+            stderr_total: 5000,
+        };
+        let mut fail = report(
+            fence(claimed(&claim, "a")),
+            failure(Reason::ExitCode(3), Some(secs(2))),
+            Duration::ZERO,
+        );
+        fail.log = Some(small.clone());
+        let mut done = report(fence(claimed(&claim, "b")), success(None), Duration::ZERO);
+        done.log = Some(large.clone());
+        let applied = h.complete(vec![fail, done], secs(2)).await;
+        assert_eq!(applied.results, [Ok(RetryWait), Ok(Succeeded)]);
+        let claim = h.claim(2, 2, secs(3)).await;
+        assert_eq!(claimed(&claim, "a").attempt, Attempt(2));
+        let events = h.rescue(secs(34)).await;
+        assert_moves(&events, &[(a, RetryWait, Some(Reason::Lost))]);
+        let claim = h.claim(2, 2, secs(34)).await;
+        let a3 = claimed(&claim, "a").clone();
+        assert_eq!(a3.attempt, Attempt(3));
+
+        let running = AttemptInfo {
+            attempt: Attempt(3),
+            worker: Some(w),
+            started_at: secs(34),
+            finished_at: None,
+            state: None,
+            reason: None,
+            message: None,
+            log: None,
+        };
+        let first = AttemptInfo {
+            attempt: Attempt(1),
+            worker: Some(w),
+            started_at: secs(1),
+            finished_at: Some(secs(2)),
+            state: Some(RetryWait),
+            reason: Some(Reason::ExitCode(3)),
+            message: Some("failed: exit_code(3)".into()),
+            log: Some(small),
+        };
+        let lost = h.attempts(a).await;
+        if !retains {
+            assert_eq!(lost, [running], "only the running attempt is known");
+            let (result, _) = h
+                .report(fence(&a3), failure(Reason::ExitCode(5), None), secs(35))
+                .await;
+            assert_eq!(result, Ok(Failed));
+            assert!(matches!(
+                h.store.task_attempts(b).await,
+                Err(StoreError::UnknownTask(t)) if t == b
+            ));
+            h.finish().await;
+            return;
+        }
+        assert_eq!(lost.len(), 3, "{lost:#?}");
+        assert_eq!(lost[0], first);
+        let second = &lost[1];
+        assert_eq!(
+            (
+                second.attempt,
+                second.worker,
+                second.started_at,
+                second.finished_at
+            ),
+            (Attempt(2), Some(w), secs(3), Some(secs(34)))
+        );
+        assert_eq!(
+            (second.state, second.reason, &second.log),
+            (Some(RetryWait), Some(Reason::Lost), &None)
+        );
+        assert!(second.message.is_some(), "says the lease expired");
+        assert_eq!(lost[2], running);
+
+        let (result, _) = h
+            .report(fence(&a3), failure(Reason::ExitCode(5), None), secs(35))
+            .await;
+        assert_eq!(result, Ok(Failed));
+        let ended = h.attempts(a).await;
+        assert_eq!(ended.len(), 3);
+        assert_eq!(ended[..2], lost[..2]);
+        assert_eq!(
+            (
+                ended[2].finished_at,
+                ended[2].state,
+                ended[2].reason,
+                ended[2].message.as_deref(),
+                &ended[2].log
+            ),
+            (
+                Some(secs(35)),
+                Some(Failed),
+                Some(Reason::ExitCode(5)),
+                Some("failed: exit_code(5)"),
+                &None
+            ),
+            "no report log: no log, whatever the reason"
+        );
+        let kept = h.attempts(b).await;
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].state, Some(Succeeded));
+        assert_eq!(
+            kept[0].log.as_ref(),
+            Some(&large),
+            "large tails, byte for byte"
+        );
+
+        let listed = h
+            .tasks(
+                ins.batch,
+                TaskQuery {
+                    limit: 10,
+                    logs: true,
+                    ..TaskQuery::default()
+                },
+            )
+            .await;
+        assert_eq!(listed[0].last_attempt.as_ref(), Some(&ended[2]));
+        assert_eq!(listed[1].last_attempt.as_ref(), Some(&kept[0]));
+        let nowhere = TaskId(b.0 + 1000);
+        assert!(matches!(
+            h.store.task_attempts(nowhere).await,
+            Err(StoreError::UnknownTask(t)) if t == nowhere
         ));
         h.finish().await;
     }

@@ -17,8 +17,9 @@ use herd_core::scheduler::{
     spawn_worker,
 };
 use herd_core::store::{
-    Appended, Applied, CancelMode, Claim, ClaimRequest, ClaimedTask, Completion, Events, Fence,
-    Inserted, MemoryStore, Renewal, Rerun, Signals, Store, StoreError, TaskInfo,
+    Appended, Applied, AttemptInfo, BatchQuery, CancelMode, Claim, ClaimRequest, ClaimedTask,
+    Completion, Events, Fence, Inserted, MemoryStore, Renewal, Rerun, Signals, Store, StoreError,
+    TaskInfo, TaskQuery, TaskRecord, WorkerInfo,
 };
 use herd_core::{
     BatchId, BatchInfo, BatchSpec, BatchState, BatchStats, Clock, Reason, SystemClock, TaskId,
@@ -379,6 +380,30 @@ impl<S: Store> Store for FlakyStore<S> {
 
     async fn task_get(&self, task: TaskId) -> Result<TaskInfo, StoreError> {
         self.inner.task_get(task).await
+    }
+
+    async fn worker_expire(&self, worker: WorkerId, now: Timestamp) -> Result<Events, StoreError> {
+        self.inner.worker_expire(worker, now).await
+    }
+
+    async fn batch_list(&self, query: BatchQuery) -> Result<Vec<BatchInfo>, StoreError> {
+        self.inner.batch_list(query).await
+    }
+
+    async fn task_list(
+        &self,
+        batch: BatchId,
+        query: TaskQuery,
+    ) -> Result<Vec<TaskRecord<S::Payload, S::Output>>, StoreError> {
+        self.inner.task_list(batch, query).await
+    }
+
+    async fn task_attempts(&self, task: TaskId) -> Result<Vec<AttemptInfo>, StoreError> {
+        self.inner.task_attempts(task).await
+    }
+
+    async fn worker_list(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        self.inner.worker_list().await
     }
 
     fn events(&self) -> broadcast::Receiver<Events> {

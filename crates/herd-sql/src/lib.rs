@@ -16,6 +16,7 @@
 //! ```
 
 mod logic;
+mod logs;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -27,7 +28,7 @@ pub use sqlite::{Sqlite, SqliteStore};
 pub use store::SqlStore;
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Why a store could not be opened. Nothing was written to it.
 #[derive(Debug, thiserror::Error)]

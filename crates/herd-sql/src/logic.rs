@@ -18,7 +18,9 @@ use herd_core::model::{
     Event, EventKind, OnFailure, Priority, Reason, StateCounts, TaskId, TaskState, Timestamp,
     WorkerId, batch_outcome,
 };
-use herd_core::store::{CancelMode, Fence, StoreError};
+use herd_core::store::{AttemptLog, CancelMode, Fence, StoreError};
+
+use crate::logs::{StoredLog, hex_opt};
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
@@ -190,9 +192,23 @@ pub(crate) struct AttemptEnd {
     /// The state the attempt led to.
     pub o: &'static str,
     pub r: Option<String>,
-    /// The exit code, for command tasks that exited.
+    /// The exit code: the log's, else the reason's (`exit_code(n)`).
     pub x: Option<i32>,
     pub e: Option<String>,
+    /// The log's output tails (zlib streams when `z`), NULL without a log.
+    /// Left out of the JSON row sets when absent (most attempts of library
+    /// tasks have no log): a missing key reads as NULL.
+    #[serde(serialize_with = "hex_opt", skip_serializing_if = "Option::is_none")]
+    pub so: Option<Vec<u8>>,
+    #[serde(serialize_with = "hex_opt", skip_serializing_if = "Option::is_none")]
+    pub se: Option<Vec<u8>>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub z: bool,
+    /// The log's total bytes of standard output and error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ot: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub et: Option<i64>,
 }
 
 /// An event row.
@@ -369,6 +385,17 @@ pub(crate) trait Tx: Send {
         &mut self,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<(TaskId, BatchId)>>> + Send;
+    /// Tasks `worker` is running: (task, batch).
+    fn tasks_of_worker(
+        &mut self,
+        worker: WorkerId,
+    ) -> impl Future<Output = Result<Vec<(TaskId, BatchId)>>> + Send;
+    /// Records `now` as the worker's last heartbeat.
+    fn worker_heartbeat(
+        &mut self,
+        worker: WorkerId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
     fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> impl Future<Output = Result<()>> + Send;
     /// Upstream results of these tasks, in each one's `after` order.
     fn upstream(&mut self, ids: &[TaskId])
@@ -462,6 +489,25 @@ pub(crate) fn parse_rule(s: &str) -> Option<DependencyRule> {
     }
 }
 
+/// Why running attempts are lost.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Lost {
+    /// Their leases expired.
+    Lease,
+    /// Their worker was declared gone ([`herd_core::store::Store::worker_expire`]).
+    Worker(WorkerId),
+}
+
+impl Lost {
+    /// The message the task keeps, as the memory store words it.
+    fn message(self) -> &'static str {
+        match self {
+            Lost::Lease => "the worker running it stopped renewing its lease",
+            Lost::Worker(_) => "the worker running it is gone",
+        }
+    }
+}
+
 /// A task reaching a terminal state.
 struct Finish {
     task: TaskId,
@@ -479,6 +525,8 @@ pub(crate) struct Work {
     events: Vec<Event>,
     attempts_ended: Vec<AttemptEnd>,
     outputs: Vec<(TaskId, String)>,
+    /// Logs reported with completions, until their attempts' rows are written.
+    logs: HashMap<TaskId, AttemptLog>,
     /// Tasks became ready: wake workers.
     pub work_ready: bool,
     /// Running attempts must be cancelled: wake workers to renew leases.
@@ -503,6 +551,7 @@ impl Work {
             events: Vec::new(),
             attempts_ended: Vec::new(),
             outputs: Vec::new(),
+            logs: HashMap::new(),
             work_ready: false,
             control_pending: false,
         }
@@ -743,8 +792,32 @@ impl Work {
         self.move_task(id, TaskState::Running, None);
     }
 
+    /// Keeps the log a completion of `id`'s running attempt carried, for
+    /// that attempt's row.
+    pub fn set_log(&mut self, id: TaskId, log: Option<AttemptLog>) {
+        if let Some(log) = log {
+            self.logs.insert(id, log);
+        }
+    }
+
     fn end_attempt(&mut self, id: TaskId, to: TaskState, reason: Option<Reason>) {
+        let log = self.logs.remove(&id).map(StoredLog::of);
         let t = &self.tasks[&id];
+        let exit_code = match (&log, reason) {
+            (Some(log), _) => log.exit_code,
+            (None, Some(Reason::ExitCode(code))) => Some(code),
+            (None, _) => None,
+        };
+        let (so, se, z, ot, et) = match log {
+            Some(log) => (
+                Some(log.stdout),
+                Some(log.stderr),
+                log.compressed,
+                Some(log.stdout_total),
+                Some(log.stderr_total),
+            ),
+            None => (None, None, false, None, None),
+        };
         self.attempts_ended.push(AttemptEnd {
             t: id.0,
             a: t.attempt.0,
@@ -753,15 +826,17 @@ impl Work {
             at: self.now.0,
             o: to.as_str(),
             r: reason.map(|r| r.to_string()),
-            x: match reason {
-                Some(Reason::ExitCode(code)) => Some(code),
-                _ => None,
-            },
+            x: exit_code,
             // The task's message is its last failure's: only a failed
             // attempt's row carries it.
             e: matches!(to, TaskState::Failed | TaskState::RetryWait)
                 .then(|| t.message.clone())
                 .flatten(),
+            so,
+            se,
+            z,
+            ot,
+            et,
         });
     }
 
@@ -968,6 +1043,46 @@ impl Work {
             b.open = false;
             self.stop_batch(tx, batch, Reason::Deadline, Some(CancelMode::Forced))
                 .await?;
+        }
+        Ok(())
+    }
+
+    /// Ends running attempts as lost, as if their leases had expired at
+    /// `now`: requeued, or failed once the batch's `lost` budget is spent (or
+    /// cancelled, if they were being cancelled). Their batches must be
+    /// locked; tasks that `why` no longer applies to are left alone.
+    pub async fn lose<T: Tx>(&mut self, tx: &mut T, mut ids: Vec<TaskId>, why: Lost) -> Result<()> {
+        ids.sort_unstable();
+        self.load(tx, &ids).await?;
+        let now = self.now;
+        for id in ids {
+            let Some(t) = self.tasks.get(&id) else {
+                continue;
+            };
+            let applies = t.state == TaskState::Running
+                && match why {
+                    Lost::Lease => t.lease_until.is_some_and(|at| at < now),
+                    Lost::Worker(worker) => t.worker == Some(worker),
+                };
+            if !applies {
+                continue;
+            }
+            let t = self.task_mut(id);
+            t.lost += 1;
+            t.message = Some(why.message().into());
+            let (batch, lost, cancel) = (t.batch, t.lost, t.cancel);
+            let b = self.batch(batch)?;
+            let retry = b.stopped.is_none() && b.policy.retry.should_retry_lost(lost);
+            if let Some((_, reason)) = cancel {
+                // It was being cancelled when its worker died: that is how it ends.
+                self.finish(tx, id, TaskState::Cancelled, Some(reason), None, true)
+                    .await?;
+            } else if retry {
+                self.retry_later(id, Reason::Lost, now);
+            } else {
+                self.finish(tx, id, TaskState::Failed, Some(Reason::Lost), None, true)
+                    .await?;
+            }
         }
         Ok(())
     }

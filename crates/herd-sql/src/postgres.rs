@@ -17,14 +17,17 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres as Db, Transaction};
 
 use herd_core::model::{BatchId, TaskId, Timestamp, WorkerId};
-use herd_core::store::Signals;
+use herd_core::store::{AttemptInfo, BatchQuery, Signals, TaskQuery, WorkerInfo};
 
 use crate::OpenError;
 use crate::logic::{
     AttemptEnd, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
     TaskWrite, Tx, UpstreamRow, WriteSet, backend,
 };
-use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row, upstream_row};
+use crate::rows::{
+    BATCH_COLUMNS, ListedTask, SqlRow, TASK_COLUMNS, attempt_row, batch_row, listed_task, task_row,
+    upstream_row, worker_row,
+};
 use crate::statements::{self, bind_batch_row, bind_new_batch, json};
 use crate::store::{Dialect, SqlStore};
 
@@ -356,14 +359,7 @@ impl<'a> BatchWrite<'a> {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(out, "{b:02x}");
-    }
-    out
-}
+use crate::logs::hex;
 
 /// The hot statements, kept apart so that a test can check their plans.
 mod sql {
@@ -406,10 +402,13 @@ mod sql {
           WHERE b.id = j.id RETURNING 1), \
         ended AS ( \
           INSERT INTO attempts (task_id, attempt, worker_id, started_at, finished_at, \
-            outcome, reason, exit_code, error) \
-          SELECT j.t, j.a, j.w, j.st, j.at, j.o, j.r, j.x, j.e \
+            outcome, reason, exit_code, error, stdout_tail, stderr_tail, compressed, \
+            stdout_total, stderr_total) \
+          SELECT j.t, j.a, j.w, j.st, j.at, j.o, j.r, j.x, j.e, decode(j.so, 'hex'), \
+            decode(j.se, 'hex'), COALESCE(j.z, FALSE), j.ot, j.et \
           FROM jsonb_to_recordset($3::jsonb) AS j(t bigint, a bigint, w bigint, st bigint, \
-            at bigint, o text, r text, x bigint, e text) RETURNING 1), \
+            at bigint, o text, r text, x bigint, e text, so text, se text, z boolean, \
+            ot bigint, et bigint) RETURNING 1), \
         seq AS ( \
           UPDATE herd_meta SET next_seq = next_seq + $5 WHERE id = 1 AND $5 > 0 \
           RETURNING next_seq - $5 AS first), \
@@ -448,9 +447,12 @@ mod sql {
     /// Records attempts at their end: one row each, one insert.
     pub(super) const ATTEMPTS_END: &str = "\
         INSERT INTO attempts (task_id, attempt, worker_id, started_at, finished_at, outcome, \
-        reason, exit_code, error) \
-        SELECT j.t, j.a, j.w, j.st, j.at, j.o, j.r, j.x, j.e FROM jsonb_to_recordset($1::jsonb) \
-        AS j(t bigint, a bigint, w bigint, st bigint, at bigint, o text, r text, x bigint, e text)";
+        reason, exit_code, error, stdout_tail, stderr_tail, compressed, stdout_total, \
+        stderr_total) \
+        SELECT j.t, j.a, j.w, j.st, j.at, j.o, j.r, j.x, j.e, decode(j.so, 'hex'), \
+        decode(j.se, 'hex'), COALESCE(j.z, FALSE), j.ot, j.et FROM jsonb_to_recordset($1::jsonb) \
+        AS j(t bigint, a bigint, w bigint, st bigint, at bigint, o text, r text, x bigint, \
+        e text, so text, se text, z boolean, ot bigint, et bigint)";
 }
 
 fn ids_of<I: IntoIterator<Item = i64>>(ids: I) -> Vec<i64> {
@@ -518,6 +520,59 @@ impl Dialect for Postgres {
             .await
             .map_err(backend)?;
         row.as_ref().map(task_row).transpose()
+    }
+
+    async fn worker_heartbeat(&self, worker: WorkerId, now: Timestamp) -> Result<()> {
+        sqlx::query(statements::WORKER_HEARTBEAT)
+            .bind(now.0)
+            .bind(worker.0)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn batch_list(&self, query: &BatchQuery) -> Result<Vec<BatchRow>> {
+        let (before, limit) = statements::page(query.before.map(|b| b.0), i64::MAX, query.limit);
+        let rows = sqlx::query(&statements::batch_list(query))
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(batch_row).collect()
+    }
+
+    async fn task_list(&self, batch: BatchId, query: &TaskQuery) -> Result<Vec<ListedTask>> {
+        let after = query.after.map(|i| i64::try_from(i).unwrap_or(i64::MAX));
+        let (after, limit) = statements::page(after, -1, query.limit);
+        let rows = sqlx::query(&statements::task_list(query))
+            .bind(batch.0)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|r| listed_task(r, query.logs)).collect()
+    }
+
+    async fn task_attempts(&self, task: TaskId) -> Result<Vec<AttemptInfo>> {
+        let rows = sqlx::query(&statements::TASK_ATTEMPTS)
+            .bind(task.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .filter_map(|r| attempt_row(r, true).transpose())
+            .collect()
+    }
+
+    async fn worker_list(&self) -> Result<Vec<WorkerInfo>> {
+        let rows = sqlx::query(&statements::WORKER_LIST)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(worker_row).collect()
     }
 }
 
@@ -713,6 +768,28 @@ impl Tx for PgTx {
             .collect())
     }
 
+    async fn tasks_of_worker(&mut self, worker: WorkerId) -> Result<Vec<(TaskId, BatchId)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(statements::TASKS_OF_WORKER)
+            .bind(worker.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, b)| (TaskId(t), BatchId(b)))
+            .collect())
+    }
+
+    async fn worker_heartbeat(&mut self, worker: WorkerId, now: Timestamp) -> Result<()> {
+        sqlx::query(statements::WORKER_HEARTBEAT)
+            .bind(now.0)
+            .bind(worker.0)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> Result<()> {
         self.run_json(sql::TASKS_WRITE, json(&rows)?).await
     }
@@ -851,9 +928,27 @@ mod tests {
             capacity: 40_000,
             max_tasks: 40_000,
             lease: Duration::from_secs(30),
+            batch: None,
         };
         let claim = store.task_claim(request, Timestamp(2)).await.unwrap();
         assert_eq!(claim.tasks.len(), 40_000);
+        // Half of them ended: attempts rows to look up as well.
+        let ended = claim.tasks[..20_000]
+            .iter()
+            .map(|t| herd_core::store::Completion {
+                fence: herd_core::store::Fence {
+                    task: t.id,
+                    attempt: t.attempt,
+                },
+                outcome: herd_core::store::AttemptOutcome::Succeeded { output: None },
+                duration: Duration::from_millis(1),
+                log: None,
+            })
+            .collect();
+        store
+            .task_complete(worker, ended, Timestamp(3))
+            .await
+            .unwrap();
         sqlx::query("ANALYZE").execute(store.pool()).await.unwrap();
 
         let mut conn = store.pool().acquire().await.unwrap();
@@ -861,7 +956,45 @@ mod tests {
             .execute(&mut *conn)
             .await
             .unwrap();
+        // The listings, with and without the filters that change their text.
+        let tasks_any = statements::task_list(&herd_core::store::TaskQuery::default());
+        let tasks_some = statements::task_list(&herd_core::store::TaskQuery {
+            states: vec![herd_core::TaskState::Failed, herd_core::TaskState::Running],
+            logs: true,
+            ..Default::default()
+        });
+        let batches_any = statements::batch_list(&herd_core::store::BatchQuery::default());
+        let batches_live = statements::batch_list(&herd_core::store::BatchQuery {
+            states: vec![herd_core::BatchState::Running],
+            ..Default::default()
+        });
         let statements = [
+            (
+                "tasks_any",
+                "bigint, bigint, bigint",
+                tasks_any,
+                "(1, 100, 50)",
+            ),
+            (
+                "tasks_some",
+                "bigint, bigint, bigint",
+                tasks_some,
+                "(1, -1, 50)",
+            ),
+            ("batches_any", "bigint, bigint", batches_any, "(100, 50)"),
+            ("batches_live", "bigint, bigint", batches_live, "(100, 50)"),
+            (
+                "attempts",
+                "bigint",
+                statements::TASK_ATTEMPTS.clone(),
+                "(1)",
+            ),
+            (
+                "of_worker",
+                "bigint",
+                statements::TASKS_OF_WORKER.to_owned(),
+                "(1)",
+            ),
             (
                 "ready",
                 "bigint[], bigint",
@@ -888,9 +1021,23 @@ mod tests {
                 .unwrap();
             let plan = plan.join("\n");
             assert!(
-                !plan.contains("Seq Scan on tasks") && !plan.contains("Seq Scan on attempts"),
+                !plan.contains("Seq Scan on tasks")
+                    && !plan.contains("Seq Scan on attempts")
+                    && !plan.contains("Seq Scan on batches"),
                 "{name} scans a table under a generic plan:\n{plan}"
             );
+            // `attempts` has its primary key only: a scan of it without an
+            // index condition reads all of it.
+            let lines: Vec<&str> = plan.lines().collect();
+            for (i, line) in lines.iter().enumerate() {
+                if line.contains("Scan") && line.contains(" on attempts") {
+                    let bounded = lines[i + 1..]
+                        .iter()
+                        .take_while(|l| !l.contains("->"))
+                        .any(|l| l.contains("Index Cond"));
+                    assert!(bounded, "{name} reads all of attempts:\n{plan}");
+                }
+            }
         }
     }
 

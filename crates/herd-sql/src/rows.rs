@@ -6,10 +6,12 @@ use herd_core::model::{
     Attempt, BatchId, BatchPolicy, ErrorPolicy, Priority, Reason, StateCounts, TaskId, Timestamp,
     WorkerId,
 };
+use herd_core::store::{AttemptInfo, WorkerInfo};
 
 use crate::logic::{
     BatchRow, Result, TaskRow, UpstreamRow, backend, parse_cancel_mode, parse_rule,
 };
+use crate::logs::StoredLog;
 
 /// The columns [`task_row`] reads, from `tasks` aliased `t`.
 pub(crate) const TASK_COLUMNS: &str = "t.id, t.batch_id, t.idx, t.key, t.priority, t.cost, \
@@ -24,6 +26,28 @@ pub(crate) const BATCH_COLUMNS: &str = "id, name, state, priority, concurrency, 
      n_succeeded, n_failed, n_cancelled, n_skipped, retries, durations, created_at, started_at, \
      finished_at";
 
+/// [`BATCH_COLUMNS`] without the duration histogram, which listings do not
+/// need (it reads back as `None`).
+pub(crate) const BATCH_LIST_COLUMNS: &str = "id, name, state, priority, concurrency, policy, \
+     error_policy, deadline, open, paused, stopped, cancelled, failed_by_policy, running_cost, \
+     last_served, next_index, next_ready, n_pending, n_queued, n_running, n_retry_wait, \
+     n_succeeded, n_failed, n_cancelled, n_skipped, retries, NULL AS durations, created_at, \
+     started_at, finished_at";
+
+/// The columns [`attempt_row`] reads, from `attempts` aliased `a` (prefixed,
+/// so that they can sit beside a task's).
+pub(crate) const ATTEMPT_COLUMNS: &str = "a.attempt AS a_attempt, a.worker_id AS a_worker, \
+     a.started_at AS a_started_at, a.finished_at AS a_finished_at, a.outcome AS a_outcome, \
+     a.reason AS a_reason, a.error AS a_error";
+
+/// The log columns [`attempt_row`] reads when asked for logs.
+pub(crate) const LOG_COLUMNS: &str = "a.exit_code AS a_exit_code, a.stdout_tail AS a_stdout, \
+     a.stderr_tail AS a_stderr, a.compressed AS a_compressed, \
+     a.stdout_total AS a_stdout_total, a.stderr_total AS a_stderr_total";
+
+/// The columns [`worker_row`] reads.
+pub(crate) const WORKER_COLUMNS: &str = "id, host, pid, started_at, last_heartbeat";
+
 /// A stored value herd cannot read: the store was changed by something else.
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -34,7 +58,10 @@ pub(crate) struct Corrupt {
     value: String,
 }
 
-fn corrupt(column: &'static str, value: impl std::fmt::Debug) -> herd_core::store::StoreError {
+pub(crate) fn corrupt(
+    column: &'static str,
+    value: impl std::fmt::Debug,
+) -> herd_core::store::StoreError {
     backend(Corrupt {
         column,
         value: format!("{value:?}"),
@@ -189,5 +216,75 @@ pub(crate) fn upstream_row(r: &impl SqlRow) -> Result<UpstreamRow> {
         key: r.opt_text("key")?.map(Arc::from),
         state: r.parsed("state")?,
         output: r.opt_text("output")?,
+    })
+}
+
+/// The attempt in [`ATTEMPT_COLUMNS`] (and [`LOG_COLUMNS`] when `logs`);
+/// `None` where an outer join found none.
+pub(crate) fn attempt_row(r: &impl SqlRow, logs: bool) -> Result<Option<AttemptInfo>> {
+    let Some(attempt) = r.opt_int("a_attempt")? else {
+        return Ok(None);
+    };
+    let attempt = u32::try_from(attempt).map_err(|_| corrupt("attempt", attempt))?;
+    // Only an attempt whose report carried a log has totals.
+    let stdout_total = match logs {
+        true => r.opt_int("a_stdout_total")?,
+        false => None,
+    };
+    let log = match stdout_total {
+        Some(stdout_total) => {
+            let exit_code = match r.opt_int("a_exit_code")? {
+                Some(code) => Some(i32::try_from(code).map_err(|_| corrupt("exit_code", code))?),
+                None => None,
+            };
+            let stored = StoredLog {
+                exit_code,
+                stdout: r.opt_blob("a_stdout")?.unwrap_or_default(),
+                stderr: r.opt_blob("a_stderr")?.unwrap_or_default(),
+                compressed: r.flag("a_compressed")?,
+                stdout_total,
+                stderr_total: r.opt_int("a_stderr_total")?.unwrap_or(0),
+            };
+            Some(stored.into_log()?)
+        }
+        None => None,
+    };
+    Ok(Some(AttemptInfo {
+        attempt: Attempt(attempt),
+        worker: r.opt_int("a_worker")?.map(WorkerId),
+        started_at: Timestamp(r.int("a_started_at")?),
+        finished_at: r.opt_int("a_finished_at")?.map(Timestamp),
+        state: r.opt_parsed("a_outcome")?,
+        reason: r.opt_parsed("a_reason")?,
+        message: r.opt_text("a_error")?,
+        log,
+    }))
+}
+
+/// A task as [`crate::statements::task_list`] reads it: its row, payload
+/// and output (JSON text) and its latest ended attempt.
+pub(crate) struct ListedTask {
+    pub row: TaskRow,
+    pub payload: String,
+    pub output: Option<String>,
+    pub last_attempt: Option<AttemptInfo>,
+}
+
+pub(crate) fn listed_task(r: &impl SqlRow, logs: bool) -> Result<ListedTask> {
+    Ok(ListedTask {
+        row: task_row(r)?,
+        payload: r.text("payload")?,
+        output: r.opt_text("output")?,
+        last_attempt: attempt_row(r, logs)?,
+    })
+}
+
+pub(crate) fn worker_row(r: &impl SqlRow) -> Result<WorkerInfo> {
+    Ok(WorkerInfo {
+        id: WorkerId(r.int("id")?),
+        host: r.text("host")?,
+        pid: r.unsigned("pid")?,
+        started_at: Timestamp(r.int("started_at")?),
+        last_heartbeat: Timestamp(r.int("last_heartbeat")?),
     })
 }

@@ -22,14 +22,17 @@ use tokio::sync::{Mutex, OwnedMutexGuard};
 use tokio::task::JoinHandle;
 
 use herd_core::model::{BatchId, TaskId, Timestamp, WorkerId};
-use herd_core::store::Signals;
+use herd_core::store::{AttemptInfo, BatchQuery, Signals, TaskQuery, WorkerInfo};
 
 use crate::OpenError;
 use crate::logic::{
     AttemptEnd, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
     TaskWrite, Tx, UpstreamRow, backend,
 };
-use crate::rows::{BATCH_COLUMNS, SqlRow, TASK_COLUMNS, batch_row, task_row, upstream_row};
+use crate::rows::{
+    BATCH_COLUMNS, ListedTask, SqlRow, TASK_COLUMNS, attempt_row, batch_row, listed_task, task_row,
+    upstream_row, worker_row,
+};
 use crate::statements::{self, bind_batch_row, bind_new_batch};
 use crate::store::{Dialect, SqlStore};
 
@@ -387,6 +390,60 @@ impl Dialect for Sqlite {
             .map_err(backend)?;
         row.as_ref().map(task_row).transpose()
     }
+
+    async fn worker_heartbeat(&self, worker: WorkerId, now: Timestamp) -> Result<()> {
+        let _turn = self.writer.lock().await;
+        sqlx::query(statements::WORKER_HEARTBEAT)
+            .bind(now.0)
+            .bind(worker.0)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn batch_list(&self, query: &BatchQuery) -> Result<Vec<BatchRow>> {
+        let (before, limit) = statements::page(query.before.map(|b| b.0), i64::MAX, query.limit);
+        let rows = sqlx::query(&statements::batch_list(query))
+            .bind(before)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(batch_row).collect()
+    }
+
+    async fn task_list(&self, batch: BatchId, query: &TaskQuery) -> Result<Vec<ListedTask>> {
+        let after = query.after.map(|i| i64::try_from(i).unwrap_or(i64::MAX));
+        let (after, limit) = statements::page(after, -1, query.limit);
+        let rows = sqlx::query(&statements::task_list(query))
+            .bind(batch.0)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(|r| listed_task(r, query.logs)).collect()
+    }
+
+    async fn task_attempts(&self, task: TaskId) -> Result<Vec<AttemptInfo>> {
+        let rows = sqlx::query(&statements::TASK_ATTEMPTS)
+            .bind(task.0)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .filter_map(|r| attempt_row(r, true).transpose())
+            .collect()
+    }
+
+    async fn worker_list(&self) -> Result<Vec<WorkerInfo>> {
+        let rows = sqlx::query(&statements::WORKER_LIST)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(worker_row).collect()
+    }
 }
 
 impl Tx for SqliteTx {
@@ -597,6 +654,28 @@ impl Tx for SqliteTx {
             .collect())
     }
 
+    async fn tasks_of_worker(&mut self, worker: WorkerId) -> Result<Vec<(TaskId, BatchId)>> {
+        let rows: Vec<(i64, i64)> = sqlx::query_as(statements::TASKS_OF_WORKER)
+            .bind(worker.0)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, b)| (TaskId(t), BatchId(b)))
+            .collect())
+    }
+
+    async fn worker_heartbeat(&mut self, worker: WorkerId, now: Timestamp) -> Result<()> {
+        sqlx::query(statements::WORKER_HEARTBEAT)
+            .bind(now.0)
+            .bind(worker.0)
+            .execute(&mut *self.tx)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn tasks_write(&mut self, rows: &[TaskWrite<'_>]) -> Result<()> {
         self.values(
             "UPDATE tasks SET state = j.column2, reason = j.column3, message = j.column4, \
@@ -657,10 +736,11 @@ impl Tx for SqliteTx {
     async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
         self.values(
             "INSERT INTO attempts (task_id, attempt, worker_id, started_at, finished_at, \
-             outcome, reason, exit_code, error) ",
+             outcome, reason, exit_code, error, stdout_tail, stderr_tail, compressed, \
+             stdout_total, stderr_total) ",
             "",
             rows,
-            9,
+            14,
             |b, a| {
                 b.push_bind(a.t)
                     .push_bind(i64::from(a.a))
@@ -670,7 +750,12 @@ impl Tx for SqliteTx {
                     .push_bind(a.o)
                     .push_bind(a.r.as_deref())
                     .push_bind(a.x)
-                    .push_bind(a.e.as_deref());
+                    .push_bind(a.e.as_deref())
+                    .push_bind(a.so.as_deref())
+                    .push_bind(a.se.as_deref())
+                    .push_bind(a.z)
+                    .push_bind(a.ot)
+                    .push_bind(a.et);
             },
         )
         .await

@@ -5,8 +5,12 @@
 
 use std::sync::LazyLock;
 
+use herd_core::store::{BatchQuery, TaskQuery};
+
 use crate::logic::{Result, backend};
-use crate::rows::{BATCH_COLUMNS, TASK_COLUMNS};
+use crate::rows::{
+    ATTEMPT_COLUMNS, BATCH_COLUMNS, BATCH_LIST_COLUMNS, LOG_COLUMNS, TASK_COLUMNS, WORKER_COLUMNS,
+};
 
 /// A value as JSON text: policies, and the row sets of set statements.
 pub(crate) fn json<T: serde::Serialize + ?Sized>(value: &T) -> Result<String> {
@@ -51,6 +55,84 @@ pub(crate) const CLAIM_SCAN: &str = "\
 
 pub(crate) const TASKS_LEASE_EXPIRED: &str =
     "SELECT id, batch_id FROM tasks WHERE state = 'running' AND lease_until < $1";
+
+/// A worker's running tasks, through the partial index of running tasks
+/// (`tasks_leases`): rare (a worker found dead), so no index of its own to
+/// maintain on every claim.
+pub(crate) const TASKS_OF_WORKER: &str = "SELECT id, batch_id FROM tasks \
+     WHERE state = 'running' AND worker_id = $1";
+
+pub(crate) const WORKER_HEARTBEAT: &str = "UPDATE workers SET last_heartbeat = $1 WHERE id = $2";
+
+pub(crate) static WORKER_LIST: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {WORKER_COLUMNS} FROM workers ORDER BY id"));
+
+/// A task's ended attempts, logs included, in order.
+pub(crate) static TASK_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT {ATTEMPT_COLUMNS}, {LOG_COLUMNS} FROM attempts a \
+         WHERE a.task_id = $1 ORDER BY a.attempt"
+    )
+});
+
+/// `AND column IN ('…', …)` over the states asked for; nothing for none.
+/// The states are herd's own names, so they are written into the statement
+/// rather than bound: the planner then sees them, and may use a partial
+/// index whose predicate they imply.
+fn states_filter<'a>(column: &str, states: impl IntoIterator<Item = &'a str>) -> String {
+    let mut states: Vec<&str> = states.into_iter().collect();
+    if states.is_empty() {
+        return String::new();
+    }
+    states.sort_unstable();
+    states.dedup();
+    let list: Vec<String> = states.iter().map(|s| format!("'{s}'")).collect();
+    format!(" AND {column} IN ({})", list.join(", "))
+}
+
+/// A page of batches, newest first: binds `$1` (ids below it) and `$2`
+/// (the limit). Reads the primary key backwards; when every state asked for
+/// is unfinished, the partial index of unfinished batches instead.
+pub(crate) fn batch_list(query: &BatchQuery) -> String {
+    let live = !query.states.is_empty() && query.states.iter().all(|s| !s.is_terminal());
+    format!(
+        "SELECT {BATCH_LIST_COLUMNS} FROM batches WHERE id < $1{}{} ORDER BY id DESC LIMIT $2",
+        states_filter("state", query.states.iter().map(|s| s.as_str())),
+        if live { " AND finished_at IS NULL" } else { "" },
+    )
+}
+
+/// A page of a batch's tasks by index, with each one's latest ended attempt
+/// (its log when asked for): binds `$1` (the batch), `$2` (indices above it)
+/// and `$3` (the limit). Reads the `(batch_id, idx)` index in order; a state
+/// filter is applied to the rows on the way.
+///
+/// Every attempt that starts ends with its row, so the latest ended one is
+/// the task's current attempt, or the one before while the current one
+/// runs: one primary-key lookup per task (a `MAX` subquery in the join
+/// condition made PostgreSQL filter a materialised scan of `attempts`).
+pub(crate) fn task_list(query: &TaskQuery) -> String {
+    let logs = if query.logs {
+        format!(", {LOG_COLUMNS}")
+    } else {
+        String::new()
+    };
+    format!(
+        "SELECT {TASK_COLUMNS}, t.payload, t.output, {ATTEMPT_COLUMNS}{logs} FROM tasks t \
+         LEFT JOIN attempts a ON a.task_id = t.id AND a.attempt = \
+         CASE WHEN t.state = 'running' THEN t.attempt - 1 ELSE t.attempt END \
+         WHERE t.batch_id = $1 AND t.idx > $2{} ORDER BY t.idx LIMIT $3",
+        states_filter("t.state", query.states.iter().map(|s| s.as_str())),
+    )
+}
+
+/// The bound cursor and limit of a listing.
+pub(crate) fn page(cursor: Option<i64>, none: i64, limit: usize) -> (i64, i64) {
+    (
+        cursor.unwrap_or(none),
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    )
+}
 
 /// Takes `$1` event numbers; returns the next free one.
 pub(crate) const SEQ_TAKE: &str =
@@ -124,3 +206,51 @@ macro_rules! bind_batch_row {
 }
 
 pub(crate) use {bind_batch_row, bind_new_batch};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_core::model::{BatchState, TaskState};
+
+    #[test]
+    fn listings_filter_states_written_into_the_statement() {
+        let any = batch_list(&BatchQuery::default());
+        assert!(
+            !any.contains(" IN (") && !any.contains("finished_at IS NULL"),
+            "{any}"
+        );
+        let live = batch_list(&BatchQuery {
+            states: vec![BatchState::Running, BatchState::Paused, BatchState::Running],
+            ..BatchQuery::default()
+        });
+        assert!(
+            live.contains("AND state IN ('paused', 'running') AND finished_at IS NULL"),
+            "{live}"
+        );
+        let done = batch_list(&BatchQuery {
+            states: vec![BatchState::Running, BatchState::Failed],
+            ..BatchQuery::default()
+        });
+        assert!(!done.contains("finished_at IS NULL"), "{done}");
+        let tasks = task_list(&TaskQuery {
+            states: vec![TaskState::Queued],
+            ..TaskQuery::default()
+        });
+        assert!(
+            tasks.contains("AND t.state IN ('queued') ORDER BY"),
+            "{tasks}"
+        );
+        assert!(!tasks.contains("a_stdout"), "{tasks}");
+        let logs = task_list(&TaskQuery {
+            logs: true,
+            ..TaskQuery::default()
+        });
+        assert!(logs.contains("a_stdout"), "{logs}");
+    }
+
+    #[test]
+    fn pages_bind_cursors_and_limits() {
+        assert_eq!(page(None, -1, 10), (-1, 10));
+        assert_eq!(page(Some(7), -1, usize::MAX), (7, i64::MAX));
+    }
+}

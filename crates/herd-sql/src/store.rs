@@ -13,15 +13,16 @@ use herd_core::model::{
     TaskSpec, TaskState, Timestamp, WorkerId, rerun_selection,
 };
 use herd_core::store::{
-    Appended, Applied, AttemptOutcome, BatchInfo, CancelMode, CancelRequest, Claim, ClaimRequest,
-    ClaimedTask, Completion, Events, Inserted, Renewal, Rerun, Signals, Stale, Store, StoreError,
-    TaskInfo, Upstream,
+    Appended, Applied, AttemptInfo, AttemptOutcome, BatchInfo, BatchQuery, CancelMode,
+    CancelRequest, Claim, ClaimRequest, ClaimedTask, Completion, Events, Inserted, Renewal, Rerun,
+    Signals, Stale, Store, StoreError, TaskInfo, TaskQuery, TaskRecord, Upstream, WorkerInfo,
 };
 
 use crate::logic::{
-    BatchRow, ClaimScan, NewBatch, NewDep, NewTask, Result, TaskRow, Tx, Work, Written, backend,
-    best_batch, escalates, owns, rule_str,
+    BatchRow, ClaimScan, Lost, NewBatch, NewDep, NewTask, Result, TaskRow, Tx, Work, Written,
+    backend, best_batch, escalates, owns, rule_str,
 };
+use crate::rows::ListedTask;
 
 /// Capacity of the in-process event broadcast, in operations.
 const EVENT_CAPACITY: usize = 4096;
@@ -45,6 +46,23 @@ pub(crate) trait Dialect: Send + Sync + 'static {
     fn batch_read(&self, id: BatchId) -> impl Future<Output = Result<Option<BatchRow>>> + Send;
     /// A task row, read without a lock.
     fn task_read(&self, id: TaskId) -> impl Future<Output = Result<Option<TaskRow>>> + Send;
+    /// Records `now` as a worker's last heartbeat, in a transaction of its own.
+    fn worker_heartbeat(
+        &self,
+        worker: WorkerId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// A page of batches ([`crate::statements::batch_list`]).
+    fn batch_list(&self, query: &BatchQuery) -> impl Future<Output = Result<Vec<BatchRow>>> + Send;
+    /// A page of a batch's tasks ([`crate::statements::task_list`]).
+    fn task_list(
+        &self,
+        batch: BatchId,
+        query: &TaskQuery,
+    ) -> impl Future<Output = Result<Vec<ListedTask>>> + Send;
+    /// A task's ended attempts, in order, logs included.
+    fn task_attempts(&self, task: TaskId) -> impl Future<Output = Result<Vec<AttemptInfo>>> + Send;
+    fn worker_list(&self) -> impl Future<Output = Result<Vec<WorkerInfo>>> + Send;
 }
 
 /// A [`Store`] in a SQL database: SQLite ([`crate::SqliteStore`]) or
@@ -131,6 +149,26 @@ fn info(b: &BatchRow) -> BatchInfo {
     }
 }
 
+/// A task row as the contract shows it: its worker and start while it runs.
+fn task_info(t: TaskRow) -> TaskInfo {
+    let running = t.state == TaskState::Running;
+    TaskInfo {
+        id: t.id,
+        batch: t.batch,
+        index: t.index,
+        key: t.key,
+        state: t.state,
+        reason: t.reason,
+        attempt: t.attempt,
+        lost: t.lost,
+        priority: t.priority,
+        cost: t.cost,
+        message: t.message,
+        worker: t.worker.filter(|_| running),
+        started_at: t.started_at.filter(|_| running),
+    }
+}
+
 fn check_appended<P>(tasks: &[TaskSpec<P>], limit: u32) -> Result<()> {
     for task in tasks {
         if !task.after.is_empty() {
@@ -155,6 +193,25 @@ where
     P: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     O: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
+    /// Ends the running attempts `running` (task, batch) as lost, in `tx`.
+    async fn lose(
+        &self,
+        mut tx: D::Tx,
+        running: Vec<(TaskId, BatchId)>,
+        why: Lost,
+        now: Timestamp,
+    ) -> Result<Events> {
+        if running.is_empty() {
+            return Ok(Arc::new(Vec::new()));
+        }
+        let mut work = Work::new(now);
+        let batches: Vec<BatchId> = running.iter().map(|(_, b)| *b).collect();
+        work.lock(&mut tx, &batches).await?;
+        let ids: Vec<TaskId> = running.into_iter().map(|(t, _)| t).collect();
+        work.lose(&mut tx, ids, why).await?;
+        self.finish_op(tx, work).await
+    }
+
     /// Inserts tasks into a locked batch: ids, rows, dependencies, counters, events.
     async fn insert_tasks(
         &self,
@@ -339,9 +396,16 @@ where
             past_deadline,
             claimable,
         } = tx.claim_scan(now).await?;
+        // Due retries and deadlines are everyone's to apply, as in the
+        // memory store; only the batch to take tasks from is limited.
+        let only = request.batch;
         let mut batches: Vec<BatchId> = due.iter().map(|(_, b)| *b).collect();
         batches.extend(&past_deadline);
-        batches.extend(&claimable);
+        batches.extend(
+            claimable
+                .iter()
+                .filter(|b| only.is_none_or(|only| **b == only)),
+        );
         work.lock(&mut tx, &batches).await?;
         // Nothing starts past its batch's deadline, even if no one expired it yet.
         work.expire(&mut tx, &past_deadline).await?;
@@ -353,7 +417,8 @@ where
             .batches
             .values()
             .filter(|b| {
-                !b.paused
+                only.is_none_or(|only| b.id == only)
+                    && !b.paused
                     && b.stopped.is_none()
                     && b.counts.queued > 0
                     && b.running_cost < b.concurrency
@@ -464,6 +529,7 @@ where
     ) -> Result<Renewal> {
         let mut renewal = Renewal::default();
         if running.is_empty() {
+            self.dialect.worker_heartbeat(worker, now).await?;
             return Ok(renewal);
         }
         let mut tx = self.dialect.begin().await?;
@@ -471,6 +537,7 @@ where
         let ids: Vec<TaskId> = running.iter().map(|f| f.task).collect();
         work.lock_for_tasks(&mut tx, &ids).await?;
         work.load(&mut tx, &ids).await?;
+        tx.worker_heartbeat(worker, now).await?;
         for fence in running {
             match work.tasks.get(&fence.task) {
                 Some(t) if owns(t, fence, worker) => {
@@ -516,6 +583,7 @@ where
                 let t = &work.tasks[&fence.task];
                 (t.batch, t.dependents)
             };
+            work.set_log(fence.task, c.log);
             let b = work.batch_mut(batch)?;
             b.histogram().record(c.duration);
             let stopped = b.stopped.is_some();
@@ -712,46 +780,13 @@ where
     async fn task_rescue(&self, now: Timestamp) -> Result<Events> {
         let mut tx = self.dialect.begin().await?;
         let expired = tx.tasks_lease_expired(now).await?;
-        if expired.is_empty() {
-            return Ok(Arc::new(Vec::new()));
-        }
-        let mut work = Work::new(now);
-        let batches: Vec<BatchId> = expired.iter().map(|(_, b)| *b).collect();
-        work.lock(&mut tx, &batches).await?;
-        let mut ids: Vec<TaskId> = expired.into_iter().map(|(t, _)| t).collect();
-        ids.sort_unstable();
-        work.load(&mut tx, &ids).await?;
-        for id in ids {
-            let t = &work.tasks[&id];
-            if t.state != TaskState::Running || t.lease_until.is_none_or(|at| at >= now) {
-                continue;
-            }
-            let t = work.task_mut(id);
-            t.lost += 1;
-            t.message = Some("the worker running it stopped renewing its lease".into());
-            let (batch, lost, cancel) = (t.batch, t.lost, t.cancel);
-            let b = work.batch(batch)?;
-            let retry = b.stopped.is_none() && b.policy.retry.should_retry_lost(lost);
-            use herd_core::model::Reason;
-            if let Some((_, reason)) = cancel {
-                // It was being cancelled when its worker died: that is how it ends.
-                work.finish(&mut tx, id, TaskState::Cancelled, Some(reason), None, true)
-                    .await?;
-            } else if retry {
-                work.retry_later(id, Reason::Lost, now);
-            } else {
-                work.finish(
-                    &mut tx,
-                    id,
-                    TaskState::Failed,
-                    Some(Reason::Lost),
-                    None,
-                    true,
-                )
-                .await?;
-            }
-        }
-        self.finish_op(tx, work).await
+        self.lose(tx, expired, Lost::Lease, now).await
+    }
+
+    async fn worker_expire(&self, worker: WorkerId, now: Timestamp) -> Result<Events> {
+        let mut tx = self.dialect.begin().await?;
+        let running = tx.tasks_of_worker(worker).await?;
+        self.lose(tx, running, Lost::Worker(worker), now).await
     }
 
     async fn batch_expire(&self, now: Timestamp) -> Result<Events> {
@@ -810,19 +845,64 @@ where
             .task_read(task)
             .await?
             .ok_or(StoreError::UnknownTask(task))?;
-        Ok(TaskInfo {
-            id: t.id,
-            batch: t.batch,
-            index: t.index,
-            key: t.key,
-            state: t.state,
-            reason: t.reason,
-            attempt: t.attempt,
-            lost: t.lost,
-            priority: t.priority,
-            cost: t.cost,
-            message: t.message,
-        })
+        Ok(task_info(t))
+    }
+
+    async fn batch_list(&self, query: BatchQuery) -> Result<Vec<BatchInfo>> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = self.dialect.batch_list(&query).await?;
+        Ok(rows.iter().map(info).collect())
+    }
+
+    async fn task_list(&self, batch: BatchId, query: TaskQuery) -> Result<Vec<TaskRecord<P, O>>> {
+        let rows = match query.limit {
+            0 => Vec::new(),
+            _ => self.dialect.task_list(batch, &query).await?,
+        };
+        // An empty page: of a batch with no more tasks, or of no batch.
+        if rows.is_empty() && self.dialect.batch_read(batch).await?.is_none() {
+            return Err(StoreError::UnknownBatch(batch));
+        }
+        rows.into_iter()
+            .map(|t| {
+                Ok(TaskRecord {
+                    payload: decode(&t.payload)?,
+                    output: t.output.as_deref().map(decode).transpose()?,
+                    last_attempt: t.last_attempt,
+                    info: task_info(t.row),
+                })
+            })
+            .collect()
+    }
+
+    async fn task_attempts(&self, task: TaskId) -> Result<Vec<AttemptInfo>> {
+        // The task first: an attempt that ends between the two reads is then
+        // listed ended, not missed.
+        let t = self
+            .dialect
+            .task_read(task)
+            .await?
+            .ok_or(StoreError::UnknownTask(task))?;
+        let mut attempts = self.dialect.task_attempts(task).await?;
+        if t.state == TaskState::Running && attempts.last().is_none_or(|a| a.attempt < t.attempt) {
+            attempts.push(AttemptInfo {
+                attempt: t.attempt,
+                worker: t.worker,
+                started_at: t.started_at.unwrap_or(Timestamp::EPOCH),
+                finished_at: None,
+                state: None,
+                reason: None,
+                message: None,
+                log: None,
+            });
+        }
+        Ok(attempts)
+    }
+
+    async fn worker_list(&self) -> Result<Vec<WorkerInfo>> {
+        self.dialect.worker_list().await
     }
 
     fn events(&self) -> broadcast::Receiver<Events> {

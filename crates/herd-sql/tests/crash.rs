@@ -371,7 +371,7 @@ trait Probe: Store<Payload = String, Output = String> {
     /// The `(task, attempt)` of every end event of `batch`.
     async fn task_ends(&self, batch: BatchId) -> Vec<(i64, u32)>;
     /// The last attempt of each task of `batch`.
-    async fn task_attempts(&self, batch: BatchId) -> HashMap<i64, u32>;
+    async fn last_attempts(&self, batch: BatchId) -> HashMap<i64, u32>;
     /// The attempts of `batch` that the store counted as lost.
     async fn batch_lost(&self, batch: BatchId) -> usize;
     /// Returns once nothing the killed worker process `pid` sent can still
@@ -430,7 +430,7 @@ macro_rules! impl_probe {
                 ends.into_iter().map(|(task, attempt)| (task, to_attempt(attempt))).collect()
             }
 
-            async fn task_attempts(&self, batch: BatchId) -> HashMap<i64, u32> {
+            async fn last_attempts(&self, batch: BatchId) -> HashMap<i64, u32> {
                 let tasks: Vec<(i64, i64)> =
                     sqlx::query_as("SELECT id, attempt FROM tasks WHERE batch_id = $1")
                         .bind(batch.0)
@@ -596,7 +596,7 @@ async fn workers_killed_at_random_lose_no_task<S: Probe>(store: &S, serve: &Serv
     );
     let ends = store.task_ends(batch).await;
     assert_eq!(ends.len(), CRASH_TASKS);
-    let last_attempt = store.task_attempts(batch).await;
+    let last_attempt = store.last_attempts(batch).await;
     assert_eq!(last_attempt.len(), CRASH_TASKS);
     for (task, attempt) in &ends {
         assert_eq!(

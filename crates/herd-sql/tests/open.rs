@@ -60,6 +60,62 @@ async fn reopening_keeps_the_data_and_the_version() {
     assert_eq!(again.schema_version().await.unwrap(), SCHEMA_VERSION);
 }
 
+/// A file of schema version 1 (before attempt logs) is migrated on open;
+/// its attempts read back without logs.
+#[tokio::test]
+async fn a_version_1_file_is_migrated_keeping_its_attempts() {
+    use herd_core::model::{Attempt, Reason, TaskId, TaskState, Timestamp};
+    use herd_core::store::{AttemptInfo, Store};
+    use std::str::FromStr;
+
+    let dir = tempfile::tempdir().unwrap();
+    let v1 = dir.path().join("v1");
+    std::fs::create_dir(&v1).unwrap();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite/0001_schema.sql"
+        ),
+        v1.join("0001_schema.sql"),
+    )
+    .unwrap();
+    let at = location(&dir, "herd.db");
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(&at)
+        .unwrap()
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+    let migrator = sqlx::migrate::Migrator::new(v1.as_path()).await.unwrap();
+    migrator.run(&pool).await.unwrap();
+    for statement in [
+        "INSERT INTO batches (id, flow, state, priority, concurrency, policy, error_policy, open, \
+         paused, created_at) VALUES (1, 'f', 'running', 0, 1, '{}', '{}', 0, 0, 0)",
+        "INSERT INTO tasks (id, batch_id, idx, priority, cost, payload, state, attempt, rule) \
+         VALUES (1, 1, 0, 0, 1, '\"p\"', 'retry_wait', 1, 'success')",
+        "INSERT INTO attempts (task_id, attempt, started_at, finished_at, outcome, reason, \
+         exit_code, error) VALUES (1, 1, 5, 6, 'retry_wait', 'exit_code(2)', 2, 'boom')",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+
+    let store = SqliteStore::open(&at).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let attempts = store.task_attempts(TaskId(1)).await.unwrap();
+    assert_eq!(
+        attempts,
+        [AttemptInfo {
+            attempt: Attempt(1),
+            worker: None,
+            started_at: Timestamp(5),
+            finished_at: Some(Timestamp(6)),
+            state: Some(TaskState::RetryWait),
+            reason: Some(Reason::ExitCode(2)),
+            message: Some("boom".into()),
+            log: None,
+        }]
+    );
+}
+
 #[tokio::test]
 async fn a_newer_schema_is_refused_without_touching_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -220,6 +220,7 @@ impl ExecutorBuilder {
                         host: "localhost".into(),
                         spawn_attempts: self.spawn,
                         pool: Some(pool.clone()),
+                        batch: None,
                     },
                 )
             })

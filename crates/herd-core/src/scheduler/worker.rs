@@ -53,6 +53,8 @@ pub struct WorkerConfig {
     /// Slots shared with other workers of this process; `None`: the worker's
     /// own `slots`.
     pub pool: Option<Arc<SlotPool>>,
+    /// Claim tasks only from this batch; `None`: from any batch.
+    pub batch: Option<BatchId>,
 }
 
 impl Default for WorkerConfig {
@@ -64,6 +66,7 @@ impl Default for WorkerConfig {
             host: "localhost".into(),
             spawn_attempts: false,
             pool: None,
+            batch: None,
         }
     }
 }
@@ -500,6 +503,7 @@ impl<S: Store> Worker<S> {
                 capacity: slots,
                 max_tasks: slots as usize,
                 lease: self.config.lease,
+                batch: self.config.batch,
             },
             self.clock.now(),
         );

@@ -10,6 +10,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::broadcast;
@@ -30,6 +31,12 @@ use crate::util::IdMap;
 /// (state, figures, idempotency key); older ones are forgotten too, so that
 /// memory does not grow with the number of batches run.
 const KEEP_FINISHED_BATCHES: usize = 256;
+
+/// The message of an attempt rescued because its lease expired.
+const LEASE_EXPIRED: &str = "the worker running it stopped renewing its lease";
+
+/// The message of an attempt ended by [`Store::worker_expire`].
+const WORKER_EXPIRED: &str = "the worker running it is gone";
 
 /// Capacity of the event broadcast: subscribers further behind than this many
 /// operations see a `Lagged` error rather than slowing the store down.
@@ -65,7 +72,8 @@ impl<P, O> MemoryStore<P, O> {
         Self::build(false)
     }
 
-    /// A store that keeps finished tasks readable with `task_get`.
+    /// A store that keeps finished tasks readable with `task_get` and
+    /// `task_list`, and every task's attempt records (`task_attempts`).
     pub fn retaining() -> Self {
         Self::build(true)
     }
@@ -207,6 +215,9 @@ struct BatchRec {
     created_at: Timestamp,
     started_at: Option<Timestamp>,
     finished_at: Option<Timestamp>,
+    /// The tasks it still has, by index: every task when finished tasks
+    /// are retained, else the unfinished ones.
+    by_index: BTreeMap<u64, TaskId>,
 }
 
 struct TaskRec<P> {
@@ -231,6 +242,11 @@ struct TaskRec<P> {
     upstream: Vec<TaskId>,
     dependents: Vec<TaskId>,
     started_at: Timestamp,
+    /// The log the current attempt's report carried, until the attempt's
+    /// record is written.
+    log: Option<AttemptLog>,
+    /// Attempts that ended, in order (kept only when finished tasks are).
+    attempts: Vec<AttemptInfo>,
 }
 
 struct Inner<P, O> {
@@ -240,7 +256,10 @@ struct Inner<P, O> {
     next_event: u64,
     tick: u64,
     batches: IdMap<BatchId, BatchRec>,
+    /// Every batch still kept, for listing newest first.
+    batch_ids: BTreeSet<BatchId>,
     tasks: IdMap<TaskId, TaskRec<P>>,
+    workers: BTreeMap<WorkerId, WorkerInfo>,
     /// Finished tasks as their dependents see them.
     outputs: IdMap<TaskId, Upstream<O>>,
     /// Tasks in `retry_wait`, by due time; entries whose attempt moved on are skipped.
@@ -272,7 +291,9 @@ impl<P, O> Inner<P, O> {
             next_event: 1,
             tick: 0,
             batches: IdMap::default(),
+            batch_ids: BTreeSet::new(),
             tasks: IdMap::default(),
+            workers: BTreeMap::new(),
             outputs: IdMap::default(),
             retries: BinaryHeap::new(),
             ready_batches: Vec::new(),
@@ -411,6 +432,7 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         let b = self.batches.get_mut(&batch).expect("batch exists");
         let index = b.next_index;
         b.next_index += 1;
+        b.by_index.insert(index, id);
         let state = if upstream.is_empty() {
             TaskState::Queued
         } else {
@@ -441,6 +463,8 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                 upstream,
                 dependents: Vec::new(),
                 started_at: Timestamp::EPOCH,
+                log: None,
+                attempts: Vec::new(),
             },
         );
         self.emit(
@@ -495,10 +519,11 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                 (t.state, t.batch, t.index, t.attempt, t.cost);
             debug_assert!(from.can_become(state), "{from} -> {state}");
             debug_assert!(state.accepts_reason(reason), "{state} with {reason:?}");
-            if from == TaskState::Running
-                && let Some(b) = self.batches.get_mut(&batch)
-            {
-                b.running_cost -= cost;
+            if from == TaskState::Running {
+                self.end_attempt(task, state, reason, now);
+                if let Some(b) = self.batches.get_mut(&batch) {
+                    b.running_cost -= cost;
+                }
             }
             let t = self.tasks.get_mut(&task).expect("checked above");
             t.state = state;
@@ -563,6 +588,9 @@ impl<P: Clone, O: Clone> Inner<P, O> {
             }
             if !self.retain {
                 self.tasks.remove(&task);
+                if let Some(b) = self.batches.get_mut(&batch) {
+                    b.by_index.remove(&index);
+                }
             }
         }
         for batch in touched {
@@ -671,6 +699,7 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                     .finished_batches
                     .pop_front()
                     .expect("longer than the bound");
+                self.batch_ids.remove(&oldest);
                 if let Some(b) = self.batches.remove(&oldest)
                     && let Some(key) = b.idempotency_key
                 {
@@ -703,6 +732,7 @@ impl<P: Clone, O: Clone> Inner<P, O> {
     /// Moves a running task to `retry_wait`, due at `at`: its slots are free
     /// at once, and the retry counts.
     fn retry_later(&mut self, task: TaskId, reason: Reason, at: Timestamp, now: Timestamp) {
+        self.end_attempt(task, TaskState::RetryWait, Some(reason), now);
         let t = &self.tasks[&task];
         let (batch, cost, attempt) = (t.batch, t.cost, t.attempt);
         if let Some(b) = self.batches.get_mut(&batch) {
@@ -712,6 +742,92 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         self.move_task(task, TaskState::RetryWait, Some(reason), now);
         self.retries.push(Reverse((at, task, attempt)));
         self.work_ready |= at <= now;
+    }
+
+    /// Records the end of a task's running attempt, leading it to `to`
+    /// (kept only when finished tasks are).
+    fn end_attempt(&mut self, id: TaskId, to: TaskState, reason: Option<Reason>, now: Timestamp) {
+        let retain = self.retain;
+        let Some(t) = self.tasks.get_mut(&id) else {
+            return;
+        };
+        let log = t.log.take();
+        if !retain {
+            return;
+        }
+        // The task's message is its last failure's: only a failed
+        // attempt's record carries it.
+        let message = matches!(to, TaskState::Failed | TaskState::RetryWait)
+            .then(|| t.message.clone())
+            .flatten();
+        let ended = AttemptInfo {
+            attempt: t.attempt,
+            worker: t.worker,
+            started_at: t.started_at,
+            finished_at: Some(now),
+            state: Some(to),
+            reason,
+            message,
+            log,
+        };
+        t.attempts.push(ended);
+    }
+
+    /// Ends running attempts as lost, as if their leases had expired at
+    /// `now`: requeued, or failed once the batch's `lost` budget is spent.
+    fn lose(&mut self, mut ids: Vec<TaskId>, message: &str, now: Timestamp) {
+        ids.sort_unstable();
+        for id in ids {
+            let t = self.tasks.get_mut(&id).expect("running tasks exist");
+            t.lost += 1;
+            t.message = Some(message.into());
+            let (batch, lost, cancel) = (t.batch, t.lost, t.cancel);
+            let b = &self.batches[&batch];
+            if let Some((_, reason)) = cancel {
+                // It was being cancelled when its worker died: that is how it ends.
+                self.finish(id, TaskState::Cancelled, Some(reason), None, now);
+            } else if b.stopped.is_none() && b.policy.retry.should_retry_lost(lost) {
+                self.retry_later(id, Reason::Lost, now, now);
+            } else {
+                self.finish(id, TaskState::Failed, Some(Reason::Lost), None, now);
+            }
+        }
+    }
+
+    fn task_info(id: TaskId, t: &TaskRec<P>) -> TaskInfo {
+        let running = t.state == TaskState::Running;
+        TaskInfo {
+            id,
+            batch: t.batch,
+            index: t.index,
+            key: t.key.clone(),
+            state: t.state,
+            reason: t.reason,
+            attempt: t.attempt,
+            lost: t.lost,
+            priority: t.priority,
+            cost: t.cost,
+            message: t.message.clone(),
+            worker: t.worker.filter(|_| running),
+            started_at: running.then_some(t.started_at),
+        }
+    }
+
+    fn batch_info(id: BatchId, b: &BatchRec) -> BatchInfo {
+        BatchInfo {
+            id,
+            name: b.name.clone(),
+            state: b.state,
+            priority: b.priority,
+            concurrency: b.concurrency,
+            policy: b.policy.clone(),
+            counts: b.counts,
+            retries: b.retries,
+            open: b.open,
+            created_at: b.created_at,
+            started_at: b.started_at,
+            finished_at: b.finished_at,
+        }
     }
 
     fn promote_due_retries(&mut self, now: Timestamp) {
@@ -740,10 +856,14 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         }
     }
 
-    /// The batch whose head task should start next, if any fits its batch.
-    fn best_batch(&self) -> Option<(usize, Ready)> {
+    /// The batch whose head task should start next, if any fits its batch
+    /// (among `only`, when given).
+    fn best_batch(&self, only: Option<BatchId>) -> Option<(usize, Ready)> {
         let mut best: Option<(usize, Ready, Rank)> = None;
         for (pos, id) in self.ready_batches.iter().enumerate() {
+            if only.is_some_and(|only| only != *id) {
+                continue;
+            }
             let b = &self.batches[id];
             if b.paused || b.stopped.is_some() {
                 continue;
@@ -800,6 +920,7 @@ where
         if let Some(deadline) = spec.policy.deadline {
             inner.deadlines.insert((deadline, id));
         }
+        inner.batch_ids.insert(id);
         inner.batches.insert(
             id,
             BatchRec {
@@ -827,6 +948,7 @@ where
                 created_at: now,
                 started_at: None,
                 finished_at: None,
+                by_index: BTreeMap::new(),
             },
         );
         inner.emit(
@@ -874,13 +996,23 @@ where
 
     async fn worker_register(
         &self,
-        _host: &str,
-        _pid: u32,
-        _now: Timestamp,
+        host: &str,
+        pid: u32,
+        now: Timestamp,
     ) -> Result<WorkerId, StoreError> {
         let mut inner = self.lock();
         let id = WorkerId(inner.next_worker);
         inner.next_worker += 1;
+        inner.workers.insert(
+            id,
+            WorkerInfo {
+                id,
+                host: host.to_owned(),
+                pid,
+                started_at: now,
+                last_heartbeat: now,
+            },
+        );
         Ok(id)
     }
 
@@ -971,7 +1103,7 @@ where
         let lease_until = now.plus(request.lease);
         let mut blocked_by = None;
         while tasks.len() < request.max_tasks {
-            let Some((pos, head)) = inner.best_batch() else {
+            let Some((pos, head)) = inner.best_batch(request.batch) else {
                 break;
             };
             if head.cost > capacity {
@@ -1049,9 +1181,12 @@ where
         worker: WorkerId,
         running: Vec<Fence>,
         lease_until: Timestamp,
-        _now: Timestamp,
+        now: Timestamp,
     ) -> Result<Renewal, StoreError> {
         let mut inner = self.lock();
+        if let Some(w) = inner.workers.get_mut(&worker) {
+            w.last_heartbeat = now;
+        }
         let mut renewal = Renewal::default();
         for fence in running {
             match inner.tasks.get_mut(&fence.task) {
@@ -1094,6 +1229,7 @@ where
                 continue;
             }
             let t = inner.tasks.get_mut(&fence.task).expect("checked");
+            t.log = c.log;
             let batch = t.batch;
             let b = inner.batches.get_mut(&batch).expect("tasks have batches");
             b.durations.record(c.duration);
@@ -1332,28 +1468,26 @@ where
         let mut inner = self.lock();
         // Once per heartbeat: a scan of the tasks in memory costs less overall
         // than keeping a set of running ones.
-        let mut expired: Vec<TaskId> = inner
+        let expired: Vec<TaskId> = inner
             .tasks
             .iter()
             .filter(|(_, t)| t.state == TaskState::Running && t.lease_until < now)
             .map(|(id, _)| *id)
             .collect();
-        expired.sort_unstable();
-        for id in expired {
-            let t = inner.tasks.get_mut(&id).expect("running tasks exist");
-            t.lost += 1;
-            t.message = Some("the worker running it stopped renewing its lease".into());
-            let (batch, lost, cancel) = (t.batch, t.lost, t.cancel);
-            let b = &inner.batches[&batch];
-            if let Some((_, reason)) = cancel {
-                // It was being cancelled when its worker died: that is how it ends.
-                inner.finish(id, TaskState::Cancelled, Some(reason), None, now);
-            } else if b.stopped.is_none() && b.policy.retry.should_retry_lost(lost) {
-                inner.retry_later(id, Reason::Lost, now, now);
-            } else {
-                inner.finish(id, TaskState::Failed, Some(Reason::Lost), None, now);
-            }
-        }
+        inner.lose(expired, LEASE_EXPIRED, now);
+        Ok(self.commit(inner))
+    }
+
+    async fn worker_expire(&self, worker: WorkerId, now: Timestamp) -> Result<Events, StoreError> {
+        let mut inner = self.lock();
+        // Rare (a worker found dead): a scan, as for rescues.
+        let running: Vec<TaskId> = inner
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.state == TaskState::Running && t.worker == Some(worker))
+            .map(|(id, _)| *id)
+            .collect();
+        inner.lose(running, WORKER_EXPIRED, now);
         Ok(self.commit(inner))
     }
 
@@ -1366,20 +1500,7 @@ where
     async fn batch_get(&self, batch: BatchId) -> Result<BatchInfo, StoreError> {
         let inner = self.lock();
         let b = inner.batch(batch)?;
-        Ok(BatchInfo {
-            id: batch,
-            name: b.name.clone(),
-            state: b.state,
-            priority: b.priority,
-            concurrency: b.concurrency,
-            policy: b.policy.clone(),
-            counts: b.counts,
-            retries: b.retries,
-            open: b.open,
-            created_at: b.created_at,
-            started_at: b.started_at,
-            finished_at: b.finished_at,
-        })
+        Ok(Inner::<P, O>::batch_info(batch, b))
     }
 
     async fn batch_stats(&self, batch: BatchId, now: Timestamp) -> Result<BatchStats, StoreError> {
@@ -1411,19 +1532,80 @@ where
             .tasks
             .get(&task)
             .ok_or(StoreError::UnknownTask(task))?;
-        Ok(TaskInfo {
-            id: task,
-            batch: t.batch,
-            index: t.index,
-            key: t.key.clone(),
-            state: t.state,
-            reason: t.reason,
-            attempt: t.attempt,
-            lost: t.lost,
-            priority: t.priority,
-            cost: t.cost,
-            message: t.message.clone(),
-        })
+        Ok(Inner::<P, O>::task_info(task, t))
+    }
+
+    async fn batch_list(&self, query: BatchQuery) -> Result<Vec<BatchInfo>, StoreError> {
+        let inner = self.lock();
+        let below = query.before.unwrap_or(BatchId(i64::MAX));
+        Ok(inner
+            .batch_ids
+            .range(..below)
+            .rev()
+            .map(|id| (*id, &inner.batches[id]))
+            .filter(|(_, b)| query.states.is_empty() || query.states.contains(&b.state))
+            .take(query.limit)
+            .map(|(id, b)| Inner::<P, O>::batch_info(id, b))
+            .collect())
+    }
+
+    async fn task_list(
+        &self,
+        batch: BatchId,
+        query: TaskQuery,
+    ) -> Result<Vec<TaskRecord<P, O>>, StoreError> {
+        let inner = self.lock();
+        let b = inner.batch(batch)?;
+        let from = query.after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut page = Vec::new();
+        for (_, &id) in b.by_index.range((from, Bound::Unbounded)) {
+            if page.len() >= query.limit {
+                break;
+            }
+            let t = &inner.tasks[&id];
+            if !query.states.is_empty() && !query.states.contains(&t.state) {
+                continue;
+            }
+            let mut last_attempt = t.attempts.last().cloned();
+            if !query.logs
+                && let Some(a) = &mut last_attempt
+            {
+                a.log = None;
+            }
+            page.push(TaskRecord {
+                info: Inner::<P, O>::task_info(id, t),
+                payload: t.payload.clone(),
+                output: inner.outputs.get(&id).and_then(|u| u.output.clone()),
+                last_attempt,
+            });
+        }
+        Ok(page)
+    }
+
+    async fn task_attempts(&self, task: TaskId) -> Result<Vec<AttemptInfo>, StoreError> {
+        let inner = self.lock();
+        let t = inner
+            .tasks
+            .get(&task)
+            .ok_or(StoreError::UnknownTask(task))?;
+        let mut attempts = t.attempts.clone();
+        if t.state == TaskState::Running {
+            attempts.push(AttemptInfo {
+                attempt: t.attempt,
+                worker: t.worker,
+                started_at: t.started_at,
+                finished_at: None,
+                state: None,
+                reason: None,
+                message: None,
+                log: None,
+            });
+        }
+        Ok(attempts)
+    }
+
+    async fn worker_list(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        Ok(self.lock().workers.values().cloned().collect())
     }
 
     fn events(&self) -> broadcast::Receiver<Events> {

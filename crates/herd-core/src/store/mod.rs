@@ -74,7 +74,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Claim<Self::Payload, Self::Output>, StoreError>> + Send;
 
     /// Extends the leases of a worker's running attempts; reports attempts to
-    /// cancel and attempts the worker no longer owns.
+    /// cancel and attempts the worker no longer owns. Records `now` as the
+    /// worker's last heartbeat (also when `running` is empty).
     fn lease_renew(
         &self,
         worker: WorkerId,
@@ -142,6 +143,18 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<Events, StoreError>> + Send;
 
+    /// Treats every attempt `worker` is running as if its lease had expired
+    /// at `now`, without waiting for the lease: each is requeued as `lost`
+    /// (or fails, once the batch's `lost` budget is spent), exactly as
+    /// [`Store::task_rescue`] would. For a worker known to be dead (its
+    /// process is gone) or stopping without finishing its attempts; later
+    /// reports from those attempts are stale.
+    fn worker_expire(
+        &self,
+        worker: WorkerId,
+        now: Timestamp,
+    ) -> impl Future<Output = Result<Events, StoreError>> + Send;
+
     /// Cancels what remains of batches whose deadline has passed.
     fn batch_expire(
         &self,
@@ -163,6 +176,43 @@ pub trait Store: Send + Sync + 'static {
 
     /// A task's state.
     fn task_get(&self, task: TaskId) -> impl Future<Output = Result<TaskInfo, StoreError>> + Send;
+
+    /// A page of batches, newest (highest id) first, from the cursor
+    /// `query.before`. Reaches batches in id order through an index: a page
+    /// costs its own rows, plus, with a state filter, the batches passed
+    /// over on the way (durable stores keep a partial index of unfinished
+    /// batches, used when every state asked for is unfinished).
+    fn batch_list(
+        &self,
+        query: BatchQuery,
+    ) -> impl Future<Output = Result<Vec<BatchInfo>, StoreError>> + Send;
+
+    /// A page of a batch's tasks, by index ascending, from the cursor
+    /// `query.after`, each with its payload, kept output and latest ended
+    /// attempt. Reached through the (batch, index) index; a state filter is
+    /// applied to the batch's rows in index order, so a page of a rare state
+    /// in a huge batch may read many rows to fill. A store that forgets
+    /// finished tasks lists only those it still has.
+    ///
+    /// [`StoreError::UnknownBatch`] for a batch the store does not have.
+    fn task_list(
+        &self,
+        batch: BatchId,
+        query: TaskQuery,
+    ) -> impl Future<Output = Result<TaskPage<Self::Payload, Self::Output>, StoreError>> + Send;
+
+    /// Every attempt of a task, in order, logs included; a running attempt
+    /// comes last, with no `finished_at`. A store that forgets finished
+    /// tasks keeps no attempt records: it reports only the running one.
+    ///
+    /// [`StoreError::UnknownTask`] for a task the store does not have.
+    fn task_attempts(
+        &self,
+        task: TaskId,
+    ) -> impl Future<Output = Result<Vec<AttemptInfo>, StoreError>> + Send;
+
+    /// Every worker ever registered, by id.
+    fn worker_list(&self) -> impl Future<Output = Result<Vec<WorkerInfo>, StoreError>> + Send;
 
     /// Subscribes to the events of every later operation.
     fn events(&self) -> broadcast::Receiver<Events>;

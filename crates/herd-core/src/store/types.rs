@@ -47,6 +47,11 @@ pub struct ClaimRequest {
     pub max_tasks: usize,
     /// Lease length: the task is rescued if not renewed within it.
     pub lease: Duration,
+    /// Take tasks only from this batch (`herd run`'s worker runs only the
+    /// batch it submitted, even when other batches share the store);
+    /// `None`: from any batch. Order, fair share, concurrency and pauses
+    /// apply as for any claim.
+    pub batch: Option<BatchId>,
 }
 
 /// An upstream task's result as a dependent sees it.
@@ -286,6 +291,95 @@ pub struct TaskInfo {
     pub cost: u32,
     /// The message of its last failed attempt.
     pub message: Option<String>,
+    /// The worker running its current attempt (while it runs).
+    pub worker: Option<WorkerId>,
+    /// When its current attempt started (while it runs).
+    pub started_at: Option<Timestamp>,
+}
+
+/// Which batches [`Store::batch_list`](super::Store::batch_list) returns:
+/// newest first, a page at a time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchQuery {
+    /// Only batches in one of these states; empty: any state.
+    pub states: Vec<BatchState>,
+    /// Cursor: only batches with ids strictly below this one (the last id
+    /// of the previous page); `None`: from the newest.
+    pub before: Option<BatchId>,
+    /// At most this many batches (0: none).
+    pub limit: usize,
+}
+
+/// Which tasks of a batch [`Store::task_list`](super::Store::task_list)
+/// returns: in batch order, a page at a time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// Only tasks in one of these states; empty: any state.
+    pub states: Vec<TaskState>,
+    /// Cursor: only tasks whose index is strictly above this one (the last
+    /// index of the previous page); `None`: from the first.
+    pub after: Option<u64>,
+    /// At most this many tasks (0: none).
+    pub limit: usize,
+    /// Include the log (exit code, output tails) of each task's last attempt.
+    pub logs: bool,
+}
+
+/// A task with what it works on and what it produced, as listed by
+/// [`Store::task_list`](super::Store::task_list).
+#[derive(Clone, Debug)]
+pub struct TaskRecord<P, O> {
+    /// Its state and figures.
+    pub info: TaskInfo,
+    /// What it works on.
+    pub payload: P,
+    /// What it produced, kept only for tasks that other tasks depend on.
+    pub output: Option<O>,
+    /// Its latest attempt that ended (`None` before the first ends); its
+    /// `log` only when the query asked for logs.
+    pub last_attempt: Option<AttemptInfo>,
+}
+
+/// A page of tasks, as [`Store::task_list`](super::Store::task_list) returns it.
+pub type TaskPage<P, O> = Vec<TaskRecord<P, O>>;
+
+/// One attempt of a task, as the store recorded it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttemptInfo {
+    /// Which attempt.
+    pub attempt: Attempt,
+    /// The worker that ran it.
+    pub worker: Option<WorkerId>,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended; `None` while it runs.
+    pub finished_at: Option<Timestamp>,
+    /// The state it led the task to (`retry_wait` for one retried);
+    /// `None` while it runs.
+    pub state: Option<TaskState>,
+    /// Why it ended that way.
+    pub reason: Option<Reason>,
+    /// What the handler or process said, for a failed attempt.
+    pub message: Option<String>,
+    /// What it left behind: `None` for an attempt that ended without a
+    /// report of its own (a timeout, a lost worker) or is still running.
+    pub log: Option<AttemptLog>,
+}
+
+/// A worker registered with the store, as
+/// [`Store::worker_list`](super::Store::worker_list) reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The worker.
+    pub id: WorkerId,
+    /// The host it registered from.
+    pub host: String,
+    /// Its process id on that host.
+    pub pid: u32,
+    /// When it registered.
+    pub started_at: Timestamp,
+    /// When it last renewed its leases (or registered).
+    pub last_heartbeat: Timestamp,
 }
 
 /// An operation the store could not carry out. Nothing of it was applied.
