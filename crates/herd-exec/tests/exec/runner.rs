@@ -371,7 +371,11 @@ async fn a_timeout_terminates_the_group() {
         (t.state, t.reason),
         (TaskState::Failed, Some(Reason::Timeout))
     );
-    assert_eq!(rec.ended(task)[0].exit, Exit::Signal(15), "SIGTERM, not a kill");
+    assert_eq!(
+        rec.ended(task)[0].exit,
+        Exit::Signal(15),
+        "SIGTERM, not a kill"
+    );
     let pids = pids(&pidfile);
     assert_eq!(pids.len(), 2);
     for pid in pids {
