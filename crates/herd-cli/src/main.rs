@@ -1,0 +1,74 @@
+//! `herd`: run a command over many inputs as a durable, resumable batch, and
+//! inspect the batches of a store.
+//!
+//! Every `herd run` is a batch in a store (a SQLite file by default), run by
+//! a worker embedded in the process: the same scheduler and store as the
+//! library and the server. The modules: `cli` (arguments and help), `store`
+//! (which store, opening it), `run` (building a batch, running it, resuming
+//! it), `show` (progress, command output, the summary), `inspect` (list,
+//! status, tasks, logs, export, cancel).
+
+mod cli;
+mod error;
+mod inspect;
+mod run;
+mod show;
+mod store;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command, exit};
+use error::CliError;
+use store::Location;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Completions(args) = &cli.command {
+        clap_complete::generate(
+            args.shell,
+            &mut Cli::command(),
+            "herd",
+            &mut std::io::stdout(),
+        );
+        return ExitCode::SUCCESS;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&CliError::failed(format!("cannot start: {e}"))),
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(&e),
+    }
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, CliError> {
+    let location = Location::resolve(cli.store.as_deref())?;
+    match cli.command {
+        Command::Run(args) => run::run(*args, location).await,
+        Command::Retry(args) => run::retry(args, location).await,
+        Command::List(args) => inspect::list(args, location).await,
+        Command::Status(args) => inspect::status(args, location).await,
+        Command::Tasks(args) => inspect::tasks(args, location).await,
+        Command::Logs(args) => inspect::logs(args, location).await,
+        Command::Export(args) => inspect::export(args, location).await,
+        Command::Cancel(args) => inspect::cancel(args, location).await,
+        Command::Completions(_) => Ok(exit::OK),
+    }
+}
+
+fn fail(error: &CliError) -> ExitCode {
+    let prefix = if std::io::stderr().is_terminal() {
+        "\x1b[1;31mherd: error:\x1b[0m"
+    } else {
+        "herd: error:"
+    };
+    eprintln!("{prefix} {error}");
+    ExitCode::from(error.code)
+}
