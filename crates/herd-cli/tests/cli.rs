@@ -556,3 +556,150 @@ fn run_help_teaches_with_examples() {
         assert!(help.contains(needle), "{needle}");
     }
 }
+
+#[test]
+fn cancel_from_another_process_stops_a_running_batch() {
+    let herd = Herd::new();
+    let child = herd.spawn(&[
+        "run",
+        "-j2",
+        "--",
+        "sh",
+        "-c",
+        "echo started >> log; sleep 100",
+        ":::",
+        "1",
+        "2",
+        "3",
+    ]);
+    until("two commands to start", || {
+        herd.file("log").lines().count() >= 2
+    });
+    let out = herd.run(&["cancel", "last"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(1), "{}", text(&out.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "the running herd saw the cancel at once (its lease renewal is 10 s away)"
+    );
+    let status = herd.json(&["status", "--json"]);
+    assert_eq!(status["state"], "cancelled");
+    assert_eq!(status["counts"]["cancelled"], 3);
+    assert_eq!(
+        herd.file("log").lines().count(),
+        2,
+        "the third never started"
+    );
+}
+
+#[test]
+fn export_writes_every_task_as_json_jsonl_or_csv() {
+    let herd = Herd::new();
+    let out = herd.run(&[
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo said {}; exit {}",
+        ":::",
+        "0",
+        "7",
+    ]);
+    assert_eq!(code(&out), Some(1));
+
+    let json = herd.json(&["export", "last", "--format", "json"]);
+    let tasks = json.as_array().unwrap();
+    assert_eq!(tasks.len(), 2);
+    assert_eq!(tasks[1]["exit_code"], 7);
+    assert_eq!(tasks[1]["stdout"], "said 7\n");
+    assert_eq!(tasks[1]["items"], serde_json::json!(["7"]));
+
+    let lines = herd.json_lines(&["export", "last", "--format", "jsonl"]);
+    assert_eq!(lines, *tasks);
+
+    let out = herd.run(&["export", "last", "--format", "csv", "-o", "out.csv"]);
+    assert_eq!(code(&out), Some(0));
+    let mut csv = csv::Reader::from_path(herd.path("out.csv")).unwrap();
+    let header: Vec<String> = csv.headers().unwrap().iter().map(String::from).collect();
+    assert_eq!(
+        header,
+        [
+            "job",
+            "task",
+            "state",
+            "reason",
+            "attempts",
+            "exit_code",
+            "seconds",
+            "items",
+            "command",
+            "stdout"
+        ]
+    );
+    let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(&rows[1][2], "failed");
+    assert_eq!(&rows[1][5], "7");
+    assert_eq!(&rows[1][9], "said 7\n");
+}
+
+#[test]
+fn a_flood_of_output_keeps_its_tail_and_its_size() {
+    let herd = Herd::new();
+    let out = herd.run(&[
+        "run",
+        "--quiet",
+        "--",
+        "sh",
+        "-c",
+        "yes {} | head -c 5000000; echo; echo last line",
+        ":::",
+        "y",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let logs = herd.json(&["logs", "last", "1", "--json"]);
+    let attempt = &logs[0];
+    assert_eq!(attempt["stdout_bytes"], 5_000_000 + 1 + 10);
+    let tail = attempt["stdout"].as_str().unwrap();
+    assert_eq!(tail.len(), 64 * 1024);
+    assert!(
+        tail.ends_with("y\ny\n\nlast line\n"),
+        "{:?}",
+        &tail[tail.len() - 20..]
+    );
+}
+
+#[test]
+fn logs_show_every_attempt_with_all() {
+    let herd = Herd::new();
+    let out = herd.run(&[
+        "run",
+        "--retries",
+        "1",
+        "--backoff",
+        "10ms",
+        "--",
+        "sh",
+        "-c",
+        "echo attempt $HERD_ATTEMPT; test $HERD_ATTEMPT = 2",
+        ":::",
+        "x",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let all = herd.json(&["logs", "last", "1", "--all", "--json"]);
+    let stdouts: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["stdout"].as_str().unwrap())
+        .collect();
+    assert_eq!(stdouts, ["attempt 1\n", "attempt 2\n"]);
+    let last = herd.run(&["logs", "last", "1"]);
+    let last = text(&last.stdout);
+    assert!(
+        last.contains("attempt 2") && !last.contains("attempt 1\n"),
+        "{last}"
+    );
+}
