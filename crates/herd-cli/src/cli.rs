@@ -170,7 +170,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub name: Option<String>,
 
-    /// Write each task's full stdout, stderr and exit code under DIR/<job>/.
+    /// Write each task's full stdout, stderr and exit code under DIR/JOB/.
     #[arg(long, value_name = "DIR")]
     pub results: Option<PathBuf>,
 

@@ -120,6 +120,7 @@ fn items_come_from_standard_input_one_per_line() {
         .command(&["run", "--keep-order", "--", "echo", "got"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     use std::io::Write;
