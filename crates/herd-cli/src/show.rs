@@ -515,7 +515,9 @@ impl Summary {
 /// A duration for people: `850ms`, `12.3s`, `4m05s`.
 pub fn seconds(d: Duration) -> String {
     let s = d.as_secs_f64();
-    if s < 1.0 {
+    if s < 0.01 {
+        format!("{:.1}ms", s * 1e3)
+    } else if s < 1.0 {
         format!("{}ms", d.as_millis())
     } else if s < 60.0 {
         format!("{s:.1}s")
