@@ -32,7 +32,12 @@ fn main() {
                     index: i,
                     attempt: Attempt(1),
                 };
-                runner.run(task, argv.clone(), Duration::from_secs(5), Cancellation::new())
+                runner.run(
+                    task,
+                    argv.clone(),
+                    Duration::from_secs(5),
+                    Cancellation::new(),
+                )
             })
             .buffer_unordered(jobs)
             .for_each(|_| async {}),
