@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herd_core::scheduler::{Router, WorkerConfig, WorkerHandle, spawn_worker};
-use herd_core::store::{BatchQuery, Store, StoreError};
+use herd_core::store::{BatchQuery, Store, StoreError, TaskQuery};
 use herd_core::{
     Backoff, BatchId, BatchInfo, BatchSpec, BatchState, Clock, ErrorPolicy, EventKind, OnFailure,
     Priority, RetryPolicy, SystemClock, TaskSpec, TaskState, Threshold,
@@ -385,7 +385,7 @@ where
         ));
         return execute(store, batch, &settings, view).await;
     }
-    release_dead_workers(&*store).await?;
+    release_dead_workers(&*store, batch).await?;
     view.note(format_args!(
         "resuming batch {batch}: {} of {} tasks left",
         info.counts.active(),
@@ -394,13 +394,39 @@ where
     execute(store, batch, &settings, view).await
 }
 
-/// Ends now the leases of herd processes on this host that died (`kill -9`,
-/// a crash): their attempts run again at once rather than after the lease.
-async fn release_dead_workers<S: Store>(store: &S) -> Result<(), CliError> {
-    let host = hostname();
-    let me = std::process::id();
+/// Ends now the leases that herd processes on this host which died (`kill
+/// -9`, a crash) hold on `batch`'s tasks: those attempts run again at once
+/// rather than after the lease. Only the workers running the batch's tasks
+/// are looked at, however many the store has seen.
+async fn release_dead_workers<S: Store>(store: &S, batch: BatchId) -> Result<(), CliError> {
+    let mut holders = std::collections::BTreeSet::new();
+    let mut after = None;
+    loop {
+        let page = store
+            .task_list(
+                batch,
+                TaskQuery {
+                    states: vec![TaskState::Running],
+                    after,
+                    limit: 1000,
+                    logs: false,
+                },
+            )
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.info.index);
+        holders.extend(page.iter().filter_map(|t| t.info.worker));
+    }
+    if holders.is_empty() {
+        return Ok(());
+    }
+    let (host, me) = (hostname(), std::process::id());
     for worker in store.worker_list().await? {
-        if worker.host == host && worker.pid != me && !alive(worker.pid) {
+        if holders.contains(&worker.id)
+            && worker.host == host
+            && worker.pid != me
+            && !alive(worker.pid)
+        {
             store.worker_expire(worker.id, SystemClock.now()).await?;
         }
     }
