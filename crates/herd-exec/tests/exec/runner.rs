@@ -343,26 +343,20 @@ async fn a_dropped_attempt_kills_the_group() {
     h.shutdown().await;
 }
 
-/// A timeout is a graceful stop: SIGTERM reaches the whole group, which
-/// dies of it well within the (long) grace.
-#[tokio::test]
-async fn a_timeout_terminates_the_group() {
+/// Runs `script` (which writes its pid and its child's to the file in `$1`)
+/// under a 1.5 s timeout and `grace`; checks that the task failed with
+/// `timeout` and that both processes are gone; returns how the runner saw it end.
+async fn timed_out_group(script: &str, grace: Duration) -> Exit {
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("pids");
     let rec = Arc::new(Recorder::default());
     let h = Harness::new(1, |b| b.sink(rec.clone())).await;
     let inserted = h
-        .submit(
-            vec![sh(
-                "echo $$ > \"$1\"; sleep 1000 & echo $! >> \"$1\"; wait",
-                &[pidfile.to_str().unwrap()],
-            )],
-            |spec| {
-                // Long enough for `sh` to write both pids on a loaded machine.
-                spec.policy.timeout = Some(Duration::from_millis(1500));
-                spec.policy.grace = Duration::from_secs(60);
-            },
-        )
+        .submit(vec![sh(script, &[pidfile.to_str().unwrap()])], |spec| {
+            // Long enough for `sh` to write both pids on a loaded machine.
+            spec.policy.timeout = Some(Duration::from_millis(1500));
+            spec.policy.grace = grace;
+        })
         .await;
     let task = inserted.tasks[0];
     h.finished(inserted.batch).await;
@@ -370,58 +364,42 @@ async fn a_timeout_terminates_the_group() {
     assert_eq!(
         (t.state, t.reason),
         (TaskState::Failed, Some(Reason::Timeout))
-    );
-    assert_eq!(
-        rec.ended(task)[0].exit,
-        Exit::Signal(15),
-        "SIGTERM, not a kill"
     );
     let pids = pids(&pidfile);
     assert_eq!(pids.len(), 2);
     for pid in pids {
         assert!(wait_gone(pid).await, "process {pid} outlived the timeout");
     }
+    let exit = rec.ended(task)[0].exit;
     h.shutdown().await;
+    exit
+}
+
+/// A timeout is a graceful stop: SIGTERM reaches the whole group, which
+/// dies of it well within the (long) grace.
+#[tokio::test]
+async fn a_timeout_terminates_the_group() {
+    let exit = timed_out_group(
+        "echo $$ > \"$1\"; sleep 1000 & echo $! >> \"$1\"; wait",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(exit, Exit::Signal(15), "SIGTERM, not a kill");
 }
 
 /// A command that ignores SIGTERM at its timeout is killed with its whole
 /// group once the grace has passed.
 #[tokio::test]
 async fn a_timeout_kills_what_ignores_sigterm_after_the_grace() {
-    let dir = tempfile::tempdir().unwrap();
-    let pidfile = dir.path().join("pids");
-    let rec = Arc::new(Recorder::default());
-    let h = Harness::new(1, |b| b.sink(rec.clone())).await;
-    let inserted = h
-        .submit(
-            vec![sh(
-                "trap '' TERM; echo $$ > \"$1\"; sleep 1000 & echo $! >> \"$1\"; wait; wait",
-                &[pidfile.to_str().unwrap()],
-            )],
-            |spec| {
-                spec.policy.timeout = Some(Duration::from_millis(1500));
-                spec.policy.grace = Duration::from_millis(300);
-            },
-        )
-        .await;
-    let task = inserted.tasks[0];
-    h.finished(inserted.batch).await;
-    let t = h.task(task).await;
-    assert_eq!(
-        (t.state, t.reason),
-        (TaskState::Failed, Some(Reason::Timeout))
-    );
-    let pids = pids(&pidfile);
-    assert_eq!(pids.len(), 2);
-    for pid in pids {
-        assert!(wait_gone(pid).await, "process {pid} outlived the grace");
-    }
-    let exit = rec.ended(task)[0].exit;
+    let exit = timed_out_group(
+        "trap '' TERM; echo $$ > \"$1\"; sleep 1000 & echo $! >> \"$1\"; wait; wait",
+        Duration::from_millis(300),
+    )
+    .await;
     assert!(
         matches!(exit, Exit::Signal(9) | Exit::Dropped),
         "killed after the grace: {exit:?}"
     );
-    h.shutdown().await;
 }
 
 /// A command that exits while a child it started still holds its output:
