@@ -63,7 +63,10 @@ impl From<herd_sql::OpenError> for CliError {
 impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Backend(_) => CliError::failed(chain(&e)),
+            StoreError::Backend(_) => CliError::failed(format!(
+                "{}: check that the store is reachable and its disk not full, then run the command again (a run resumes with `herd run --resume`)",
+                chain(&e)
+            )),
             _ => CliError::usage(chain(&e)),
         }
     }
