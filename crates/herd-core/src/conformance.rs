@@ -92,8 +92,8 @@ use crate::model::{
 };
 use crate::store::{
     Appended, Applied, AttemptInfo, AttemptLog, AttemptOutcome, BatchInfo, BatchQuery, CancelMode,
-    CancelRequest, Claim, ClaimRequest, ClaimedTask, Completion, Events, Fence, Inserted, Renewal,
-    Stale, Store, StoreError, TaskQuery, TaskRecord,
+    CancelRequest, Claim, ClaimRequest, ClaimedTask, Completion, EventQuery, Events, Fence,
+    Inserted, Renewal, Stale, Store, StoreError, TaskQuery, TaskRecord,
 };
 
 /// A store the suite can run against: payloads and outputs are text.
@@ -182,6 +182,8 @@ macro_rules! store_conformance {
             batch_list_pages_newest_first,
             task_list_pages_by_index,
             attempts_keep_their_logs,
+            event_list_reads_after_a_seq,
+            batch_purge_removes_only_finished_batches,
         );
     };
     ($factory:expr $(,)?) => {
@@ -366,6 +368,8 @@ struct Log {
     /// The operation being recorded is a rerun: finished tasks and batches
     /// may start over (and only then).
     rerun: bool,
+    /// Batches removed with `batch_purge`: their events are no longer listed.
+    purged: Vec<BatchId>,
 }
 
 impl Log {
@@ -615,6 +619,34 @@ impl<S: SuiteStore> Harness<S> {
     /// at the start received exactly the events the operations returned.
     async fn finish(mut self) {
         self.verify().await;
+        // The store lists every event the operations returned (those of
+        // purged batches aside), in `seq` order, a page at a time.
+        let mut listed = Vec::new();
+        loop {
+            let after = listed.last().map_or(0, |e: &Event| e.seq);
+            let query = EventQuery {
+                after,
+                batch: None,
+                limit: 97,
+            };
+            let page = self.store.event_list(query).await.expect("event_list");
+            assert!(page.len() <= 97, "event_list returns at most its limit");
+            if page.is_empty() {
+                break;
+            }
+            listed.extend(page);
+        }
+        let want: Vec<&Event> = self
+            .log
+            .events
+            .iter()
+            .filter(|e| !self.log.purged.contains(&e.batch))
+            .collect();
+        assert_eq!(
+            listed.iter().collect::<Vec<_>>(),
+            want,
+            "event_list must list every stored event in seq order"
+        );
         let want = self.log.events.len();
         let got = receive(&mut self.sub, want).await;
         let mut each = got.clone();
@@ -649,6 +681,15 @@ impl<S: SuiteStore> Harness<S> {
             self.record(&events, now).await;
         }
         result
+    }
+
+    /// Purges a batch and forgets it in the log.
+    async fn purge(&mut self, batch: BatchId) -> Result<(), StoreError> {
+        self.store.batch_purge(batch).await?;
+        self.log.batches.remove(&batch);
+        self.log.tasks.retain(|_, t| t.batch != batch);
+        self.log.purged.push(batch);
+        Ok(())
     }
 
     async fn insert(&mut self, spec: BatchSpec<String>, now: Timestamp) -> Inserted {
@@ -3645,6 +3686,155 @@ pub mod cases {
             h.store.task_attempts(nowhere).await,
             Err(StoreError::UnknownTask(t)) if t == nowhere
         ));
+        h.finish().await;
+    }
+
+    /// `event_list` reads the stored events after a `seq`, in `seq` order:
+    /// of every batch or of one, at most `limit`; nothing past the last.
+    pub async fn event_list_reads_after_a_seq<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let a = h.insert(batch(2, vec![task("a1"), task("a2")]), T0).await;
+        let b = h.insert(batch(1, vec![task("b1")]), secs(1)).await;
+        let claim = h.claim(10, 10, secs(2)).await;
+        for t in claim.tasks.clone() {
+            h.succeed(&t, None, secs(3)).await;
+        }
+        assert_eq!(h.batch(a.batch).await.state, B::Succeeded);
+        let list = |after: u64, batch: Option<BatchId>, limit: usize| EventQuery {
+            after,
+            batch,
+            limit,
+        };
+        let all = h.store.event_list(list(0, None, 1000)).await.unwrap();
+        assert_eq!(all, h.log.events, "every event, in seq order");
+        assert!(all.len() > 8, "{all:#?}");
+
+        let after = all[2].seq;
+        let rest = h.store.event_list(list(after, None, 1000)).await.unwrap();
+        assert_eq!(rest, all[3..], "strictly after the cursor");
+
+        let page = h.store.event_list(list(after, None, 2)).await.unwrap();
+        assert_eq!(page, all[3..5], "at most the limit");
+
+        let of_b = h
+            .store
+            .event_list(list(0, Some(b.batch), 1000))
+            .await
+            .unwrap();
+        let want: Vec<Event> = all.iter().filter(|e| e.batch == b.batch).cloned().collect();
+        assert_eq!(of_b, want, "one batch's events");
+        assert_eq!(
+            batch_moves(&of_b),
+            [
+                (b.batch, B::Queued),
+                (b.batch, B::Running),
+                (b.batch, B::Succeeded)
+            ],
+            "{of_b:#?}"
+        );
+        let of_a_late = h
+            .store
+            .event_list(list(of_b[0].seq, Some(a.batch), 1000))
+            .await
+            .unwrap();
+        let want: Vec<Event> = all
+            .iter()
+            .filter(|e| e.batch == a.batch && e.seq > of_b[0].seq)
+            .cloned()
+            .collect();
+        assert_eq!(of_a_late, want, "one batch's events after a cursor");
+
+        let last = all.last().unwrap().seq;
+        assert!(
+            h.store
+                .event_list(list(last, None, 10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            h.store
+                .event_list(list(0, None, 0))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let none = h
+            .store
+            .event_list(list(0, Some(BatchId(b.batch.0 + 1000)), 10))
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "an unknown batch has no events");
+        h.finish().await;
+    }
+
+    /// `batch_purge` removes a finished batch (its tasks, events and
+    /// idempotency key) and nothing else; it refuses a batch still live and
+    /// reports an unknown one, removing nothing.
+    pub async fn batch_purge_removes_only_finished_batches<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let keyed = BatchSpec {
+            idempotency_key: Some("k".into()),
+            ..batch(1, vec![task("a")])
+        };
+        let a = h.insert(keyed, T0).await.batch;
+        let b = h.insert(batch(1, vec![task("b")]), T0).await.batch;
+        let err = h.purge(a).await.unwrap_err();
+        assert!(matches!(err, StoreError::Live(id) if id == a), "{err}");
+        assert_eq!(h.batch(a).await.state, B::Queued, "a live batch stays");
+        let unknown = BatchId(b.0 + 1000);
+        let err = h.purge(unknown).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::UnknownBatch(id) if id == unknown),
+            "{err}"
+        );
+
+        let claim = h.claim(10, 1, secs(1)).await;
+        let ta = claimed(&claim, "a").clone();
+        h.succeed(&ta, None, secs(2)).await;
+        assert_eq!(h.batch(a).await.state, B::Succeeded);
+        h.purge(a).await.expect("a finished batch is purged");
+        assert!(matches!(
+            h.store.batch_get(a).await,
+            Err(StoreError::UnknownBatch(_))
+        ));
+        assert!(matches!(
+            h.store.task_get(ta.id).await,
+            Err(StoreError::UnknownTask(_))
+        ));
+        assert!(matches!(
+            h.store
+                .task_list(
+                    a,
+                    TaskQuery {
+                        limit: 10,
+                        ..TaskQuery::default()
+                    }
+                )
+                .await,
+            Err(StoreError::UnknownBatch(_))
+        ));
+        let events = h
+            .store
+            .event_list(EventQuery {
+                after: 0,
+                batch: Some(a),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert!(events.is_empty(), "its events are gone: {events:#?}");
+        let err = h.purge(a).await.unwrap_err();
+        assert!(matches!(err, StoreError::UnknownBatch(_)), "{err}");
+
+        // The key is free again: the same key makes a new batch.
+        let again = BatchSpec {
+            idempotency_key: Some("k".into()),
+            ..batch(1, vec![task("a")])
+        };
+        let ins = h.insert(again, secs(3)).await;
+        assert!(!ins.existing && ins.batch != a);
+        assert_eq!(h.batch(b).await.counts.total(), 1, "other batches stay");
         h.finish().await;
     }
 }

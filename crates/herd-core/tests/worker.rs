@@ -18,12 +18,12 @@ use herd_core::scheduler::{
 };
 use herd_core::store::{
     Appended, Applied, AttemptInfo, BatchQuery, CancelMode, Claim, ClaimRequest, ClaimedTask,
-    Completion, Events, Fence, Inserted, MemoryStore, Renewal, Rerun, Signals, Store, StoreError,
-    TaskInfo, TaskQuery, TaskRecord, WorkerInfo,
+    Completion, EventQuery, Events, Fence, Inserted, MemoryStore, Renewal, Rerun, Signals, Store,
+    StoreError, TaskInfo, TaskQuery, TaskRecord, WorkerInfo,
 };
 use herd_core::{
-    BatchId, BatchInfo, BatchSpec, BatchState, BatchStats, Clock, Reason, SystemClock, TaskId,
-    TaskSpec, TaskState, Timestamp, TokioClock, WorkerId,
+    BatchId, BatchInfo, BatchSpec, BatchState, BatchStats, Clock, Event, Reason, SystemClock,
+    TaskId, TaskSpec, TaskState, Timestamp, TokioClock, WorkerId,
 };
 use tokio::sync::broadcast;
 use tokio::time::Instant;
@@ -404,6 +404,14 @@ impl<S: Store> Store for FlakyStore<S> {
 
     async fn worker_list(&self) -> Result<Vec<WorkerInfo>, StoreError> {
         self.inner.worker_list().await
+    }
+
+    async fn event_list(&self, query: EventQuery) -> Result<Vec<Event>, StoreError> {
+        self.inner.event_list(query).await
+    }
+
+    async fn batch_purge(&self, batch: BatchId) -> Result<(), StoreError> {
+        self.inner.batch_purge(batch).await
     }
 
     fn events(&self) -> broadcast::Receiver<Events> {

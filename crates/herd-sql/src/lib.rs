@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod history;
 mod logic;
 mod logs;
 mod postgres;

@@ -9,15 +9,17 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use herd_core::model::{
-    BatchId, BatchSpec, BatchState, BatchStats, FinishedTask, StateCounts, SubmitError, TaskId,
-    TaskSpec, TaskState, Timestamp, WorkerId, rerun_selection,
+    BatchId, BatchSpec, BatchState, BatchStats, Event, FinishedTask, StateCounts, SubmitError,
+    TaskId, TaskSpec, TaskState, Timestamp, WorkerId, rerun_selection,
 };
 use herd_core::store::{
     Appended, Applied, AttemptInfo, AttemptOutcome, BatchInfo, BatchQuery, CancelMode,
-    CancelRequest, Claim, ClaimRequest, ClaimedTask, Completion, Events, Inserted, Renewal, Rerun,
-    Signals, Stale, Store, StoreError, TaskInfo, TaskQuery, TaskRecord, Upstream, WorkerInfo,
+    CancelRequest, Claim, ClaimRequest, ClaimedTask, Completion, EventQuery, Events, Inserted,
+    Renewal, Rerun, Signals, Stale, Store, StoreError, TaskInfo, TaskQuery, TaskRecord, Upstream,
+    WorkerInfo,
 };
 
+use crate::history::History;
 use crate::logic::{
     BatchRow, ClaimScan, Lost, NewBatch, NewDep, NewTask, Result, TaskRow, Tx, Work, Written,
     backend, best_batch, escalates, owns, rule_str,
@@ -283,9 +285,11 @@ where
     }
 }
 
+#[allow(private_bounds)]
 impl<D, P, O> Store for SqlStore<D, P, O>
 where
     D: Dialect,
+    SqlStore<D, P, O>: History,
     P: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
     O: Serialize + DeserializeOwned + Clone + Send + Sync + 'static,
 {
@@ -903,6 +907,14 @@ where
 
     async fn worker_list(&self) -> Result<Vec<WorkerInfo>> {
         self.dialect.worker_list().await
+    }
+
+    async fn event_list(&self, query: EventQuery) -> Result<Vec<Event>> {
+        self.history_events(query).await
+    }
+
+    async fn batch_purge(&self, batch: BatchId) -> Result<()> {
+        self.history_purge(batch).await
     }
 
     fn events(&self) -> broadcast::Receiver<Events> {

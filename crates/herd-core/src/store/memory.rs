@@ -78,6 +78,11 @@ impl<P, O> MemoryStore<P, O> {
         Self::build(true)
     }
 
+    /// Events a store that forgets finished tasks keeps for
+    /// [`Store::event_list`]: the latest this many. A retaining store keeps
+    /// every event until its batch is purged.
+    pub const EVENT_LOG: usize = 65_536;
+
     fn build(retain: bool) -> Self {
         MemoryStore {
             inner: Mutex::new(Inner::new(retain)),
@@ -109,7 +114,9 @@ impl<P, O> MemoryStore<P, O> {
     /// Ends an operation: publishes its events (under the lock, so that
     /// subscribers see them in `seq` order), wakes waiting workers, unlocks.
     fn commit(&self, mut inner: MutexGuard<'_, Inner<P, O>>) -> Events {
-        let events = self.publish(inner.take_events());
+        let events = inner.take_events();
+        inner.log_events(&events);
+        let events = self.publish(events);
         self.wake(&mut inner);
         events
     }
@@ -270,6 +277,9 @@ struct Inner<P, O> {
     /// Finished batches, oldest first (kept only when tasks are not retained).
     finished_batches: VecDeque<BatchId>,
     events: Vec<Event>,
+    /// Events of earlier operations, for `event_list`: all of them when
+    /// finished tasks are retained, else the latest `EVENT_LOG`.
+    log: VecDeque<Event>,
     work_ready: bool,
     control_pending: bool,
     /// Keep finished task records (for `task_get`) instead of forgetting them.
@@ -281,6 +291,41 @@ impl<P, O> Inner<P, O> {
     fn take_events(&mut self) -> Vec<Event> {
         let capacity = self.events.len().max(16);
         std::mem::replace(&mut self.events, Vec::with_capacity(capacity))
+    }
+
+    /// Keeps an operation's events for `event_list`.
+    fn log_events(&mut self, events: &[Event]) {
+        self.log.extend(events.iter().cloned());
+        if !self.retain {
+            let excess = self
+                .log
+                .len()
+                .saturating_sub(MemoryStore::<P, O>::EVENT_LOG);
+            self.log.drain(..excess);
+        }
+    }
+
+    /// Removes a finished batch and everything of it.
+    fn purge(&mut self, batch: BatchId) -> Result<(), StoreError> {
+        let b = self
+            .batches
+            .get(&batch)
+            .ok_or(StoreError::UnknownBatch(batch))?;
+        if !b.state.is_terminal() {
+            return Err(StoreError::Live(batch));
+        }
+        let b = self.batches.remove(&batch).expect("checked");
+        for id in b.by_index.values() {
+            self.tasks.remove(id);
+            self.outputs.remove(id);
+        }
+        if let Some(key) = b.idempotency_key {
+            self.idempotency.remove(&key);
+        }
+        self.batch_ids.remove(&batch);
+        self.finished_batches.retain(|f| *f != batch);
+        self.log.retain(|e| e.batch != batch);
+        Ok(())
     }
 
     fn new(retain: bool) -> Self {
@@ -301,6 +346,7 @@ impl<P, O> Inner<P, O> {
             idempotency: HashMap::new(),
             finished_batches: VecDeque::new(),
             events: Vec::new(),
+            log: VecDeque::new(),
             work_ready: false,
             control_pending: false,
             retain,
@@ -1606,6 +1652,23 @@ where
 
     async fn worker_list(&self) -> Result<Vec<WorkerInfo>, StoreError> {
         Ok(self.lock().workers.values().cloned().collect())
+    }
+
+    async fn event_list(&self, query: EventQuery) -> Result<Vec<Event>, StoreError> {
+        let inner = self.lock();
+        // The log is in `seq` order: skip what the reader has seen.
+        let from = inner.log.partition_point(|e| e.seq <= query.after);
+        Ok(inner
+            .log
+            .range(from..)
+            .filter(|e| query.batch.is_none_or(|b| e.batch == b))
+            .take(query.limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn batch_purge(&self, batch: BatchId) -> Result<(), StoreError> {
+        self.lock().purge(batch)
     }
 
     fn events(&self) -> broadcast::Receiver<Events> {

@@ -21,7 +21,7 @@ use std::future::Future;
 
 use tokio::sync::broadcast;
 
-use crate::model::{BatchId, BatchSpec, BatchStats, TaskId, TaskSpec, Timestamp, WorkerId};
+use crate::model::{BatchId, BatchSpec, BatchStats, Event, TaskId, TaskSpec, Timestamp, WorkerId};
 
 /// Where batches and tasks live, and the only place their state changes.
 ///
@@ -213,6 +213,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every worker ever registered, by id.
     fn worker_list(&self) -> impl Future<Output = Result<Vec<WorkerInfo>, StoreError>> + Send;
+
+    /// Stored events with `seq` above `query.after`, in `seq` order, of one
+    /// batch or of all: what a reader that saw every event up to `after`
+    /// missed (a stream resumed with `Last-Event-ID`). Durable stores keep
+    /// every event until its batch is purged; the memory store keeps the
+    /// latest [`MemoryStore::EVENT_LOG`](MemoryStore) events unless it
+    /// retains finished tasks, so a reader far behind may find a gap.
+    fn event_list(
+        &self,
+        query: EventQuery,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// Removes a finished batch with its tasks, attempts and events.
+    ///
+    /// [`StoreError::UnknownBatch`] for a batch the store does not have;
+    /// [`StoreError::Live`] for one that has not finished (nothing is removed).
+    fn batch_purge(&self, batch: BatchId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Subscribes to the events of every later operation.
     fn events(&self) -> broadcast::Receiver<Events>;

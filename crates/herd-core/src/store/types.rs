@@ -325,6 +325,19 @@ pub struct TaskQuery {
     pub logs: bool,
 }
 
+/// Which events [`Store::event_list`](super::Store::event_list) returns:
+/// in `seq` order, a page at a time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Cursor: only events with `seq` strictly above this (the last `seq`
+    /// seen); 0: from the first.
+    pub after: u64,
+    /// Only the events of this batch; `None`: of every batch.
+    pub batch: Option<BatchId>,
+    /// At most this many events (0: none).
+    pub limit: usize,
+}
+
 /// A task with what it works on and what it produced, as listed by
 /// [`Store::task_list`](super::Store::task_list).
 #[derive(Clone, Debug)]
@@ -403,6 +416,9 @@ pub enum StoreError {
         "batch {0} has not finished: wait for it to end (or cancel it), then rerun its failed tasks"
     )]
     Unfinished(BatchId),
+    /// A purge was asked of a batch that has not finished.
+    #[error("batch {0} has not finished: cancel it (or wait for it to end), then remove it")]
+    Live(BatchId),
     /// A rerun was asked of a store that forgets finished tasks.
     #[error(
         "this store does not keep finished tasks, so batch {0} cannot be rerun: use a store that keeps them (MemoryStore::retaining, SQLite or PostgreSQL)"
