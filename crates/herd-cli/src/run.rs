@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use herd_core::scheduler::{Router, WorkerConfig, WorkerHandle, spawn_worker};
-use herd_core::store::{BatchQuery, Store, StoreError, TaskQuery};
+use herd_core::store::{BatchQuery, Store, StoreError};
 use herd_core::{
-    Backoff, BatchId, BatchInfo, BatchSpec, BatchState, Clock, ErrorPolicy, EventKind, OnFailure,
-    Priority, RetryPolicy, SystemClock, TaskSpec, TaskState, Threshold,
+    BatchId, BatchInfo, BatchSpec, BatchState, Clock, ErrorPolicy, EventKind, OnFailure, Priority,
+    RetryPolicy, SystemClock, TaskState,
 };
 use herd_exec::{CommandRunner, CommandTask, Format, Item, ResultsDir, Template};
 use serde::{Deserialize, Serialize};
@@ -215,16 +215,7 @@ fn plan(args: &RunArgs) -> Result<Plan, CliError> {
     if let Some(max) = args.max_records {
         items.truncate(usize::try_from(max).unwrap_or(usize::MAX));
     }
-    let tasks = items
-        .chunks(args.chunk as usize)
-        .enumerate()
-        .map(|(i, chunk)| {
-            TaskSpec::new(CommandTask {
-                argv: template.expand(i as u64 + 1, chunk),
-                items: chunk.iter().map(|item| item.text.clone()).collect(),
-            })
-        })
-        .collect();
+    let tasks = herd_exec::command_tasks(&template, &items, args.chunk as usize);
 
     let settings = Settings {
         command: words,
@@ -270,57 +261,24 @@ fn format_of(format: InputFormat) -> Format {
 }
 
 fn duration(option: &str, text: &str) -> Result<Duration, CliError> {
-    humantime::parse_duration(text).map_err(|e| {
-        CliError::usage(format!(
-            "{option} {text:?} is not a duration ({e}): write it like 30s, 5m or 1h30m"
-        ))
-    })
+    herd_exec::parse_duration(text).map_err(|e| CliError::usage(format!("{option} {e}")))
 }
 
 fn retry_policy(args: &RunArgs) -> Result<RetryPolicy, CliError> {
-    let (base, max) = match args.backoff.split_once(',') {
-        Some((base, max)) => (duration("--backoff", base)?, duration("--backoff", max)?),
-        None => {
-            let base = duration("--backoff", &args.backoff)?;
-            (base, base.max(Duration::from_secs(60)))
-        }
-    };
-    let policy =
-        RetryPolicy::attempts(args.retries.saturating_add(1)).with_backoff(Backoff::Exponential {
-            base,
-            factor: 2.0,
-            max,
-        });
-    policy
-        .validate()
-        .map_err(|e| CliError::usage(format!("--backoff: {e}")))?;
-    Ok(policy)
+    herd_exec::retry_policy(args.retries, &args.backoff)
+        .map_err(|e| CliError::usage(format!("--backoff: {e}")))
 }
 
 fn error_policy(args: &RunArgs) -> Result<ErrorPolicy, CliError> {
-    let threshold = args
-        .max_failures
-        .as_deref()
-        .map(|t| {
-            t.parse::<Threshold>()
-                .map_err(|e| CliError::usage(format!("--max-failures {t:?}: {e}")))
-        })
-        .transpose()?;
-    let on_failure = match (args.on_failure, threshold) {
-        // A threshold without an action means: stop there.
-        (OnFailureArg::Continue, Some(_)) => OnFailure::Stop,
-        (OnFailureArg::Continue, None) => OnFailure::Continue,
-        (OnFailureArg::Stop, _) => OnFailure::Stop,
-        (OnFailureArg::Abort, _) => OnFailure::Abort,
+    let on_failure = match args.on_failure {
+        OnFailureArg::Continue => OnFailure::Continue,
+        OnFailureArg::Stop => OnFailure::Stop,
+        OnFailureArg::Abort => OnFailure::Abort,
     };
-    let policy = ErrorPolicy {
-        on_failure,
-        threshold: threshold.unwrap_or(Threshold::First),
-    };
-    policy
-        .validate()
-        .map_err(|e| CliError::usage(format!("--max-failures: {e}")))?;
-    Ok(policy)
+    herd_exec::error_policy(on_failure, args.max_failures.as_deref()).map_err(|e| {
+        let given = args.max_failures.as_deref().unwrap_or_default();
+        CliError::usage(format!("--max-failures {given:?}: {e}"))
+    })
 }
 
 /// An argv as a shell would need it typed, for `--dry-run` and listings.
@@ -396,60 +354,14 @@ where
 
 /// Ends now the leases that herd processes on this host which died (`kill
 /// -9`, a crash) hold on `batch`'s tasks: those attempts run again at once
-/// rather than after the lease. Only the workers running the batch's tasks
-/// are looked at, however many the store has seen.
+/// rather than after the lease.
 async fn release_dead_workers<S: Store>(store: &S, batch: BatchId) -> Result<(), CliError> {
-    let mut holders = std::collections::BTreeSet::new();
-    let mut after = None;
-    loop {
-        let page = store
-            .task_list(
-                batch,
-                TaskQuery {
-                    states: vec![TaskState::Running],
-                    after,
-                    limit: 1000,
-                    logs: false,
-                },
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.info.index);
-        holders.extend(page.iter().filter_map(|t| t.info.worker));
-    }
-    if holders.is_empty() {
-        return Ok(());
-    }
-    let (host, me) = (hostname(), std::process::id());
-    for worker in store.worker_list().await? {
-        if holders.contains(&worker.id)
-            && worker.host == host
-            && worker.pid != me
-            && !alive(worker.pid)
-        {
-            store.worker_expire(worker.id, SystemClock.now()).await?;
-        }
-    }
-    Ok(())
-}
-
-/// Whether a process with this pid exists on this host.
-fn alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
-        return false;
-    };
-    !matches!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
-        Err(nix::errno::Errno::ESRCH)
-    )
+    Ok(herd_exec::local::release_dead_workers(store, Some(batch)).await?)
 }
 
 /// This host's name, as workers register it.
 pub fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
+    herd_exec::local::hostname()
 }
 
 /// How a run ended.
@@ -613,13 +525,7 @@ async fn stop_within(
 /// Requeues what this process's worker was running when it was stopped, so
 /// that `--resume` runs it at once.
 async fn release_own_worker<S: Store>(store: &S) -> Result<(), StoreError> {
-    let (host, me) = (hostname(), std::process::id());
-    for worker in store.worker_list().await? {
-        if worker.host == host && worker.pid == me {
-            store.worker_expire(worker.id, SystemClock.now()).await?;
-        }
-    }
-    Ok(())
+    herd_exec::local::release_own_workers(store).await
 }
 
 #[cfg(test)]

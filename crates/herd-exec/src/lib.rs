@@ -8,6 +8,9 @@
 //!   field names a template may use.
 //! - [`runner`]: [`CommandRunner`], the [`Runner`](herd_core::scheduler::Runner)
 //!   of command tasks ([`CommandTask`]): one child process per attempt.
+//! - [`batch`]: policies from their written forms and a template's tasks
+//!   over items, for every face that submits command batches; [`local`]:
+//!   the workers of this host (dead ones released, own ones handed back).
 //! - [`output`]: the [`OutputSink`] that receives output line by line, and
 //!   [`results`]: [`ResultsDir`], a sink that keeps every task's output in files.
 //!
@@ -50,12 +53,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod batch;
 pub mod input;
+pub mod local;
 pub mod output;
 pub mod results;
 pub mod runner;
 pub mod template;
 
+pub use batch::{
+    DurationError, PolicyError, command_tasks, error_policy, parse_duration, retry_policy,
+};
 pub use input::{Format, InputError, Items, read_items};
 pub use output::{AttemptEnd, Discard, Exit, MAX_PIECE, OutputSink, Stream, TaskRef};
 pub use results::ResultsDir;
