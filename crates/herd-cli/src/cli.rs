@@ -57,6 +57,8 @@ pub enum Command {
     Cancel(CancelArgs),
     /// Run a finished batch's failed tasks again, in the same batch.
     Retry(RetryArgs),
+    /// Serve the HTTP API: batches created over HTTP, run by a worker of its own.
+    Serve(ServeArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
 }
@@ -326,6 +328,51 @@ pub struct RetryArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  # On 127.0.0.1:7500, batches in serve.db in $HERD_HOME (or the data directory):
+  herd serve
+
+  # Flows from a config file, 16 slots, a token (required beyond loopback):
+  HERD_TOKEN=$(cat /etc/herd/token) herd serve --config herd.toml --slots 16 --listen 0.0.0.0:7500
+
+  # Create a batch and follow it:
+  curl -s localhost:7500/api/batches -H 'content-type: application/json' -d '{\"command\": [\"echo\", \"{}\"], \"records\": [\"a\", \"b\"]}'
+  curl -sN localhost:7500/api/batches/b1/events
+
+Settings come from flags, then HERD_* variables, then the config file's
+[server] table. SIGTERM or Ctrl-C stops taking requests and lets running
+tasks finish within --shutdown-grace; queued tasks wait in the store for the
+next `herd serve`.";
+
+/// `herd serve`.
+#[derive(Debug, Args)]
+#[command(after_help = SERVE_EXAMPLES)]
+pub struct ServeArgs {
+    /// Address and port to listen on [default: 127.0.0.1:7500]. Beyond
+    /// loopback a token is required.
+    #[arg(long, env = "HERD_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Tasks the server's worker runs at once [default: number of CPUs].
+    #[arg(long, env = "HERD_SLOTS", value_name = "N")]
+    pub slots: Option<u32>,
+    /// A herd.toml with [server] settings and [flows.NAME] tables.
+    #[arg(long, env = "HERD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A file holding the bearer token every /api call must carry (or set HERD_TOKEN).
+    #[arg(long, env = "HERD_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Largest request body, in bytes [default: 256 MiB].
+    #[arg(long, env = "HERD_MAX_BODY_BYTES", value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// Most records (or tasks) in one batch [default: 1000000].
+    #[arg(long, env = "HERD_MAX_RECORDS", value_name = "N")]
+    pub max_records: Option<usize>,
+    /// Time running tasks get to finish when the server stops [default: 30s].
+    #[arg(long, env = "HERD_SHUTDOWN_GRACE", value_name = "DURATION")]
+    pub shutdown_grace: Option<String>,
 }
 
 /// `herd completions`.

@@ -6,12 +6,13 @@
 //! library and the server. The modules: `cli` (arguments and help), `store`
 //! (which store, opening it), `run` (building a batch, running it, resuming
 //! it), `show` (progress, command output, the summary), `inspect` (list,
-//! status, tasks, logs, export, cancel).
+//! status, tasks, logs, export, cancel), `serve` (the HTTP server).
 
 mod cli;
 mod error;
 mod inspect;
 mod run;
+mod serve;
 mod show;
 mod store;
 
@@ -35,10 +36,12 @@ fn main() -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // The server answers requests while its worker runs tasks: all cores.
+    let mut builder = match cli.command {
+        Command::Serve(_) => tokio::runtime::Builder::new_multi_thread(),
+        _ => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => return fail(&CliError::failed(format!("cannot start: {e}"))),
     };
@@ -49,6 +52,9 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, CliError> {
+    if let Command::Serve(args) = cli.command {
+        return serve::serve(args, cli.store).await;
+    }
     let location = Location::resolve(cli.store.as_deref())?;
     match cli.command {
         Command::Run(args) => run::run(*args, location).await,
@@ -59,7 +65,7 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Logs(args) => inspect::logs(args, location).await,
         Command::Export(args) => inspect::export(args, location).await,
         Command::Cancel(args) => inspect::cancel(args, location).await,
-        Command::Completions(_) => Ok(exit::OK),
+        Command::Completions(_) | Command::Serve(_) => Ok(exit::OK),
     }
 }
 

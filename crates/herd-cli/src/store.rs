@@ -27,6 +27,11 @@ pub enum Location {
 impl Location {
     /// `--store`, or the default file under `$HERD_HOME` or the user's data directory.
     pub fn resolve(store: Option<&str>) -> Result<Location, CliError> {
+        Location::resolve_or(store, "herd.db")
+    }
+
+    /// `--store`, or `file` under `$HERD_HOME` or the user's data directory.
+    pub fn resolve_or(store: Option<&str>, file: &str) -> Result<Location, CliError> {
         match store {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Ok(Location::Postgres(url.to_string()))
@@ -43,7 +48,7 @@ impl Location {
             })),
             None => Ok(Location::Sqlite(format!(
                 "sqlite:{}",
-                home()?.join("herd.db").display()
+                home()?.join(file).display()
             ))),
         }
     }
