@@ -40,7 +40,12 @@ pub async fn serve(args: ServeArgs, store: Option<String>) -> Result<u8, CliErro
     with_store!(location, |store| {
         let bound = Bound::bind(store, config)
             .await
-            .map_err(|e| CliError::usage(chain(&e)))?;
+            .map_err(|e| CliError::usage(chain(&e)))?
+            .on_stop(|| {
+                eprintln!(
+                    "herd serve: stopping: no new requests or tasks; running tasks get the grace"
+                )
+            });
         eprintln!("herd serve: listening on http://{}", bound.local_addr()?);
         bound
             .serve(stop)

@@ -167,7 +167,20 @@ pub async fn create<S: ServerStore>(
             request.records = Some(ndjson_records(&bytes)?);
             request
         }
-        "application/json" | "" => from_json::<BatchRequest>(&bytes)?,
+        "application/json" | "" => {
+            // Serde would take an array for the struct, field by position.
+            let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+            if first.is_some_and(|b| *b != b'{') {
+                return Err(ApiError {
+                    field: None,
+                    ..ApiError::invalid(
+                        "",
+                        "the body must be a JSON object of the batch's fields, e.g. {\"command\": [\"echo\", \"{}\"], \"records\": [\"a\"]}",
+                    )
+                });
+            }
+            from_json::<BatchRequest>(&bytes)?
+        }
         other => {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -37,5 +37,5 @@ pub mod views;
 pub use app::{AppState, ServerStore, app};
 pub use config::{ConfigError, FileConfig, Overrides, ServerConfig};
 pub use error::ApiError;
-pub use serve::{Bound, ServeError};
+pub use serve::{Bound, ServeError, start_worker};
 pub use submit::{BatchRequest, FLOW};

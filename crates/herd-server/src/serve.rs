@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_core::scheduler::{Router as Routes, WorkerConfig, spawn_worker};
+use herd_core::scheduler::{Router as Routes, WorkerConfig, WorkerHandle, spawn_worker};
 use herd_core::store::StoreError;
 use herd_core::{Clock, SystemClock};
 use herd_exec::CommandRunner;
@@ -52,6 +52,7 @@ pub enum ServeError {
 pub struct Bound<S> {
     listener: TcpListener,
     state: Arc<AppState<S>>,
+    on_stop: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl<S: ServerStore> Bound<S> {
@@ -71,7 +72,15 @@ impl<S: ServerStore> Bound<S> {
         Ok(Bound {
             listener,
             state: AppState::new(store, config),
+            on_stop: None,
         })
+    }
+
+    /// Calls `stopping` once the stop has begun: no new request is taken
+    /// and the worker starts no new task.
+    pub fn on_stop(mut self, stopping: impl FnOnce() + Send + 'static) -> Self {
+        self.on_stop = Some(Box::new(stopping));
+        self
     }
 
     /// The address it listens on (with the port chosen, for port 0).
@@ -84,7 +93,11 @@ impl<S: ServerStore> Bound<S> {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServeError> {
-        let Bound { listener, state } = self;
+        let Bound {
+            listener,
+            state,
+            on_stop,
+        } = self;
         let store = state.store.clone();
         let config = state.config.clone();
 
@@ -101,21 +114,7 @@ impl<S: ServerStore> Bound<S> {
             }
         });
 
-        let runner = Arc::new(CommandRunner::builder().build());
-        let routes = Arc::new(Routes::new());
-        routes.lock().await.add_flow(Arc::from(FLOW), runner);
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let mut worker = spawn_worker(
-            store.clone(),
-            routes,
-            clock,
-            WorkerConfig {
-                slots: config.slots,
-                host: herd_exec::local::hostname(),
-                batch: None,
-                ..WorkerConfig::default()
-            },
-        );
+        let mut worker = start_worker(store.clone(), config.slots).await;
 
         let shutdown = state.shutdown.clone();
         let http = axum::serve(listener, app(state))
@@ -138,8 +137,11 @@ impl<S: ServerStore> Bound<S> {
                 };
             }
         }
-        tracing::info!("stopping: no new requests; running tasks get the grace");
         shutdown.cancel();
+        worker.stop();
+        if let Some(stopping) = on_stop {
+            stopping();
+        }
         stop_worker(&mut worker, config.shutdown_grace).await;
         herd_exec::local::release_own_workers(&*store).await?;
         counting.abort();
@@ -150,9 +152,29 @@ impl<S: ServerStore> Bound<S> {
     }
 }
 
+/// Starts the server's worker over `store`: it runs every batch of the
+/// [`FLOW`] with `slots` slots, each task a process of herd's runner.
+pub async fn start_worker<S: ServerStore>(store: Arc<S>, slots: u32) -> WorkerHandle {
+    let runner = Arc::new(CommandRunner::builder().build());
+    let routes = Arc::new(Routes::new());
+    routes.lock().await.add_flow(Arc::from(FLOW), runner);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    spawn_worker(
+        store,
+        routes,
+        clock,
+        WorkerConfig {
+            slots,
+            host: herd_exec::local::hostname(),
+            batch: None,
+            ..WorkerConfig::default()
+        },
+    )
+}
+
 /// Lets running attempts finish within `grace`, then drops them (which
 /// kills their process groups).
-async fn stop_worker(worker: &mut herd_core::scheduler::WorkerHandle, grace: Duration) {
+async fn stop_worker(worker: &mut WorkerHandle, grace: Duration) {
     worker.stop();
     let joined = tokio::time::timeout(grace, worker.join()).await;
     if joined.is_err() {
