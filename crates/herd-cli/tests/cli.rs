@@ -10,6 +10,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 
+#[path = "cli/serve.rs"]
+mod serve;
+
 /// A `herd` with its own store and working directory.
 struct Herd {
     home: tempfile::TempDir,

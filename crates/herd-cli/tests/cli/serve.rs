@@ -1,0 +1,251 @@
+//! `herd serve` as a process: the API over a real socket, SIGTERM and
+//! `kill -9` then a restart, all through HTTP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, ChildStderr};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use super::{Herd, code, text};
+
+/// A running `herd serve` and the lines of its stderr.
+struct Server {
+    child: Child,
+    stderr: BufReader<ChildStderr>,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(herd: &Herd, args: &[&str]) -> Server {
+        let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut child = herd.spawn(&all);
+        let mut stderr = BufReader::new(child.stderr.take().unwrap());
+        let line = read_line(&mut stderr);
+        let addr = line
+            .trim()
+            .strip_prefix("herd serve: listening on http://")
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .parse()
+            .unwrap();
+        Server {
+            child,
+            stderr,
+            addr,
+        }
+    }
+
+    /// Waits for a line of stderr containing `what`.
+    fn expect(&mut self, what: &str) {
+        loop {
+            let line = read_line(&mut self.stderr);
+            assert!(!line.is_empty(), "the server exited before saying {what:?}");
+            if line.contains(what) {
+                return;
+            }
+        }
+    }
+
+    fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).unwrap();
+    }
+
+    fn http(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, body) = exchange(self.addr, method, path, body);
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, body) = self.http("GET", path, None);
+        assert_eq!(status, 200, "{path}: {body}");
+        body
+    }
+
+    /// Reads the event stream at `path` until `done` holds for the events
+    /// so far (or the stream ends); the events.
+    fn events_until(&self, path: &str, mut done: impl FnMut(&[Value]) -> bool) -> Vec<Value> {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            stream,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut events = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("events within 30 s");
+            if n == 0 {
+                return events;
+            }
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                events.push(serde_json::from_str::<Value>(data).unwrap());
+                if done(&events) {
+                    return events;
+                }
+            }
+        }
+    }
+
+    /// Follows a batch's stream to its end (the batch's terminal event).
+    fn finish(&self, batch: &str) -> Value {
+        let events = self.events_until(&format!("/api/batches/{batch}/events"), |_| false);
+        let last = events.last().expect("a stream of a batch has events");
+        assert_eq!(last["type"], "batch", "{last}");
+        self.get(&format!("/api/batches/{batch}"))
+    }
+
+    fn exit_code(mut self) -> Option<i32> {
+        self.child.wait().unwrap().code()
+    }
+}
+
+fn read_line(reader: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    line
+}
+
+/// One HTTP/1.1 request on a fresh connection: status and body.
+fn exchange(addr: SocketAddr, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer[9..12].parse().unwrap();
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A task that notes its start, waits for the file `release`, notes its end.
+fn blocked(records: &[&str], concurrency: u32) -> Value {
+    json!({
+        "command": ["echo {} >> starts; while [ ! -e release ]; do sleep 0.02; done; echo {} >> ends"],
+        "shell": true,
+        "records": records,
+        "concurrency": concurrency,
+    })
+}
+
+fn running(events: &[Value]) -> usize {
+    events
+        .iter()
+        .filter(|e| e["type"] == "task" && e["to"] == "running")
+        .count()
+}
+
+#[test]
+fn sigterm_lets_running_tasks_finish_and_the_next_server_runs_the_queued_ones() {
+    let herd = Herd::new();
+    let server = Server::start(&herd, &["--slots", "1", "--shutdown-grace", "20s"]);
+    let (status, created) = server.http("POST", "/api/batches", Some(blocked(&["a", "b", "c"], 1)));
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+    server.events_until(&format!("/api/batches/{id}/events"), |e| running(e) == 1);
+
+    let mut server = server;
+    server.signal(Signal::SIGTERM);
+    server.expect("stopping");
+    // The worker starts nothing new from here: let the running task end.
+    std::fs::write(herd.path("release"), "").unwrap();
+    assert_eq!(server.exit_code(), Some(0));
+    assert_eq!(herd.file("ends").lines().collect::<Vec<_>>(), ["a"]);
+
+    let url = format!("sqlite:{}", herd.home.path().join("serve.db").display());
+    let status = herd.json(&["--store", &url, "status", &id, "--json"]);
+    assert_eq!(status["counts"]["succeeded"], 1, "{status}");
+    assert_eq!(
+        status["counts"]["queued"], 2,
+        "queued tasks stay in the store: {status}"
+    );
+
+    let server = Server::start(&herd, &["--slots", "1"]);
+    let done = server.finish(&id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let starts = herd.file("starts");
+    let mut started: Vec<&str> = starts.lines().collect();
+    started.sort_unstable();
+    assert_eq!(started, ["a", "b", "c"], "nothing ran twice");
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.exit_code(), Some(0));
+}
+
+#[test]
+fn kill_9_then_restart_finishes_every_batch() {
+    let herd = Herd::new();
+    let server = Server::start(&herd, &["--slots", "2"]);
+    let (status, a) = server.http(
+        "POST",
+        "/api/batches",
+        Some(blocked(&["1", "2", "3", "4"], 2)),
+    );
+    assert_eq!(status, 201, "{a}");
+    let (status, b) = server.http(
+        "POST",
+        "/api/batches",
+        Some(json!({"command": ["true"], "records": ["x", "y"]})),
+    );
+    assert_eq!(status, 201, "{b}");
+    let (a, b) = (
+        a["id"].as_str().unwrap().to_string(),
+        b["id"].as_str().unwrap().to_string(),
+    );
+    server.events_until("/api/events?after=0", |e| running(e) == 2);
+
+    let mut server = server;
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    std::fs::write(herd.path("release"), "").unwrap();
+
+    let started = Instant::now();
+    let server = Server::start(&herd, &["--slots", "2"]);
+    for batch in [&a, &b] {
+        let done = server.finish(batch);
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the dead server's leases (30 s) were released at once, not waited out"
+    );
+    // The two tasks in flight at the kill ran again (at-least-once); the
+    // others once.
+    let tasks = server.get(&format!("/api/batches/{a}/tasks"));
+    let attempts: Vec<u64> = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["attempts"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        attempts.iter().filter(|&&n| n == 2).count(),
+        2,
+        "{attempts:?}"
+    );
+    assert_eq!(
+        attempts.iter().filter(|&&n| n == 1).count(),
+        2,
+        "{attempts:?}"
+    );
+    let lost = server.get(&format!("/api/batches/{a}/tasks/1"));
+    assert_eq!(lost["attempt_history"][0]["reason"], "lost", "{lost}");
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.exit_code(), Some(0));
+    let _ = (code, text);
+}
