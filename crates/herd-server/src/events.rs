@@ -123,6 +123,8 @@ struct Follow<S> {
     feed: broadcast::Receiver<Events>,
     buffer: VecDeque<Event>,
     done: bool,
+    /// The batch was seen finished: one last read, then the end.
+    ending: bool,
     stop: CancellationToken,
 }
 
@@ -142,6 +144,7 @@ fn follow<S: ServerStore>(
         feed,
         buffer: VecDeque::new(),
         done: false,
+        ending: false,
         stop,
     };
     futures::stream::unfold(state, |mut st| async move {
@@ -178,10 +181,15 @@ fn follow<S: ServerStore>(
                 }
             }
             if let Some(batch) = st.batch {
-                // Nothing more to send and the batch is over (or gone): end.
+                // The batch is over (or gone): its last events committed
+                // with its end, so one more read finds them, then end.
                 match st.store.batch_get(batch).await {
                     Ok(info) if !info.state.is_terminal() => {}
-                    _ => return None,
+                    _ if st.ending => return None,
+                    _ => {
+                        st.ending = true;
+                        continue;
+                    }
                 }
             }
             tokio::select! {

@@ -393,6 +393,10 @@ impl<S: Store> Worker<S> {
             cancel.as_mut().enable();
             returned.as_mut().enable();
 
+            // A stop asked while the loop was busy (an attempt ended in the
+            // same wake-up, and the biased select took that first) must
+            // still stop the next claim.
+            stopping |= self.stop.is_cancelled();
             let mut claimed_all = false;
             let room = pool.share().saturating_sub(state.held);
             if !stopping && room > 0 {
