@@ -12,12 +12,12 @@ use herd_core::{BatchId, BatchState, Clock, SystemClock, TaskId, TaskState};
 use herd_exec::CommandTask;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::app::{ServerStore, Shared};
 use crate::error::ApiError;
 use crate::submit::{BatchRequest, plan};
-use crate::views::{AttemptView, BatchView, TaskView};
+use crate::views::{AttemptView, BatchPage, BatchView, Retried, TaskPage, TaskView};
 
 /// Most items on one page.
 const MAX_PAGE: usize = 1000;
@@ -143,6 +143,17 @@ fn ndjson_records(bytes: &[u8]) -> Result<Vec<Value>, ApiError> {
 /// `POST /api/batches`: a JSON request, or (`Content-Type:
 /// application/x-ndjson`) records as lines with the options in the query.
 /// 201 with the batch; 200 with the earlier batch of the same idempotency key.
+#[utoipa::path(post, path = "/api/batches", tag = "batches",
+    request_body(content = BatchRequest, description = "JSON; or application/x-ndjson records with these fields as query parameters"),
+    responses(
+        (status = 201, description = "created", body = BatchView),
+        (status = 200, description = "the earlier batch of this idempotency key", body = BatchView),
+        (status = 400, description = "not JSON", body = crate::error::ErrorShape),
+        (status = 413, description = "too large, or too many records", body = crate::error::ErrorShape),
+        (status = 415, description = "neither JSON nor NDJSON", body = crate::error::ErrorShape),
+        (status = 422, description = "a field cannot work (named in `field`)", body = crate::error::ErrorShape),
+    ),
+    security(("bearer" = [])))]
 pub async fn create<S: ServerStore>(
     State(state): Shared<S>,
     RawQuery(raw): RawQuery,
@@ -221,7 +232,8 @@ pub async fn create<S: ServerStore>(
 }
 
 /// `GET /api/batches`'s query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only these states, comma-separated.
@@ -258,10 +270,13 @@ fn page_limit(limit: Option<usize>) -> Result<usize, ApiError> {
 }
 
 /// `GET /api/batches`: newest first, a page at a time.
+#[utoipa::path(get, path = "/api/batches", tag = "batches", params(ListQuery),
+    responses((status = 200, body = BatchPage), (status = 400, body = crate::error::ErrorShape), (status = 422, body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn list<S: ServerStore>(
     State(state): Shared<S>,
     q: Result<Query<ListQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchPage>, ApiError> {
     let q = query(q)?;
     let limit = page_limit(q.limit)?;
     let states: Vec<BatchState> = q
@@ -287,10 +302,17 @@ pub async fn list<S: ServerStore>(
         .then(|| page.last().map(|b| b.id.to_string()))
         .flatten();
     let batches: Vec<BatchView> = page.iter().map(|b| BatchView::new(b, None)).collect();
-    Ok(Json(json!({ "batches": batches, "next_cursor": next })))
+    Ok(Json(BatchPage {
+        batches,
+        next_cursor: next,
+    }))
 }
 
 /// `GET /api/batches/{id}`: state, counts, progress, timings, figures.
+#[utoipa::path(get, path = "/api/batches/{id}", tag = "batches",
+    params(("id" = String, Path, description = "b12 or 12")),
+    responses((status = 200, body = BatchView), (status = 404, body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn get<S: ServerStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -302,7 +324,8 @@ pub async fn get<S: ServerStore>(
 }
 
 /// `DELETE /api/batches/{id}`'s query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeleteQuery {
     /// Remove a finished batch instead of cancelling.
@@ -315,6 +338,11 @@ pub struct DeleteQuery {
 
 /// `DELETE /api/batches/{id}`: cancels (200 with the batch), or with
 /// `?purge=true` removes a finished batch (204; 409 while it is live).
+#[utoipa::path(delete, path = "/api/batches/{id}", tag = "batches",
+    params(("id" = String, Path, description = "b12 or 12"), DeleteQuery),
+    responses((status = 200, description = "cancelled", body = BatchView), (status = 204, description = "purged"),
+        (status = 404, body = crate::error::ErrorShape), (status = 409, description = "purge of a live batch", body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn delete<S: ServerStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -340,6 +368,10 @@ pub async fn delete<S: ServerStore>(
 }
 
 /// `POST /api/batches/{id}/pause`.
+#[utoipa::path(post, path = "/api/batches/{id}/pause", tag = "batches",
+    params(("id" = String, Path, description = "b12 or 12")),
+    responses((status = 200, body = BatchView), (status = 404, body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn pause<S: ServerStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -351,6 +383,10 @@ pub async fn pause<S: ServerStore>(
 }
 
 /// `POST /api/batches/{id}/resume`.
+#[utoipa::path(post, path = "/api/batches/{id}/resume", tag = "batches",
+    params(("id" = String, Path, description = "b12 or 12")),
+    responses((status = 200, body = BatchView), (status = 404, body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn resume<S: ServerStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -362,7 +398,8 @@ pub async fn resume<S: ServerStore>(
 }
 
 /// `POST /api/batches/{id}/retry`'s query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RetryQuery {
     /// Also the tasks skipped because of the failures (default true).
@@ -371,11 +408,15 @@ pub struct RetryQuery {
 
 /// `POST /api/batches/{id}/retry`: runs a finished batch's failed tasks
 /// again (409 while it runs).
+#[utoipa::path(post, path = "/api/batches/{id}/retry", tag = "batches",
+    params(("id" = String, Path, description = "b12 or 12"), RetryQuery),
+    responses((status = 200, body = Retried), (status = 404, body = crate::error::ErrorShape), (status = 409, description = "not finished", body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn retry<S: ServerStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
     q: Result<Query<RetryQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Retried>, ApiError> {
     let id = batch_id(&id)?;
     let q = query(q)?;
     let rerun = state
@@ -383,14 +424,15 @@ pub async fn retry<S: ServerStore>(
         .batch_rerun(id, q.downstream.unwrap_or(true), SystemClock.now())
         .await?;
     let info = state.store.batch_get(id).await?;
-    Ok(Json(json!({
-        "batch": BatchView::new(&info, None),
-        "retried": rerun.tasks.len(),
-    })))
+    Ok(Json(Retried {
+        batch: BatchView::new(&info, None),
+        retried: rerun.tasks.len(),
+    }))
 }
 
 /// `GET /api/batches/{id}/tasks`'s query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TasksQuery {
     /// Only these states, comma-separated.
@@ -405,11 +447,15 @@ pub struct TasksQuery {
 }
 
 /// `GET /api/batches/{id}/tasks`: by job number, a page at a time.
+#[utoipa::path(get, path = "/api/batches/{id}/tasks", tag = "tasks",
+    params(("id" = String, Path, description = "b12 or 12"), TasksQuery),
+    responses((status = 200, body = TaskPage), (status = 404, body = crate::error::ErrorShape), (status = 422, body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn tasks<S: ServerStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
     q: Result<Query<TasksQuery>, QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TaskPage>, ApiError> {
     let id = batch_id(&id)?;
     let q = query(q)?;
     let limit = page_limit(q.limit)?;
@@ -436,7 +482,10 @@ pub async fn tasks<S: ServerStore>(
         .then(|| page.last().map(|t| (t.info.index + 1).to_string()))
         .flatten();
     let tasks: Vec<TaskView> = page.iter().map(|t| TaskView::new(t, q.logs)).collect();
-    Ok(Json(json!({ "tasks": tasks, "next_cursor": next })))
+    Ok(Json(TaskPage {
+        tasks,
+        next_cursor: next,
+    }))
 }
 
 /// The task `text` names in `batch`: a job number (`7`) or a task id (`t345`).
@@ -490,6 +539,10 @@ async fn task_record<S: ServerStore>(
 
 /// `GET /api/batches/{id}/tasks/{task}`: the task, its result and every
 /// attempt with its output tails.
+#[utoipa::path(get, path = "/api/batches/{id}/tasks/{task}", tag = "tasks",
+    params(("id" = String, Path, description = "b12 or 12"), ("task" = String, Path, description = "job number (7) or task id (t345)")),
+    responses((status = 200, body = TaskView), (status = 404, body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn task<S: ServerStore>(
     State(state): Shared<S>,
     Path((id, task)): Path<(String, String)>,
@@ -503,7 +556,8 @@ pub async fn task<S: ServerStore>(
 }
 
 /// `GET /api/batches/{id}/export`'s query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExportQuery {
     /// `jsonl` (default), `json` or `csv`.
@@ -524,6 +578,11 @@ const CSV_COLUMNS: [&str; 10] = [
 ];
 
 /// `GET /api/batches/{id}/export`: every task with its result and output.
+#[utoipa::path(get, path = "/api/batches/{id}/export", tag = "tasks",
+    params(("id" = String, Path, description = "b12 or 12"), ExportQuery),
+    responses((status = 200, description = "every task: JSON lines, a JSON array or CSV", content_type = "application/x-ndjson"),
+        (status = 404, body = crate::error::ErrorShape), (status = 422, body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn export<S: ServerStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,

@@ -34,6 +34,18 @@ pub struct ErrorBody<'a> {
     pub field: Option<&'a str>,
 }
 
+/// The error shape, as the OpenAPI document shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorShape {
+    /// A stable code: `invalid_field`, `malformed_json`, `unknown_batch`,
+    /// `unauthorized`, `too_many_records`, `body_too_large`, ...
+    pub error: String,
+    /// What was wrong and what to do.
+    pub message: String,
+    /// The request field at fault, for validation errors.
+    pub field: Option<String>,
+}
+
 impl ApiError {
     /// An error with no field.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {

@@ -35,7 +35,8 @@ const PAGE: usize = 500;
 const POLL: Duration = Duration::from_secs(1);
 
 /// The streams' query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// Start after this `seq` (as `Last-Event-ID` does; the header wins).
@@ -66,6 +67,12 @@ fn resume_point(
 
 /// `GET /api/batches/{id}/events`: the batch's transitions, from its
 /// creation (or after `Last-Event-ID`), ending with its terminal state.
+#[utoipa::path(get, path = "/api/batches/{id}/events", tag = "events",
+    params(("id" = String, Path, description = "b12 or 12"), EventsQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event")),
+    responses((status = 200, description = "text/event-stream: `task` and `batch` events, data as EventView", body = EventView, content_type = "text/event-stream"),
+        (status = 404, body = crate::error::ErrorShape)),
+    security(("bearer" = [])))]
 pub async fn batch_events<S: ServerStore>(
     State(state): Shared<S>,
     Path(id): Path<String>,
@@ -81,6 +88,10 @@ pub async fn batch_events<S: ServerStore>(
 
 /// `GET /api/events`: every batch's transitions, from now on (or after
 /// `Last-Event-ID`; `?after=0` replays the whole log).
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event")),
+    responses((status = 200, description = "text/event-stream of every batch's transitions", body = EventView, content_type = "text/event-stream")),
+    security(("bearer" = [])))]
 pub async fn all_events<S: ServerStore>(
     State(state): Shared<S>,
     headers: HeaderMap,

@@ -12,6 +12,8 @@ use crate::app::{ServerStore, Shared};
 use crate::error::ApiError;
 
 /// `GET /healthz`: 200 while the store answers, 503 when it does not.
+#[utoipa::path(get, path = "/healthz", tag = "meta",
+    responses((status = 200, description = "the store answers"), (status = 503, description = "the store does not answer", body = crate::error::ErrorShape)))]
 pub async fn healthz<S: ServerStore>(State(state): Shared<S>) -> Result<Json<Value>, ApiError> {
     state
         .store
@@ -24,6 +26,8 @@ pub async fn healthz<S: ServerStore>(State(state): Shared<S>) -> Result<Json<Val
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    responses((status = 200, description = "Prometheus text: herd_tasks, herd_queue_depth, herd_attempts_total, herd_attempt_duration_seconds, herd_worker_slots", content_type = "text/plain")))]
 pub async fn metrics<S: ServerStore>(State(state): Shared<S>) -> Result<Response, ApiError> {
     let mut live = StateCounts::default();
     let mut batches = 0;
@@ -68,6 +72,7 @@ fn add(total: &mut StateCounts, c: &StateCounts) {
 }
 
 /// `GET /openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "meta", responses((status = 200, description = "this document")))]
 pub async fn openapi() -> Json<Value> {
     Json(crate::openapi::document())
 }

@@ -21,7 +21,7 @@ use crate::error::ApiError;
 pub const FLOW: &str = "serve";
 
 /// A command: its words, or one line split at whitespace.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum CommandIn {
     /// `["convert", "{}", "{.}.png"]`.
@@ -31,7 +31,7 @@ pub enum CommandIn {
 }
 
 /// A number or its text: `3`, `"high"`, `"5%"`.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum NumberOrText {
     /// A number.
@@ -50,7 +50,7 @@ impl std::fmt::Display for NumberOrText {
 }
 
 /// Retries: a count of attempts after the first, or with a backoff.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum RetryIn {
     /// `2`: two more attempts, backoff 1s doubling to 60s.
@@ -66,7 +66,7 @@ pub enum RetryIn {
 }
 
 /// `true` (a random order) or a seed (the same order every time).
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum ShuffleIn {
     /// Shuffle, or not.
@@ -76,17 +76,19 @@ pub enum ShuffleIn {
 }
 
 /// One task given explicitly, with dependencies.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskRequest {
     /// A name unique in the batch, for other tasks' `after`.
     pub key: Option<String>,
     /// The record its command runs on.
+    #[schema(value_type = Option<Object>)]
     pub record: Option<Value>,
     /// Keys of the tasks it waits for.
     #[serde(default)]
     pub after: Vec<String>,
     /// `success` (run only if they all succeeded) or `done` (run anyway).
+    #[schema(value_type = Option<String>)]
     pub rule: Option<DependencyRule>,
     /// Its priority, over the batch's.
     pub priority: Option<NumberOrText>,
@@ -95,7 +97,7 @@ pub struct TaskRequest {
 }
 
 /// `POST /api/batches`, and the defaults of a flow in `herd.toml`.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     /// A name for people.
@@ -107,10 +109,12 @@ pub struct BatchRequest {
     /// Run the command through `sh -c` (records are quoted).
     pub shell: Option<bool>,
     /// The records: strings (`{}`) or objects (`{field}`); a task per chunk.
+    #[schema(value_type = Option<Vec<Object>>)]
     pub records: Option<Vec<Value>>,
     /// Explicit tasks, with `after` (instead of records).
     pub tasks: Option<Vec<TaskRequest>>,
     /// Fields every record has (a record's own fields win).
+    #[schema(value_type = Option<Object>)]
     pub parameters: Option<Map<String, Value>>,
     /// Tasks at once.
     pub concurrency: Option<u32>,

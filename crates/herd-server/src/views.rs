@@ -22,7 +22,7 @@ fn ms(d: Duration) -> f64 {
 }
 
 /// Tasks per state.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     /// Waiting for dependencies.
     pub pending: u64,
@@ -61,7 +61,7 @@ impl From<&StateCounts> for Counts {
 }
 
 /// How far a batch has got.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Progress {
     /// Tasks in a terminal state.
     pub finished: u64,
@@ -72,7 +72,7 @@ pub struct Progress {
 }
 
 /// When a batch was created, started and finished.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Timings {
     /// When it was stored.
     pub created_at: String,
@@ -83,7 +83,7 @@ pub struct Timings {
 }
 
 /// A batch's figures.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     /// Attempt durations: median, 95th and 99th percentiles, in ms.
     pub p50_ms: Option<f64>,
@@ -100,7 +100,7 @@ pub struct Stats {
 }
 
 /// A batch.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BatchView {
     /// Its id (`b12`).
     pub id: String,
@@ -111,6 +111,7 @@ pub struct BatchView {
     /// The flow that made it, if any.
     pub flow: Option<String>,
     /// The command template its tasks ran.
+    #[schema(value_type = Option<Vec<String>>)]
     pub command: Option<Value>,
     /// Its priority (higher runs first).
     pub priority: i32,
@@ -180,7 +181,7 @@ impl BatchView {
 }
 
 /// An attempt of a task.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AttemptView {
     /// Its number, from 1.
     pub attempt: u32,
@@ -236,7 +237,7 @@ impl AttemptView {
 }
 
 /// A task.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct TaskView {
     /// Its id (`t345`).
     pub id: String,
@@ -265,6 +266,33 @@ pub struct TaskView {
     /// Every attempt (on a single task's answer only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attempt_history: Option<Vec<AttemptView>>,
+}
+
+/// A page of batches.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchPage {
+    /// Newest first.
+    pub batches: Vec<BatchView>,
+    /// The `cursor` of the next page; none after the last.
+    pub next_cursor: Option<String>,
+}
+
+/// A page of a batch's tasks.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct TaskPage {
+    /// By job number.
+    pub tasks: Vec<TaskView>,
+    /// The `cursor` of the next page; none after the last.
+    pub next_cursor: Option<String>,
+}
+
+/// What a retry did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Retried {
+    /// The batch, reopened.
+    pub batch: BatchView,
+    /// Tasks that will run again.
+    pub retried: usize,
 }
 
 impl TaskView {
@@ -306,7 +334,7 @@ pub fn exit_code(t: &TaskRecord<CommandTask, Value>) -> Option<i32> {
 }
 
 /// One state transition, as a stream sends it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventView {
     /// Its position in the store's sequence (the SSE id).
     pub seq: u64,
@@ -316,6 +344,7 @@ pub struct EventView {
     pub batch: String,
     /// `task` or `batch`.
     #[serde(rename = "type")]
+    #[schema(value_type = String)]
     pub kind: &'static str,
     /// The task (task events).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -460,3 +460,52 @@ async fn health_and_metrics_answer_without_a_token() {
         assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route() {
+    let h = Harness::idle(config()).await;
+    let doc = h.get("/openapi.json").await.json();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    for path in [
+        "/api/batches",
+        "/api/batches/{id}",
+        "/api/batches/{id}/pause",
+        "/api/batches/{id}/resume",
+        "/api/batches/{id}/retry",
+        "/api/batches/{id}/tasks",
+        "/api/batches/{id}/tasks/{task}",
+        "/api/batches/{id}/export",
+        "/api/batches/{id}/events",
+        "/api/events",
+        "/healthz",
+        "/metrics",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from {:?}",
+            paths.keys()
+        );
+    }
+    let request = &doc["components"]["schemas"]["BatchRequest"]["properties"];
+    for field in [
+        "flow",
+        "command",
+        "records",
+        "tasks",
+        "concurrency",
+        "error_policy",
+        "idempotency_key",
+    ] {
+        assert!(
+            request.get(field).is_some(),
+            "BatchRequest.{field} missing: {request}"
+        );
+    }
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let create = &doc["paths"]["/api/batches"]["post"];
+    assert!(create["responses"].get("422").is_some(), "{create}");
+}
