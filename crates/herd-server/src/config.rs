@@ -269,3 +269,108 @@ fn read_token(path: &Path) -> Result<String, ConfigError> {
     }
     Ok(token.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"
+        [server]
+        listen = "127.0.0.1:7600"
+        slots = 3
+        max_records = 10
+        shutdown_grace = "5s"
+
+        [flows.resize]
+        command = "convert {path} -resize {size} {out}"
+        parameters = { size = "100x100" }
+        timeout = "1m"
+    "#;
+
+    #[test]
+    fn flags_and_variables_win_over_the_file() {
+        let file = FileConfig::parse(FILE).unwrap();
+        let config = ServerConfig::resolve(
+            file,
+            Overrides {
+                slots: Some(8),
+                token: Some("t".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.listen, "127.0.0.1:7600".parse().unwrap());
+        assert_eq!(config.slots, 8, "the override");
+        assert_eq!(config.max_records, 10, "the file");
+        assert_eq!(config.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(config.token.as_deref(), Some("t"));
+        assert!(config.flows.contains_key("resize"));
+        let defaults = ServerConfig::resolve(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(defaults.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert!(defaults.token.is_none() && defaults.cors_origins.is_empty());
+    }
+
+    #[test]
+    fn a_bad_flow_is_named_with_its_field() {
+        for (toml, field) in [
+            (
+                "[flows.f]\ncommand = \"echo\"\ntimeout = \"ten\"",
+                "timeout",
+            ),
+            ("[flows.f]\ncommand = \"echo {\"", "command"),
+            ("[flows.f]\nconcurrency = 2", "command"),
+            (
+                "[flows.f]\ncommand = \"echo\"\nerror_policy = \"explode\"",
+                "error_policy",
+            ),
+            (
+                "[flows.f]\ncommand = \"echo\"\nrecords = [\"a\"]",
+                "records",
+            ),
+        ] {
+            let file = FileConfig::parse(toml).unwrap();
+            let err = ServerConfig::resolve(file, Overrides::default()).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.starts_with(&format!("flow \"f\": {field}:")),
+                "{toml}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_settings_are_refused() {
+        let err = FileConfig::parse("[server]\nlisten_on = \"x\"").unwrap_err();
+        assert!(err.contains("listen_on"), "{err}");
+        let bad = |over: Overrides| ServerConfig::resolve(FileConfig::default(), over).unwrap_err();
+        let err = bad(Overrides {
+            listen: Some("localhost".into()),
+            ..Overrides::default()
+        });
+        assert!(err.to_string().contains("127.0.0.1:7500"), "{err}");
+        let err = bad(Overrides {
+            slots: Some(0),
+            ..Overrides::default()
+        });
+        assert!(err.to_string().contains("at least 1"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("token");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = bad(Overrides {
+            token_file: Some(empty),
+            ..Overrides::default()
+        });
+        assert!(err.to_string().contains("empty"), "{err}");
+        let file = dir.path().join("good");
+        std::fs::write(&file, "  abc \nignored\n").unwrap();
+        let config = ServerConfig::resolve(
+            FileConfig::default(),
+            Overrides {
+                token_file: Some(file),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(config.token.as_deref(), Some("abc"));
+    }
+}

@@ -251,5 +251,78 @@ fn kill_9_then_restart_finishes_every_batch() {
     assert_eq!(lost["attempt_history"][0]["reason"], "lost", "{lost}");
     server.signal(Signal::SIGTERM);
     assert_eq!(server.exit_code(), Some(0));
-    let _ = (code, text);
+}
+
+#[test]
+fn serve_refuses_the_network_without_a_token_and_bad_settings() {
+    let herd = Herd::new();
+    let out = herd.run(&["serve", "--listen", "0.0.0.0:0"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        text(&out.stderr).contains("HERD_TOKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = herd
+        .command(&["serve"])
+        .env("HERD_SLOTS", "0")
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), Some(2));
+    assert!(text(&out.stderr).contains("slots"), "{}", text(&out.stderr));
+    std::fs::write(herd.path("herd.toml"), "[flows.f]\ncommand = \"echo {\"\n").unwrap();
+    let out = herd.run(&["serve", "--config", "herd.toml"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        text(&out.stderr).contains("flow \"f\": command"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn flows_come_from_the_config_file_named_by_herd_config_and_a_token_from_herd_token() {
+    let herd = Herd::new();
+    std::fs::write(
+        herd.path("herd.toml"),
+        "[flows.greet]\ncommand = [\"echo\", \"hello\", \"{name}\"]\n",
+    )
+    .unwrap();
+    let mut command = herd.command(&["serve", "--listen", "127.0.0.1:0"]);
+    command
+        .env("HERD_CONFIG", "herd.toml")
+        .env("HERD_TOKEN", "tok")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let line = read_line(&mut stderr);
+    let addr: SocketAddr = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let server = Server {
+        child,
+        stderr,
+        addr,
+    };
+    let (status, _) = server.http("GET", "/api/batches", None);
+    assert_eq!(status, 401, "the token from HERD_TOKEN is required");
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let body = json!({"flow": "greet", "records": [{"name": "ann"}]}).to_string();
+    write!(
+        stream,
+        "POST /api/batches HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAuthorization: Bearer tok\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    assert!(answer.contains("\"flow\":\"greet\""), "{answer}");
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.exit_code(), Some(0));
 }
