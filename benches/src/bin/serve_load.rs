@@ -2,12 +2,13 @@
 //! reading their status, then one large NDJSON batch. Prints requests per
 //! second, latency percentiles and errors. Driven by `benches/serve_load.sh`.
 //!
-//!   serve_load ADDR load CLIENTS SECONDS
+//!   serve_load ADDR load CLIENTS SECONDS [paused]
 //!   serve_load ADDR big RECORDS
 //!
 //! Each client keeps one HTTP/1.1 connection (reconnecting after an error)
 //! and loops: `POST /api/batches` (three records of `true`), then
-//! `GET /api/batches/{id}`. `big` creates one paused batch of RECORDS
+//! `GET /api/batches/{id}`; with `paused` the batches are stored paused
+//! (the API alone, no worker writing beside it). `big` creates one paused batch of RECORDS
 //! records through the NDJSON endpoint, then reads its status 50 times.
 
 use std::net::SocketAddr;
@@ -101,11 +102,13 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
-async fn client(addr: SocketAddr, until: Instant) -> (Vec<Duration>, u64) {
+async fn client(addr: SocketAddr, until: Instant, paused: bool) -> (Vec<Duration>, u64) {
     let mut conn = Conn::new(addr);
     let mut latencies = Vec::new();
     let mut errors = 0;
-    let create = br#"{"command": ["true"], "records": ["a", "b", "c"]}"#;
+    let create =
+        format!(r#"{{"command": ["true"], "records": ["a", "b", "c"], "paused": {paused}}}"#);
+    let create = create.as_bytes();
     while Instant::now() < until {
         let start = Instant::now();
         let id = match conn
@@ -140,11 +143,11 @@ async fn client(addr: SocketAddr, until: Instant) -> (Vec<Duration>, u64) {
     (latencies, errors)
 }
 
-async fn load(addr: SocketAddr, clients: usize, seconds: u64) {
+async fn load(addr: SocketAddr, clients: usize, seconds: u64, paused: bool) {
     let started = Instant::now();
     let until = started + Duration::from_secs(seconds);
     let handles: Vec<_> = (0..clients)
-        .map(|_| tokio::spawn(client(addr, until)))
+        .map(|_| tokio::spawn(client(addr, until, paused)))
         .collect();
     let mut all = Vec::new();
     let mut errors = 0;
@@ -156,7 +159,8 @@ async fn load(addr: SocketAddr, clients: usize, seconds: u64) {
     let wall = started.elapsed();
     all.sort_unstable();
     println!(
-        "load: {clients} clients, {:.0} s: {} requests, {:.0} req/s, p50 {}, p99 {}, max {}, errors {errors}",
+        "load{}: {clients} clients, {:.0} s: {} requests, {:.0} req/s, p50 {}, p99 {}, max {}, errors {errors}",
+        if paused { " (batches paused)" } else { "" },
         wall.as_secs_f64(),
         all.len(),
         all.len() as f64 / wall.as_secs_f64(),
@@ -236,7 +240,8 @@ fn main() {
         "load" => {
             let clients = args.next().and_then(|a| a.parse().ok()).expect("CLIENTS");
             let seconds = args.next().and_then(|a| a.parse().ok()).expect("SECONDS");
-            runtime.block_on(load(addr, clients, seconds));
+            let paused = args.next().as_deref() == Some("paused");
+            runtime.block_on(load(addr, clients, seconds, paused));
         }
         "big" => {
             let records = args.next().and_then(|a| a.parse().ok()).expect("RECORDS");
