@@ -912,3 +912,84 @@ async fn isolated_failures_each_wait_the_first_backoff() {
     h.plan.heal();
     worker.shutdown().await.unwrap();
 }
+
+/// Attempts that end when the test lets them, one permit each.
+struct Gate {
+    open: Arc<tokio::sync::Semaphore>,
+    starts: AtomicU32,
+}
+
+impl<S: Store<Payload = String, Output = String>> Runner<S> for Gate {
+    fn start(
+        &self,
+        _task: ClaimedTask<String, String>,
+        _cancel: Cancellation,
+    ) -> BoxFuture<'static, AttemptReport<String>> {
+        self.starts.fetch_add(1, SeqCst);
+        let open = self.open.clone();
+        Box::pin(async move {
+            open.acquire().await.expect("open").forget();
+            AttemptReport::succeeded()
+        })
+    }
+
+    fn deliver(&self, _end: TaskEnd, _delivery: Option<Box<dyn Any + Send>>) {}
+}
+
+/// A stop asked in the same wake-up as an attempt's end (the worker sees
+/// both when it next runs, and its select takes the attempt first) still
+/// stops the next claim: nothing starts after `stop`.
+#[tokio::test]
+async fn a_stop_that_comes_with_an_attempts_end_claims_nothing_more() {
+    let store = Arc::new(MemoryStore::<String, String>::retaining());
+    let gate = Arc::new(Gate {
+        open: Arc::new(tokio::sync::Semaphore::new(0)),
+        starts: AtomicU32::new(0),
+    });
+    let router = Arc::new(Router::new());
+    router
+        .lock()
+        .await
+        .add_flow(Arc::from("gate"), gate.clone());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut spec = BatchSpec::new("gate");
+    spec.tasks = vec![TaskSpec::new("a".into()), TaskSpec::new("b".into())];
+    let batch = store.batch_insert(spec, clock.now()).await.unwrap().batch;
+    let mut worker = spawn_worker(
+        store.clone(),
+        router,
+        clock,
+        WorkerConfig {
+            slots: 1,
+            ..WorkerConfig::default()
+        },
+    );
+    until_started(&gate, 1).await;
+    // No await between the two: on this one-thread runtime the worker sees
+    // the attempt's end and the stop together.
+    gate.open.add_permits(1);
+    worker.stop();
+    // A task started after the stop would wait at the gate forever.
+    let joined = tokio::time::timeout(Duration::from_secs(10), worker.join()).await;
+    assert_eq!(
+        gate.starts.load(SeqCst),
+        1,
+        "nothing started after the stop"
+    );
+    joined
+        .expect("the worker ends once its attempt has")
+        .unwrap();
+    let info = store.batch_get(batch).await.unwrap();
+    assert_eq!((info.counts.succeeded, info.counts.queued), (1, 1));
+}
+
+/// Yields until `n` attempts have started.
+async fn until_started(gate: &Gate, n: u32) {
+    for _ in 0..10_000 {
+        if gate.starts.load(SeqCst) >= n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{n} attempts did not start");
+}
