@@ -82,12 +82,18 @@ pub async fn batch_events<S: ServerStore>(
     let id = batch_id(&id)?;
     let after = resume_point(&headers, q)?;
     state.store.batch_get(id).await?;
-    let stream = follow(state.store.clone(), Some(id), after, state.shutdown.clone());
+    let stream = follow(
+        state.store.clone(),
+        Some(id),
+        Some(after),
+        state.shutdown.clone(),
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 /// `GET /api/events`: every batch's transitions, from now on (or after
-/// `Last-Event-ID`; `?after=0` replays the whole log).
+/// `Last-Event-ID`; `?after=0` replays the whole log). "Now" starts with the
+/// first operation of this process after the stream opened.
 #[utoipa::path(get, path = "/api/events", tag = "events",
     params(EventsQuery, ("Last-Event-ID" = Option<u64>, Header, description = "resume after this event")),
     responses((status = 200, description = "text/event-stream of every batch's transitions", body = EventView, content_type = "text/event-stream")),
@@ -99,38 +105,22 @@ pub async fn all_events<S: ServerStore>(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let explicit = headers.contains_key("last-event-id")
         || matches!(&q, Ok(Query(EventsQuery { after: Some(_) })));
-    let mut after = resume_point(&headers, q)?;
-    if !explicit {
-        after = latest_seq(&*state.store).await?;
-    }
-    let stream = follow(state.store.clone(), None, after, state.shutdown.clone());
+    let after = resume_point(&headers, q)?;
+    let stream = follow(
+        state.store.clone(),
+        None,
+        explicit.then_some(after),
+        state.shutdown.clone(),
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-/// The `seq` of the newest stored event (0 without any).
-async fn latest_seq<S: ServerStore>(store: &S) -> Result<u64, ApiError> {
-    let mut after = 0;
-    // The log is read forward only; skip through it in large pages. A store
-    // keeps per-batch indexes, so this costs pages, not a count.
-    loop {
-        let page = store
-            .event_list(EventQuery {
-                after,
-                batch: None,
-                limit: 10_000,
-            })
-            .await?;
-        match page.last() {
-            Some(last) => after = last.seq,
-            None => return Ok(after),
-        }
-    }
 }
 
 struct Follow<S> {
     store: Arc<S>,
     batch: Option<BatchId>,
-    after: u64,
+    /// The last `seq` sent; `None`: from the first operation after the
+    /// stream opened (known when its events arrive).
+    after: Option<u64>,
     feed: broadcast::Receiver<Events>,
     buffer: VecDeque<Event>,
     done: bool,
@@ -139,11 +129,11 @@ struct Follow<S> {
     stop: CancellationToken,
 }
 
-/// The stream of stored events after `after`, of one batch or all.
+/// The stream of stored events after `after` (or from now), of one batch or all.
 fn follow<S: ServerStore>(
     store: Arc<S>,
     batch: Option<BatchId>,
-    after: u64,
+    after: Option<u64>,
     stop: CancellationToken,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     // Subscribe before the first read: nothing committed after it is missed.
@@ -161,7 +151,7 @@ fn follow<S: ServerStore>(
     futures::stream::unfold(state, |mut st| async move {
         loop {
             if let Some(e) = st.buffer.pop_front() {
-                st.after = e.seq;
+                st.after = Some(e.seq);
                 if st.batch.is_some()
                     && matches!(e.kind, EventKind::Batch { to, .. } if to.is_terminal())
                 {
@@ -172,10 +162,29 @@ fn follow<S: ServerStore>(
             if st.done || st.stop.is_cancelled() {
                 return None;
             }
+            let Some(after) = st.after else {
+                // From now: the first operation this process publishes after
+                // the stream opened sets the starting point (the feed was
+                // subscribed before; reading the whole log to find its end
+                // would cost a scan of every event).
+                tokio::select! {
+                    received = st.feed.recv() => match received {
+                        Ok(events) => {
+                            if let Some(first) = events.first() {
+                                st.after = Some(first.seq.saturating_sub(1));
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return None,
+                    },
+                    _ = st.stop.cancelled() => return None,
+                }
+                continue;
+            };
             let page = st
                 .store
                 .event_list(EventQuery {
-                    after: st.after,
+                    after,
                     batch: st.batch,
                     limit: PAGE,
                 })
