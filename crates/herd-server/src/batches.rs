@@ -598,63 +598,100 @@ pub async fn export<S: ServerStore>(
         ));
     }
     state.store.batch_get(id).await?;
-    let mut out = Vec::new();
-    let mut csv = (format == "csv").then(|| csv::Writer::from_writer(Vec::new()));
-    if let Some(w) = &mut csv {
-        w.write_record(CSV_COLUMNS).map_err(csv_error)?;
-    }
-    let mut first = true;
-    if format == "json" {
-        out.push(b'[');
-    }
-    let mut after = None;
-    loop {
-        let page = state
-            .store
-            .task_list(
-                id,
-                TaskQuery {
-                    states: Vec::new(),
-                    after,
-                    limit: MAX_PAGE,
-                    logs: true,
-                },
-            )
-            .await?;
-        let Some(last) = page.last() else { break };
-        after = Some(last.info.index);
-        for t in &page {
-            let view = TaskView::new(t, true);
-            match &mut csv {
-                Some(w) => w.write_record(csv_row(&view)).map_err(csv_error)?,
-                None => {
-                    if format == "json" && !first {
+    let format = match format {
+        "csv" => Export::Csv,
+        "json" => Export::Json,
+        _ => Export::Jsonl,
+    };
+    let content_type = match format {
+        Export::Csv => "text/csv; charset=utf-8",
+        Export::Json => "application/json",
+        Export::Jsonl => "application/x-ndjson",
+    };
+    // A page of tasks at a time, straight to the client: memory follows
+    // the page, not the batch.
+    let store = state.store.clone();
+    let pages = futures::stream::unfold((Some(None::<u64>), true), move |(cursor, first)| {
+        let store = store.clone();
+        async move {
+            let after = cursor?;
+            let page = store
+                .task_list(
+                    id,
+                    TaskQuery {
+                        states: Vec::new(),
+                        after,
+                        limit: MAX_PAGE,
+                        logs: true,
+                    },
+                )
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => return Some((Err(std::io::Error::other(e)), (None, false))),
+            };
+            let next = page.last().map(|t| Some(t.info.index));
+            let chunk = format.page(&page, first, next.is_none());
+            Some((chunk.map(Bytes::from), (next, false)))
+        }
+    });
+    Ok((
+        [(header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(pages),
+    )
+        .into_response())
+}
+
+/// An export format.
+#[derive(Clone, Copy)]
+enum Export {
+    Csv,
+    Json,
+    Jsonl,
+}
+
+impl Export {
+    /// The bytes of one page of tasks: with the header (CSV) or the opening
+    /// bracket (JSON) on the first page, the closing one on the last (empty) page.
+    fn page(
+        self,
+        page: &[TaskRecord<CommandTask, Value>],
+        first: bool,
+        last: bool,
+    ) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        match self {
+            Export::Csv => {
+                let mut w = csv::Writer::from_writer(&mut out);
+                if first {
+                    w.write_record(CSV_COLUMNS)?;
+                }
+                for t in page {
+                    w.write_record(csv_row(&TaskView::new(t, true)))?;
+                }
+                w.flush()?;
+            }
+            Export::Json | Export::Jsonl => {
+                let json = matches!(self, Export::Json);
+                if json && first {
+                    out.push(b'[');
+                }
+                for (i, t) in page.iter().enumerate() {
+                    if json && !(first && i == 0) {
                         out.push(b',');
                     }
-                    serde_json::to_writer(&mut out, &view).map_err(|e| {
-                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-                    })?;
-                    if format == "jsonl" {
+                    serde_json::to_writer(&mut out, &TaskView::new(t, true))?;
+                    if !json {
                         out.push(b'\n');
                     }
                 }
+                if json && last {
+                    out.extend_from_slice(b"]\n");
+                }
             }
-            first = false;
         }
+        Ok(out)
     }
-    if format == "json" {
-        out.extend_from_slice(b"]\n");
-    }
-    let (content_type, body) = match csv {
-        Some(w) => (
-            "text/csv; charset=utf-8",
-            w.into_inner()
-                .map_err(|e| csv_error(e.into_error().into()))?,
-        ),
-        None if format == "json" => ("application/json", out),
-        None => ("application/x-ndjson", out),
-    };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 fn csv_row(t: &TaskView) -> [String; 10] {
@@ -671,12 +708,4 @@ fn csv_row(t: &TaskView) -> [String; 10] {
         t.argv.join(" "),
         last.and_then(|a| a.stdout.clone()).unwrap_or_default(),
     ]
-}
-
-fn csv_error(e: csv::Error) -> ApiError {
-    ApiError::new(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "internal",
-        format!("writing CSV: {e}"),
-    )
 }

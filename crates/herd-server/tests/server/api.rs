@@ -509,3 +509,39 @@ async fn the_openapi_document_lists_every_route() {
     let create = &doc["paths"]["/api/batches"]["post"];
     assert!(create["responses"].get("422").is_some(), "{create}");
 }
+
+#[tokio::test]
+async fn exports_of_many_pages_are_whole_in_every_format() {
+    let h = Harness::idle(config()).await;
+    let records: Vec<String> = (0..2_345).map(|i| i.to_string()).collect();
+    let id = h
+        .create(json!({"command": "echo", "records": records}))
+        .await;
+    let json = h
+        .get(&format!("/api/batches/{id}/export?format=json"))
+        .await
+        .json();
+    let jobs: Vec<u64> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["job"].as_u64().unwrap())
+        .collect();
+    assert_eq!(jobs, (1..=2_345).collect::<Vec<_>>());
+    let jsonl = h
+        .get(&format!("/api/batches/{id}/export?format=jsonl"))
+        .await
+        .text();
+    assert_eq!(jsonl.lines().count(), 2_345);
+    let csv = h.get(&format!("/api/batches/{id}/export?format=csv")).await;
+    let mut reader = csv::Reader::from_reader(csv.body.as_slice());
+    assert_eq!(reader.headers().unwrap().get(0), Some("job"));
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2_345, "one header, then a row per task");
+    assert_eq!(&rows[2_344][0], "2345");
+    let empty = h
+        .get(&format!("/api/batches/{id}/tasks?state=failed"))
+        .await
+        .json();
+    assert_eq!(empty["tasks"], json!([]));
+}
