@@ -43,6 +43,11 @@ pub enum ServeError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The worker stopped on an error it could not get past.
+    #[error(
+        "the server's worker stopped: {0}: the server stops too; check the store, then start it again"
+    )]
+    Worker(#[source] StoreError),
     /// Serving failed.
     #[error("serving failed: {0}")]
     Io(#[from] std::io::Error),
@@ -125,6 +130,18 @@ impl<S: ServerStore> Bound<S> {
         tokio::select! {
             _ = signal => {}
             _ = shutdown.cancelled() => {}
+            ended = worker.join() => {
+                // The worker waits out backend failures; it ends only on an
+                // error it cannot get past. A server that takes batches no
+                // one runs helps no one: stop, and say why.
+                shutdown.cancel();
+                counting.abort();
+                let _ = http.await;
+                return Err(match ended {
+                    Err(e) => ServeError::Worker(e),
+                    Ok(()) => ServeError::Worker(StoreError::Backend("the worker ended".into())),
+                });
+            }
             result = &mut http => {
                 // The listener failed on its own: stop the rest too.
                 shutdown.cancel();
