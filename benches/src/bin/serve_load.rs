@@ -2,7 +2,7 @@
 //! reading their status, then one large NDJSON batch. Prints requests per
 //! second, latency percentiles and errors. Driven by `benches/serve_load.sh`.
 //!
-//!   serve_load ADDR load CLIENTS SECONDS [paused]
+//!   serve_load ADDR load CLIENTS SECONDS \[paused\]
 //!   serve_load ADDR big RECORDS
 //!
 //! Each client keeps one HTTP/1.1 connection (reconnecting after an error)

@@ -4,7 +4,7 @@
 //! - [`config`]: settings and flows from `herd.toml`, under `HERD_*` and flags.
 //! - [`submit`]: a batch request checked field by field and built into a
 //!   batch of command tasks (the same tasks `herd run` makes).
-//! - [`app`]: the router (`fn app(state) -> Router`), auth, limits, CORS;
+//! - [`mod@app`]: the router (`fn app(state) -> Router`), auth, limits, CORS;
 //!   [`batches`], [`events`] (SSE) and [`meta`] hold the handlers;
 //!   [`error`] the one JSON error shape; [`views`] the JSON answers.
 //! - [`serve`]: binding, the embedded worker and the graceful stop.
