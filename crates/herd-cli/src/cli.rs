@@ -59,6 +59,11 @@ pub enum Command {
     Retry(RetryArgs),
     /// Serve the HTTP API: batches created over HTTP, run by a worker of its own.
     Serve(ServeArgs),
+    /// Create a batch for a server to run: on the server at --server, or in
+    /// the store a local `herd serve` runs.
+    Submit(Box<SubmitArgs>),
+    /// Wait for a batch to end, showing its progress; exits like `herd run`.
+    Wait(WaitArgs),
     /// Print shell completions.
     Completions(CompletionsArgs),
 }
@@ -373,6 +378,98 @@ pub struct ServeArgs {
     /// Time running tasks get to finish when the server stops [default: 30s].
     #[arg(long, env = "HERD_SHUTDOWN_GRACE", value_name = "DURATION")]
     pub shutdown_grace: Option<String>,
+}
+
+const SUBMIT_EXAMPLES: &str = "\
+Examples:
+  # Three records, a command, on a server:
+  herd submit --server http://127.0.0.1:7500 -- echo hi {} ::: a b c
+
+  # A flow of the server's herd.toml, records from a CSV file, then wait:
+  herd submit --flow thumbnail --input photos.csv --wait
+
+  # A whole request from a file (the fields of POST /api/batches):
+  herd submit --spec nightly.toml
+
+Without --server (or HERD_SERVER) the batch goes into the store of a local
+`herd serve` (serve.db in $HERD_HOME, or --store), which runs it. The batch
+id is printed on stdout.";
+
+/// `herd submit`.
+#[derive(Debug, Args)]
+#[command(after_help = SUBMIT_EXAMPLES)]
+pub struct SubmitArgs {
+    /// The command and its arguments (after `--`), then `::: RECORD...`.
+    #[arg(trailing_var_arg = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+    /// The server, like http://127.0.0.1:7500 (its token from HERD_TOKEN).
+    #[arg(long, env = "HERD_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// A batch request in JSON or TOML (by extension): the fields of
+    /// POST /api/batches. Flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    /// A flow of the server's herd.toml instead of a command.
+    #[arg(long)]
+    pub flow: Option<String>,
+    /// Records from FILE: lines, or CSV / JSON lines (fields by name) by
+    /// extension or --format; else standard input, when it is not a terminal.
+    #[arg(long, short = 'a', value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// How to read the records.
+    #[arg(long, value_enum)]
+    pub format: Option<InputFormat>,
+    /// Run the command through `sh -c`.
+    #[arg(long)]
+    pub shell: bool,
+    /// A name for the batch.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Tasks at once.
+    #[arg(short = 'j', long, value_name = "N")]
+    pub concurrency: Option<u32>,
+    /// Priority: low, normal, high, critical or a number.
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// Attempts after the first, for a task that fails.
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// Cut an attempt after this long (e.g. 30s).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Store the batch paused.
+    #[arg(long)]
+    pub paused: bool,
+    /// Submitting again with the same key returns the first batch.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// The herd.toml whose flows a local submit uses.
+    #[arg(long, env = "HERD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Then wait for the batch to end (as `herd wait`).
+    #[arg(long)]
+    pub wait: bool,
+    /// Print the batch as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `herd wait`.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// The batch (e.g. b12 or 12), or `last`.
+    #[arg(default_value = "last")]
+    pub batch: String,
+    /// The server, like http://127.0.0.1:7500; without it, the local store
+    /// of `herd serve` (serve.db, or --store).
+    #[arg(long, env = "HERD_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// No progress; only the end.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Print the batch as JSON at the end.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `herd completions`.

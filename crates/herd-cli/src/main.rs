@@ -6,9 +6,11 @@
 //! library and the server. The modules: `cli` (arguments and help), `store`
 //! (which store, opening it), `run` (building a batch, running it, resuming
 //! it), `show` (progress, command output, the summary), `inspect` (list,
-//! status, tasks, logs, export, cancel), `serve` (the HTTP server).
+//! status, tasks, logs, export, cancel), `serve` (the HTTP server),
+//! `client` (submit and wait, on a server or its local store).
 
 mod cli;
+mod client;
 mod error;
 mod inspect;
 mod run;
@@ -52,8 +54,11 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, CliError> {
-    if let Command::Serve(args) = cli.command {
-        return serve::serve(args, cli.store).await;
+    match cli.command {
+        Command::Serve(args) => return serve::serve(args, cli.store).await,
+        Command::Submit(args) => return client::submit(*args, cli.store).await,
+        Command::Wait(args) => return client::wait(args, cli.store).await,
+        _ => {}
     }
     let location = Location::resolve(cli.store.as_deref())?;
     match cli.command {
@@ -65,7 +70,9 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
         Command::Logs(args) => inspect::logs(args, location).await,
         Command::Export(args) => inspect::export(args, location).await,
         Command::Cancel(args) => inspect::cancel(args, location).await,
-        Command::Completions(_) | Command::Serve(_) => Ok(exit::OK),
+        Command::Completions(_) | Command::Serve(_) | Command::Submit(_) | Command::Wait(_) => {
+            Ok(exit::OK)
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! - [`mod@app`]: the router (`fn app(state) -> Router`), auth, limits, CORS;
 //!   [`batches`], [`events`] (SSE) and [`meta`] hold the handlers;
 //!   [`error`] the one JSON error shape; [`views`] the JSON answers.
-//! - [`serve`]: binding, the embedded worker and the graceful stop.
+//! - [`serve`]: binding, the embedded worker and the graceful stop;
+//!   [`client`]: a small client of the API, for the `herd` command.
 //!
 //! The server runs over any [`Store`](herd_core::store::Store) of command
 //! tasks: a SQLite file by default, PostgreSQL for many workers.
@@ -24,6 +25,7 @@
 
 pub mod app;
 pub mod batches;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -326,3 +326,106 @@ fn flows_come_from_the_config_file_named_by_herd_config_and_a_token_from_herd_to
     server.signal(Signal::SIGTERM);
     assert_eq!(server.exit_code(), Some(0));
 }
+
+#[test]
+fn submit_and_wait_work_against_a_server() {
+    let herd = Herd::new();
+    let server = Server::start(&herd, &["--slots", "2"]);
+    let url = format!("http://{}", server.addr);
+    let out = herd.run(&[
+        "submit", "--server", &url, "--name", "greet", "--", "echo", "hi", "{}", ":::", "a", "b",
+        "c",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert!(id.starts_with('b'), "the id on stdout: {id:?}");
+    let out = herd.run(&["wait", &id, "--server", &url, "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let end: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(end["state"], "succeeded");
+    assert_eq!(end["counts"]["succeeded"], 3);
+    assert_eq!(end["name"], "greet");
+
+    // A failure: `--wait` exits 1, like `herd run`.
+    let out = herd.run(&[
+        "submit", "--server", &url, "--wait", "--shell", "--", "exit {}", ":::", "0", "3",
+    ]);
+    assert_eq!(code(&out), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("1 failed"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A spec file, records from standard input.
+    std::fs::write(
+        herd.path("spec.toml"),
+        "command = [\"echo\", \"{n}\"]\nconcurrency = 1\n",
+    )
+    .unwrap();
+    let mut child = herd
+        .command(&[
+            "submit",
+            "--server",
+            &url,
+            "--spec",
+            "spec.toml",
+            "--format",
+            "jsonl",
+            "--json",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"n\": 1}\n{\"n\": 2}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let created: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            created["counts"]["total"].clone(),
+            created["concurrency"].clone()
+        ),
+        (json!(2), json!(1))
+    );
+
+    // A bad request: exit 2, the field named, nothing created.
+    let out = herd.run(&[
+        "submit", "--server", &url, "-j", "0", "--", "echo", ":::", "a",
+    ]);
+    assert_eq!(code(&out), Some(2));
+    assert!(
+        text(&out.stderr).contains("concurrency"),
+        "{}",
+        text(&out.stderr)
+    );
+    let list = server.get("/api/batches");
+    assert_eq!(list["batches"].as_array().unwrap().len(), 3);
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.exit_code(), Some(0));
+}
+
+#[test]
+fn submit_without_a_server_stores_the_batch_for_a_local_serve() {
+    let herd = Herd::new();
+    let out = herd.run(&["submit", "--", "echo", "{}", ":::", "x", "y"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "b1");
+    let server = Server::start(&herd, &["--slots", "2"]);
+    let out = herd.run(&["wait", "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let end: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (end["id"].clone(), end["state"].clone()),
+        (json!("b1"), json!("succeeded"))
+    );
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.exit_code(), Some(0));
+}
