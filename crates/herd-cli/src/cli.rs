@@ -33,6 +33,12 @@ pub struct Cli {
     #[arg(long, global = true, env = "HERD_STORE", value_name = "URL")]
     pub store: Option<String>,
 
+    /// A herd server (`http://HOST:PORT`) for list, status, tasks, logs,
+    /// export, cancel, retry, submit and wait, instead of the local store.
+    /// Its token comes from HERD_TOKEN.
+    #[arg(long, global = true, env = "HERD_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -402,9 +408,6 @@ pub struct SubmitArgs {
     /// The command and its arguments (after `--`), then `::: RECORD...`.
     #[arg(trailing_var_arg = true, value_name = "COMMAND")]
     pub command: Vec<String>,
-    /// The server, like http://127.0.0.1:7500 (its token from HERD_TOKEN).
-    #[arg(long, env = "HERD_SERVER", value_name = "URL")]
-    pub server: Option<String>,
     /// A batch request in JSON or TOML (by extension): the fields of
     /// POST /api/batches. Flags override it.
     #[arg(long, value_name = "FILE")]
@@ -460,10 +463,6 @@ pub struct WaitArgs {
     /// The batch (e.g. b12 or 12), or `last`.
     #[arg(default_value = "last")]
     pub batch: String,
-    /// The server, like http://127.0.0.1:7500; without it, the local store
-    /// of `herd serve` (serve.db, or --store).
-    #[arg(long, env = "HERD_SERVER", value_name = "URL")]
-    pub server: Option<String>,
     /// No progress; only the end.
     #[arg(long, short = 'q')]
     pub quiet: bool,

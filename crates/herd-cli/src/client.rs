@@ -15,7 +15,7 @@ use herd_server::views::BatchView;
 use herd_server::{BatchRequest, FileConfig, Overrides, ServerConfig};
 use serde_json::Value;
 
-use crate::cli::{InputFormat, SubmitArgs, WaitArgs, exit};
+use crate::cli::{InputFormat, RetryArgs, SubmitArgs, WaitArgs, exit};
 use crate::error::{CliError, chain};
 use crate::store::{BatchRef, Location, with_store};
 
@@ -30,7 +30,8 @@ impl From<ClientError> for CliError {
     }
 }
 
-fn client(url: &str) -> Result<Client, CliError> {
+/// A client of the server at `url`, with the token in `HERD_TOKEN`.
+pub fn client(url: &str) -> Result<Client, CliError> {
     let token = std::env::var("HERD_TOKEN").ok().filter(|t| !t.is_empty());
     Client::new(url, token).map_err(|e| CliError::usage(e.to_string()))
 }
@@ -160,9 +161,13 @@ fn records(
 }
 
 /// `herd submit`.
-pub async fn submit(args: SubmitArgs, store: Option<String>) -> Result<u8, CliError> {
+pub async fn submit(
+    args: SubmitArgs,
+    store: Option<String>,
+    server: Option<String>,
+) -> Result<u8, CliError> {
     let request = request(&args)?;
-    let batch = match &args.server {
+    let batch = match &server {
         Some(url) => {
             let body = serde_json::to_vec(&request).map_err(|e| CliError::failed(e.to_string()))?;
             client(url)?
@@ -194,7 +199,7 @@ pub async fn submit(args: SubmitArgs, store: Option<String>) -> Result<u8, CliEr
     eprintln!(
         "herd: batch {id}: {} tasks{}",
         batch["counts"]["total"],
-        if args.server.is_some() {
+        if server.is_some() {
             " on the server"
         } else {
             ""
@@ -203,11 +208,10 @@ pub async fn submit(args: SubmitArgs, store: Option<String>) -> Result<u8, CliEr
     if args.wait {
         let wait = WaitArgs {
             batch: id,
-            server: args.server,
             quiet: false,
             json: args.json,
         };
-        return self::wait(wait, store).await;
+        return self::wait(wait, store, server).await;
     }
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -223,10 +227,14 @@ fn to_json(view: &BatchView) -> Result<Value, CliError> {
 }
 
 /// `herd wait`: the batch's view until it ends; progress on stderr.
-pub async fn wait(args: WaitArgs, store: Option<String>) -> Result<u8, CliError> {
+pub async fn wait(
+    args: WaitArgs,
+    store: Option<String>,
+    server: Option<String>,
+) -> Result<u8, CliError> {
     let batch = BatchRef::parse(&args.batch)?;
     let progress = !args.quiet && std::io::stderr().is_terminal();
-    let end = match &args.server {
+    let end = match &server {
         Some(url) => {
             let client = client(url)?;
             let id = match batch {
@@ -329,4 +337,39 @@ where
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// `herd retry --server`: the server runs the batch's failed tasks again;
+/// this follows the batch to its end, as `herd wait` does.
+pub async fn retry(args: RetryArgs, server: Option<String>) -> Result<u8, CliError> {
+    let url = server.expect("called with a server");
+    let client = client(&url)?;
+    let batch = BatchRef::parse(&args.batch)?;
+    let id = match batch {
+        BatchRef::Id(id) => id.to_string(),
+        BatchRef::Last => {
+            let page = client.get("/api/batches?limit=1").await?;
+            page["batches"][0]["id"]
+                .as_str()
+                .map(String::from)
+                .ok_or_else(|| CliError::usage("the server has no batches yet"))?
+        }
+    };
+    let answer = client
+        .call(
+            "POST",
+            &format!("/api/batches/{id}/retry?downstream={}", !args.failed),
+            "application/json",
+            b"",
+        )
+        .await?;
+    if !args.quiet {
+        eprintln!("herd: batch {id}: retrying {} tasks", answer["retried"]);
+    }
+    let wait = WaitArgs {
+        batch: id,
+        quiet: args.quiet,
+        json: args.json,
+    };
+    self::wait(wait, None, Some(url)).await
 }

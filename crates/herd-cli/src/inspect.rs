@@ -4,8 +4,8 @@
 use std::io::Write;
 use std::time::Duration;
 
-use herd_core::store::{AttemptInfo, BatchQuery, CancelMode, Store, TaskQuery, TaskRecord};
-use herd_core::{BatchInfo, BatchState, Clock, Reason, SystemClock, TaskId, TaskState, Timestamp};
+use herd_core::store::{AttemptInfo, BatchQuery, CancelMode, TaskQuery, TaskRecord};
+use herd_core::{BatchInfo, BatchState, Reason, TaskId, TaskState, Timestamp};
 use herd_exec::CommandTask;
 use serde_json::{Value, json};
 
@@ -13,15 +13,20 @@ use crate::cli::{
     BatchArgs, CancelArgs, ExportArgs, ExportFormat, ListArgs, LogsArgs, TasksArgs, exit,
 };
 use crate::error::CliError;
-use crate::run::{Settings, display_argv, find};
+use crate::run::{Settings, display_argv};
 use crate::show::seconds;
-use crate::store::{BatchRef, Location, with_store};
+use crate::source::{Source, find};
+use crate::store::{BatchRef, Location, with_source};
 
 /// Tasks read per store call when walking a whole batch.
 const PAGE: usize = 1000;
 
 /// `herd list`.
-pub async fn list(args: ListArgs, location: Location) -> Result<u8, CliError> {
+pub async fn list(
+    args: ListArgs,
+    location: Location,
+    server: Option<String>,
+) -> Result<u8, CliError> {
     let states = match &args.state {
         Some(s) => vec![
             s.parse::<BatchState>()
@@ -29,8 +34,8 @@ pub async fn list(args: ListArgs, location: Location) -> Result<u8, CliError> {
         ],
         None => Vec::new(),
     };
-    with_store!(location, |store| {
-        let batches = store
+    with_source!(location, server, |src| {
+        let batches = src
             .batch_list(BatchQuery {
                 states,
                 before: None,
@@ -67,12 +72,16 @@ pub async fn list(args: ListArgs, location: Location) -> Result<u8, CliError> {
 }
 
 /// `herd status`.
-pub async fn status(args: BatchArgs, location: Location) -> Result<u8, CliError> {
+pub async fn status(
+    args: BatchArgs,
+    location: Location,
+    server: Option<String>,
+) -> Result<u8, CliError> {
     let batch = BatchRef::parse(&args.batch)?;
-    with_store!(location, |store| {
-        let batch = find(&*store, batch).await?;
-        let info = store.batch_get(batch).await?;
-        let stats = store.batch_stats(batch, SystemClock.now()).await?;
+    with_source!(location, server, |src| {
+        let batch = find(&src, batch).await?;
+        let info = src.batch_get(batch).await?;
+        let stats = src.batch_stats(batch).await?;
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
         let mut out = std::io::stdout().lock();
         if args.json {
@@ -144,7 +153,11 @@ pub async fn status(args: BatchArgs, location: Location) -> Result<u8, CliError>
 }
 
 /// `herd tasks`.
-pub async fn tasks(args: TasksArgs, location: Location) -> Result<u8, CliError> {
+pub async fn tasks(
+    args: TasksArgs,
+    location: Location,
+    server: Option<String>,
+) -> Result<u8, CliError> {
     let batch = BatchRef::parse(&args.batch)?;
     let states = match &args.state {
         Some(s) => vec![
@@ -153,8 +166,8 @@ pub async fn tasks(args: TasksArgs, location: Location) -> Result<u8, CliError> 
         ],
         None => Vec::new(),
     };
-    with_store!(location, |store| {
-        let batch = find(&*store, batch).await?;
+    with_source!(location, server, |src| {
+        let batch = find(&src, batch).await?;
         let mut out = std::io::stdout().lock();
         if !args.json {
             writeln!(
@@ -166,7 +179,7 @@ pub async fn tasks(args: TasksArgs, location: Location) -> Result<u8, CliError> 
         let mut left = args.limit.unwrap_or(usize::MAX);
         let mut after = None;
         while left > 0 {
-            let page = store
+            let page = src
                 .task_list(
                     batch,
                     TaskQuery {
@@ -206,12 +219,16 @@ pub async fn tasks(args: TasksArgs, location: Location) -> Result<u8, CliError> 
 }
 
 /// `herd logs`.
-pub async fn logs(args: LogsArgs, location: Location) -> Result<u8, CliError> {
+pub async fn logs(
+    args: LogsArgs,
+    location: Location,
+    server: Option<String>,
+) -> Result<u8, CliError> {
     let batch = BatchRef::parse(&args.batch)?;
-    with_store!(location, |store| {
-        let batch = find(&*store, batch).await?;
-        let task = task_of(&*store, batch, &args.task).await?;
-        let attempts = store.task_attempts(task).await?;
+    with_source!(location, server, |src| {
+        let batch = find(&src, batch).await?;
+        let task = task_of(&src, batch, &args.task).await?;
+        let attempts = src.task_attempts(batch, task).await?;
         let shown: Vec<&AttemptInfo> = if args.all {
             attempts.iter().collect()
         } else {
@@ -258,7 +275,11 @@ pub async fn logs(args: LogsArgs, location: Location) -> Result<u8, CliError> {
 }
 
 /// `herd export`.
-pub async fn export(args: ExportArgs, location: Location) -> Result<u8, CliError> {
+pub async fn export(
+    args: ExportArgs,
+    location: Location,
+    server: Option<String>,
+) -> Result<u8, CliError> {
     let batch = BatchRef::parse(&args.batch)?;
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
@@ -268,12 +289,12 @@ pub async fn export(args: ExportArgs, location: Location) -> Result<u8, CliError
         None => Box::new(std::io::stdout().lock()),
     };
     let mut out = Exporter::new(args.format, std::io::BufWriter::new(out))?;
-    with_store!(location, |store| {
-        let batch = find(&*store, batch).await?;
-        store.batch_get(batch).await?;
+    with_source!(location, server, |src| {
+        let batch = find(&src, batch).await?;
+        src.batch_get(batch).await?;
         let mut after = None;
         loop {
-            let page = store
+            let page = src
                 .task_list(
                     batch,
                     TaskQuery {
@@ -348,24 +369,28 @@ impl<W: Write> Exporter<W> {
 }
 
 /// `herd cancel`.
-pub async fn cancel(args: CancelArgs, location: Location) -> Result<u8, CliError> {
+pub async fn cancel(
+    args: CancelArgs,
+    location: Location,
+    server: Option<String>,
+) -> Result<u8, CliError> {
     let batch = BatchRef::parse(&args.batch)?;
     let mode = if args.force {
         CancelMode::Forced
     } else {
         CancelMode::Graceful
     };
-    with_store!(location, |store| {
-        let batch = find(&*store, batch).await?;
-        let before = store.batch_get(batch).await?;
+    with_source!(location, server, |src| {
+        let batch = find(&src, batch).await?;
+        let before = src.batch_get(batch).await?;
         if before.state.is_terminal() {
             return Err(CliError::usage(format!(
                 "batch {batch} has already finished ({}): there is nothing to cancel",
                 before.state
             )));
         }
-        store.batch_cancel(batch, mode, SystemClock.now()).await?;
-        let after = store.batch_get(batch).await?;
+        src.batch_cancel(batch, mode).await?;
+        let after = src.batch_get(batch).await?;
         if args.json {
             println!("{}", batch_json(&after));
         } else {
@@ -379,8 +404,8 @@ pub async fn cancel(args: CancelArgs, location: Location) -> Result<u8, CliError
 }
 
 /// The task `task` names in `batch`: a job number (`7`) or a task id (`t345`).
-async fn task_of<S: Store>(
-    store: &S,
+async fn task_of(
+    src: &impl Source,
     batch: herd_core::BatchId,
     task: &str,
 ) -> Result<TaskId, CliError> {
@@ -391,11 +416,10 @@ async fn task_of<S: Store>(
     };
     if let Some(id) = task.strip_prefix('t') {
         let id = TaskId(id.parse().map_err(|_| bad())?);
-        let info = store.task_get(id).await?;
-        if info.batch != batch {
+        let of = src.task_batch(batch, id).await?;
+        if of != batch {
             return Err(CliError::usage(format!(
-                "task {id} is in batch {}, not {batch}",
-                info.batch
+                "task {id} is in batch {of}, not {batch}"
             )));
         }
         return Ok(id);
@@ -404,7 +428,7 @@ async fn task_of<S: Store>(
     if job == 0 {
         return Err(bad());
     }
-    let page = store
+    let page = src
         .task_list(
             batch,
             TaskQuery {
@@ -466,9 +490,23 @@ fn time(t: Timestamp) -> String {
 }
 
 fn command_of(info: &BatchInfo) -> String {
-    Settings::of(info)
-        .map(|s| s.command.join(" "))
-        .unwrap_or_else(|_| format!("({})", info.policy.flow))
+    if let Ok(settings) = Settings::of(info) {
+        return settings.command.join(" ");
+    }
+    // A server's batch: its command template as created.
+    let served = info
+        .policy
+        .meta
+        .as_ref()
+        .and_then(|m| m["serve"]["command"].as_array());
+    match served {
+        Some(words) => words
+            .iter()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(" "),
+        None => format!("({})", info.policy.flow),
+    }
 }
 
 fn batch_json(b: &BatchInfo) -> Value {

@@ -16,6 +16,7 @@ mod inspect;
 mod run;
 mod serve;
 mod show;
+mod source;
 mod store;
 
 use std::io::IsTerminal;
@@ -54,22 +55,29 @@ fn main() -> ExitCode {
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, CliError> {
+    let server = cli.server;
     match cli.command {
+        Command::Serve(_) | Command::Run(_) if server.is_some() => {
+            return Err(CliError::usage(
+                "--server (or HERD_SERVER) is for the commands that talk to a server: `herd run` and `herd serve` run here; create a batch on a server with `herd submit`",
+            ));
+        }
         Command::Serve(args) => return serve::serve(args, cli.store).await,
-        Command::Submit(args) => return client::submit(*args, cli.store).await,
-        Command::Wait(args) => return client::wait(args, cli.store).await,
+        Command::Submit(args) => return client::submit(*args, cli.store, server).await,
+        Command::Wait(args) => return client::wait(args, cli.store, server).await,
+        Command::Retry(args) if server.is_some() => return client::retry(args, server).await,
         _ => {}
     }
     let location = Location::resolve(cli.store.as_deref())?;
     match cli.command {
         Command::Run(args) => run::run(*args, location).await,
         Command::Retry(args) => run::retry(args, location).await,
-        Command::List(args) => inspect::list(args, location).await,
-        Command::Status(args) => inspect::status(args, location).await,
-        Command::Tasks(args) => inspect::tasks(args, location).await,
-        Command::Logs(args) => inspect::logs(args, location).await,
-        Command::Export(args) => inspect::export(args, location).await,
-        Command::Cancel(args) => inspect::cancel(args, location).await,
+        Command::List(args) => inspect::list(args, location, server).await,
+        Command::Status(args) => inspect::status(args, location, server).await,
+        Command::Tasks(args) => inspect::tasks(args, location, server).await,
+        Command::Logs(args) => inspect::logs(args, location, server).await,
+        Command::Export(args) => inspect::export(args, location, server).await,
+        Command::Cancel(args) => inspect::cancel(args, location, server).await,
         Command::Completions(_) | Command::Serve(_) | Command::Submit(_) | Command::Wait(_) => {
             Ok(exit::OK)
         }

@@ -84,6 +84,24 @@ macro_rules! with_store {
 }
 pub(crate) use with_store;
 
+/// Runs `$body` with `$source` bound to a [`Source`](crate::source::Source):
+/// the server at `$server` if one is given, else the store at `$location`.
+macro_rules! with_source {
+    ($location:expr, $server:expr, |$source:ident| $body:expr) => {
+        match $server {
+            Some(url) => {
+                let $source = $crate::source::Remote($crate::client::client(&url)?);
+                $body
+            }
+            None => $crate::store::with_store!($location, |store| {
+                let $source = $crate::source::Local(store);
+                $body
+            }),
+        }
+    };
+}
+pub(crate) use with_source;
+
 /// A batch as named on the command line: `b12`, `12`, or `last`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatchRef {

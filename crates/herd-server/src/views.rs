@@ -1,6 +1,6 @@
 //! What the API answers with: batches, tasks, attempts and events as JSON.
 //! Ids are printed as herd prints them everywhere (`b12`, `t345`), times as
-//! RFC 3339 in UTC, durations in milliseconds.
+//! RFC 3339 in UTC (to the microsecond, as stored), durations in milliseconds.
 
 use std::time::Duration;
 
@@ -10,11 +10,11 @@ use herd_exec::CommandTask;
 use serde::Serialize;
 use serde_json::Value;
 
-/// A time as RFC 3339, UTC, milliseconds.
+/// A time as RFC 3339, UTC, microseconds (as stored: it reads back exactly).
 pub fn time(t: Timestamp) -> String {
     let micros = u64::try_from(t.as_micros()).unwrap_or(0);
     let system = std::time::UNIX_EPOCH + Duration::from_micros(micros);
-    humantime::format_rfc3339_millis(system).to_string()
+    humantime::format_rfc3339_micros(system).to_string()
 }
 
 fn ms(d: Duration) -> f64 {

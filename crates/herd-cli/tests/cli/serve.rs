@@ -429,3 +429,91 @@ fn submit_without_a_server_stores_the_batch_for_a_local_serve() {
     server.signal(Signal::SIGTERM);
     assert_eq!(server.exit_code(), Some(0));
 }
+
+#[test]
+fn the_inspection_commands_print_the_same_through_a_server_as_from_the_store() {
+    let herd = Herd::new();
+    let server = Server::start(&herd, &["--slots", "2"]);
+    let url = format!("http://{}", server.addr);
+    let out = herd.run(&[
+        "submit",
+        "--server",
+        &url,
+        "--wait",
+        "--shell",
+        "--",
+        "echo out {}; echo err {} >&2; exit {}",
+        ":::",
+        "0",
+        "3",
+        "0",
+    ]);
+    assert_eq!(code(&out), Some(1), "{}", text(&out.stderr));
+    let store = format!("sqlite:{}", herd.home.path().join("serve.db").display());
+    let both = |args: &[&str]| {
+        let mut local = vec!["--store", store.as_str()];
+        local.extend_from_slice(args);
+        let mut remote = vec!["--server", url.as_str()];
+        remote.extend_from_slice(args);
+        let (l, r) = (herd.run(&local), herd.run(&remote));
+        assert_eq!(code(&l), Some(0), "{args:?} local: {}", text(&l.stderr));
+        assert_eq!(code(&r), Some(0), "{args:?} remote: {}", text(&r.stderr));
+        (text(&l.stdout), text(&r.stdout))
+    };
+    for args in [
+        &["list"][..],
+        &["list", "--json"],
+        &["tasks", "b1"],
+        &["tasks", "b1", "--json", "--state", "failed"],
+        &["logs", "b1", "2"],
+        &["logs", "b1", "2", "--all", "--json"],
+        &["export", "b1", "--format", "csv"],
+        &["export", "b1", "--format", "json"],
+    ] {
+        let (local, remote) = both(args);
+        assert_eq!(local, remote, "{args:?}");
+        assert!(!local.trim().is_empty(), "{args:?}");
+    }
+    let (local, remote) = both(&["status", "b1", "--json"]);
+    let (mut local, mut remote): (Value, Value) = (
+        serde_json::from_str(&local).unwrap(),
+        serde_json::from_str(&remote).unwrap(),
+    );
+    // Figures go over the wire in milliseconds: compare them apart.
+    let (ls, rs) = (local["stats"].take(), remote["stats"].take());
+    assert_eq!(local, remote);
+    assert_eq!(ls["retries"], rs["retries"]);
+    let p50 = |s: &Value| s["attempt_ms"]["p50"].as_f64().unwrap();
+    assert!((p50(&ls) - p50(&rs)).abs() < 0.01, "{ls} {rs}");
+    assert!(
+        local["command"].as_str().unwrap().contains("echo out"),
+        "{local}"
+    );
+
+    // Cancel through the server; an unknown batch is a usage error (exit 2).
+    let out = herd.run(&[
+        "submit", "--server", &url, "--paused", "--", "true", ":::", "a",
+    ]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let out = herd.run(&["--server", &url, "cancel", "b2", "--json"]);
+    assert_eq!(code(&out), Some(0), "{}", text(&out.stderr));
+    let cancelled: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cancelled["state"], "cancelled");
+    let out = herd.run(&["--server", &url, "status", "b99"]);
+    assert_eq!(code(&out), Some(2));
+    assert!(text(&out.stderr).contains("b99"), "{}", text(&out.stderr));
+
+    // Retry through the server: the failed task runs again and fails again.
+    let out = herd.run(&["--server", &url, "retry", "b1", "--json"]);
+    assert_eq!(code(&out), Some(1), "{}", text(&out.stderr));
+    let end: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(end["counts"]["failed"], 1);
+    let logs = herd.run(&["--server", &url, "logs", "b1", "2", "--all", "--json"]);
+    let attempts: Value = serde_json::from_slice(&logs.stdout).unwrap();
+    assert_eq!(attempts.as_array().unwrap().len(), 2, "{attempts}");
+
+    let out = herd.run(&["--server", &url, "run", "--", "true", ":::", "a"]);
+    assert_eq!(code(&out), Some(2), "herd run runs here, not on a server");
+    server.signal(Signal::SIGTERM);
+    assert_eq!(server.exit_code(), Some(0));
+}
