@@ -183,6 +183,7 @@ macro_rules! store_conformance {
             task_list_pages_by_index,
             attempts_keep_their_logs,
             complete_and_claim_is_complete_then_claim,
+            large_operations_are_whole,
         );
     };
     ($factory:expr $(,)?) => {
@@ -3747,6 +3748,80 @@ pub mod cases {
             h.store.task_attempts(nowhere).await,
             Err(StoreError::UnknownTask(t)) if t == nowhere
         ));
+        h.finish().await;
+    }
+
+    /// Operations on more rows than one SQL statement takes (a durable
+    /// store sends them in pieces within the transaction): a submit of
+    /// 2,100 tasks, half of them waiting for the one before, and a report
+    /// of 1,050 completions with the claim of the 1,050 tasks they
+    /// released, each whole, in order, with every event.
+    pub async fn large_operations_are_whole<S: SuiteStore>(store: S) {
+        const N: usize = 2_100;
+        let mut h = Harness::new(store).await;
+        let key = |i: usize| format!("t{i:04}");
+        let tasks = (0..N)
+            .map(|i| match i % 2 {
+                0 => task(&key(i)),
+                _ => after(&key(i), &[&key(i - 1)]),
+            })
+            .collect();
+        let ins = h.insert(batch(N as u32, tasks), T0).await;
+        assert_eq!(ins.tasks.len(), N);
+        assert_eq!(
+            ins.events.len(),
+            N + 1,
+            "the batch's event and one per task"
+        );
+        assert!(
+            ins.events.windows(2).all(|w| w[0].seq < w[1].seq),
+            "events in seq order"
+        );
+        let worker = h.worker;
+        let all = |n: usize| ClaimRequest {
+            worker,
+            capacity: n as u32,
+            max_tasks: n,
+            lease: LEASE,
+            batch: None,
+        };
+        let first = h.claim_with(all(N), secs(1)).await;
+        let evens: Vec<String> = (0..N).step_by(2).map(key).collect();
+        assert_eq!(payloads(&first), evens, "the queued half, in order");
+        let done = first
+            .tasks
+            .iter()
+            .map(|t| {
+                report(
+                    fence(t),
+                    success(Some(&t.payload)),
+                    Duration::from_millis(5),
+                )
+            })
+            .collect();
+        let (applied, second) = h.complete_and_claim(done, all(N), secs(2)).await;
+        assert!(applied.results.iter().all(|r| *r == Ok(Succeeded)));
+        let odds: Vec<String> = (1..N).step_by(2).map(key).collect();
+        assert_eq!(payloads(&second), odds, "the released half, in order");
+        for t in &second.tasks {
+            let upstream: Vec<&str> = t
+                .upstream
+                .iter()
+                .map(|u| u.output.as_deref().unwrap_or(""))
+                .collect();
+            assert_eq!(upstream, [key(t.index as usize - 1)], "{}", t.id);
+        }
+        let done = second
+            .tasks
+            .iter()
+            .map(|t| report(fence(t), success(None), Duration::from_millis(5)))
+            .collect();
+        h.complete(done, secs(3)).await;
+        let info = h.batch(ins.batch).await;
+        assert_eq!(
+            (info.state, info.counts.succeeded),
+            (B::Succeeded, N as u64)
+        );
         h.finish().await;
     }
 

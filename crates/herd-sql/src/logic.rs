@@ -1282,6 +1282,12 @@ impl Work {
         for id in &dirty_batches {
             tx.batch_write(&self.batches[id]).await?;
         }
+        // The outputs too: a dependent claimed later in the transaction
+        // reads its upstream's output from the table.
+        if !self.outputs.is_empty() {
+            tx.outputs_write(&self.outputs).await?;
+            self.outputs.clear();
+        }
         Ok(())
     }
 

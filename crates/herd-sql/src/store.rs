@@ -751,8 +751,10 @@ where
                 scan.due.push((*id, t.batch));
             }
         }
+        // The heads read ahead hold only if the completions changed none
+        // of what they read: every transition since the transaction began.
         let mut claim = self
-            .claim_in(&mut tx, &mut work, request, scan, heads, split)
+            .claim_in(&mut tx, &mut work, request, scan, heads, 0)
             .await?;
         let (completed, claimed) = self.finish_split(tx, work, split).await?;
         claim.events = claimed;
