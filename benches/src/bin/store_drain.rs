@@ -25,10 +25,11 @@
 //! where herd's time goes.
 //!
 //! ```text
-//! cargo run --release -p herd-benches --bin store_drain -- [sqlite|postgres|both] [turns]
+//! cargo run --release -p herd-benches --bin store_drain -- [sqlite|postgres|both] [turns|loop|submit]
 //! ```
 //!
-//! With `turns`, only the turns are measured (for a profiler).
+//! With `turns`, `loop` or `submit`, only that is measured (for a profiler):
+//! the turns of a worker with two slots, the worker loop, or the large submit.
 //!
 //! Settings, from the environment:
 //!
@@ -76,14 +77,14 @@ const CLOSE: Duration = Duration::from_secs(5);
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = Options::from_env()?;
-    if options.turns_only {
+    if let Some(only) = options.only {
         if options.sqlite {
             let mut bench = SqliteBench::new()?;
-            print_turns::<SqliteBench>(turn_drain(&mut bench, options.single_tasks).await?);
+            run_only(&mut bench, &options, only).await?;
         }
         if options.postgres {
             let mut bench = PgBench::new(&options.url, &options.schema).await?;
-            print_turns::<PgBench>(turn_drain(&mut bench, options.single_tasks).await?);
+            run_only(&mut bench, &options, only).await?;
         }
         return Ok(());
     }
@@ -103,6 +104,32 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// One measure alone, printed on one line.
+async fn run_only<B: Bench>(bench: &mut B, options: &Options, only: Only) -> Result<()> {
+    match only {
+        Only::Turns => print_turns::<B>(turn_drain(bench, options.single_tasks).await?),
+        Only::Loop => {
+            let rate = worker_drain(bench, options.tasks).await?;
+            println!(
+                "{}: worker loop, {SLOTS} slots, {} tasks: {}/s",
+                B::NAME,
+                count(options.tasks),
+                si(rate)
+            );
+        }
+        Only::Submit => {
+            let took = submit(bench, options.submit).await?;
+            println!(
+                "{}: submit of {} tasks in one batch: {:.3} s",
+                B::NAME,
+                count(options.submit),
+                took.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What to run.
 struct Options {
     sqlite: bool,
@@ -113,8 +140,19 @@ struct Options {
     single_tasks: usize,
     submit: usize,
     samples: usize,
-    /// Only the turns of a worker with two slots.
-    turns_only: bool,
+    /// One measure alone (for a profiler).
+    only: Option<Only>,
+}
+
+/// The measures that can run alone.
+#[derive(Clone, Copy)]
+enum Only {
+    /// The turns of a worker with two slots.
+    Turns,
+    /// The worker loop with [`SLOTS`] slots.
+    Loop,
+    /// The one large submit.
+    Submit,
 }
 
 impl Options {
@@ -125,17 +163,19 @@ impl Options {
             Some("postgres") => (false, true),
             Some(other) => {
                 return Err(format!(
-                    "usage: store_drain [sqlite|postgres|both] [turns] (got {other:?})"
+                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit] (got {other:?})"
                 )
                 .into());
             }
         };
-        let turns_only = match std::env::args().nth(2).as_deref() {
-            None => false,
-            Some("turns") => true,
+        let only = match std::env::args().nth(2).as_deref() {
+            None => None,
+            Some("turns") => Some(Only::Turns),
+            Some("loop") => Some(Only::Loop),
+            Some("submit") => Some(Only::Submit),
             Some(other) => {
                 return Err(format!(
-                    "usage: store_drain [sqlite|postgres|both] [turns] (got {other:?})"
+                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit] (got {other:?})"
                 )
                 .into());
             }
@@ -150,7 +190,7 @@ impl Options {
             single_tasks: number("HERD_BENCH_SINGLE_TASKS", 5_000)?,
             submit: number("HERD_BENCH_SUBMIT", 100_000)?,
             samples: number("HERD_BENCH_SAMPLES", 200)?,
-            turns_only,
+            only,
         })
     }
 }

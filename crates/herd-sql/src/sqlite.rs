@@ -289,6 +289,12 @@ fn is_read_only(error: &sqlx::Error) -> bool {
 // apiece): ids come in through joins with `json_each`, rows may come twice
 // and are told apart in Rust, and queues are read in index order.
 //
+// `json_each` comes first through `CROSS JOIN`, whose order SQLite keeps.
+// herd runs no `ANALYZE`, and without statistics the planner may loop over
+// a batch's tasks and scan the JSON for each: every claim then costs more
+// as finished tasks pile up (the 100-slot worker loop fell from 24k to 1.4k
+// tasks/s over 20,000 tasks). `tests::hot_plans` holds the plans.
+//
 // SQLite "locks" a batch by reading it: `BEGIN IMMEDIATE` holds the file's
 // write lock for the whole transaction.
 
@@ -304,8 +310,8 @@ static B_COLUMNS: LazyLock<String> = LazyLock::new(|| {
 /// The batches of the tasks `$1` (a JSON array of ids), once per task.
 static BATCHES_OF_TASKS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {} FROM json_each($1) j JOIN tasks t ON t.id = j.value \
-         JOIN batches b ON b.id = t.batch_id",
+        "SELECT {} FROM json_each($1) j CROSS JOIN tasks t ON t.id = j.value \
+         CROSS JOIN batches b ON b.id = t.batch_id",
         *B_COLUMNS
     )
 });
@@ -313,7 +319,7 @@ static BATCHES_OF_TASKS: LazyLock<String> = LazyLock::new(|| {
 /// The batches `$1` (a JSON array of ids).
 static BATCHES_BY_ID: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {} FROM json_each($1) j JOIN batches b ON b.id = j.value",
+        "SELECT {} FROM json_each($1) j CROSS JOIN batches b ON b.id = j.value",
         *B_COLUMNS
     )
 });
@@ -342,7 +348,7 @@ static CLAIM_BATCHES: LazyLock<[String; 2]> = LazyLock::new(|| {
              UNION ALL SELECT 'x', NULL, {BATCH_COLUMNS} FROM batches \
                WHERE deadline <= $1 AND finished_at IS NULL \
              UNION ALL SELECT 't', NULL, {b} FROM json_each($2) j \
-               JOIN tasks t ON t.id = j.value JOIN batches b ON b.id = t.batch_id \
+               CROSS JOIN tasks t ON t.id = j.value CROSS JOIN batches b ON b.id = t.batch_id \
                WHERE {not_claimed}",
             b = *B_COLUMNS
         )
@@ -370,7 +376,7 @@ static HEADS_AHEAD: LazyLock<String> = LazyLock::new(|| {
            ORDER BY q.priority DESC, q.ready_seq LIMIT $2) \
          WHERE b.finished_at IS NULL AND b.n_queued > 0 AND NOT b.paused \
            AND b.stopped IS NULL AND (b.running_cost < b.concurrency OR EXISTS ( \
-             SELECT 1 FROM json_each($1) j JOIN tasks x ON x.id = j.value \
+             SELECT 1 FROM json_each($1) j CROSS JOIN tasks x ON x.id = j.value \
              WHERE x.batch_id = b.id))"
     )
 });
@@ -382,20 +388,20 @@ const SERVED_AND_DUE: &str = "SELECT (SELECT COALESCE(MAX(last_served), 0) FROM 
        SELECT MIN(deadline) FROM batches WHERE deadline IS NOT NULL AND finished_at IS NULL))";
 
 static TASKS_GET: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {TASK_COLUMNS} FROM json_each($1) j JOIN tasks t ON t.id = j.value")
+    format!("SELECT {TASK_COLUMNS} FROM json_each($1) j CROSS JOIN tasks t ON t.id = j.value")
 });
 
 static TASKS_DEPENDENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT d.upstream_id AS upstream, {TASK_COLUMNS} FROM json_each($1) j \
-         JOIN task_deps d ON d.upstream_id = j.value JOIN tasks t ON t.id = d.task_id \
+         CROSS JOIN task_deps d ON d.upstream_id = j.value CROSS JOIN tasks t ON t.id = d.task_id \
          WHERE t.state = 'pending'"
     )
 });
 
 const UPSTREAM: &str = "SELECT d.task_id AS dependent, u.id, u.key, u.state, u.output \
-     FROM json_each($1) j JOIN task_deps d ON d.task_id = j.value \
-     JOIN tasks u ON u.id = d.upstream_id ORDER BY d.task_id, d.position";
+     FROM json_each($1) j CROSS JOIN task_deps d ON d.task_id = j.value \
+     CROSS JOIN tasks u ON u.id = d.upstream_id ORDER BY d.task_id, d.position";
 
 /// One task row written back, by primary key.
 const TASK_WRITE: &str = "UPDATE tasks SET state = $2, reason = $3, message = $4, attempt = $5, \
@@ -727,8 +733,9 @@ impl SqliteTx {
     }
 
     /// Sends everything pending in one round trip; returns each
-    /// statement's rows.
-    async fn flush(&mut self) -> Result<Vec<Vec<SqliteRow>>> {
+    /// statement's rows. `keep`: have the connection keep the statements
+    /// prepared, however long their text.
+    async fn flush(&mut self, keep: bool) -> Result<Vec<Vec<SqliteRow>>> {
         let script = std::mem::take(&mut self.pending);
         if script.statements == 0 {
             return Ok(Vec::new());
@@ -738,7 +745,7 @@ impl SqliteTx {
             .writer
             .as_mut()
             .expect("a live transaction holds the writer");
-        let cached = script.sql.len() <= CACHED_SCRIPT;
+        let cached = keep || script.sql.len() <= CACHED_SCRIPT;
         let mut args = SqliteArguments::default();
         args.reserve(script.values.len(), 0);
         for value in script.values {
@@ -775,7 +782,7 @@ impl SqliteTx {
     ) -> Result<Vec<Vec<SqliteRow>>> {
         let first = self.pending.statements;
         add(&mut self.pending)?;
-        let mut groups = self.flush().await?;
+        let mut groups = self.flush(false).await?;
         Ok(groups.split_off(first.min(groups.len())))
     }
 
@@ -791,7 +798,14 @@ impl SqliteTx {
     /// row, as few statements as SQLite's limits allow. (Bound values, not
     /// `json_each`: reading an object's fields from `json_each`
     /// re-serialises the object for every field.)
-    fn values<T>(
+    ///
+    /// Rows that fill more than one statement (a large submit) are sent at
+    /// once, a full statement at a time, each prepared once and kept by the
+    /// connection (the text of a full statement is always the same): the
+    /// bound values held at once stay bounded, and SQLite does not parse a
+    /// statement of a thousand rows again for every thousand rows. Only the
+    /// last, partial statement waits for the next round trip.
+    async fn values<T>(
         &mut self,
         head: &str,
         tail: &str,
@@ -800,7 +814,13 @@ impl SqliteTx {
         mut bind: impl FnMut(&mut Script, &T) -> Result<()>,
     ) -> Result<()> {
         let per_statement = (MAX_PARAMETERS / width).min(1_000);
+        let pieces = rows.len() > per_statement;
         for chunk in rows.chunks(per_statement) {
+            let full = pieces && chunk.len() == per_statement;
+            if full {
+                // Whatever waits goes first, in order.
+                self.flush(false).await?;
+            }
             let script = &mut self.pending;
             script.sql.push_str(head);
             script.sql.push_str(" VALUES ");
@@ -811,6 +831,9 @@ impl SqliteTx {
             }
             script.sql.push_str(tail);
             script.end();
+            if full {
+                self.flush(true).await?;
+            }
         }
         Ok(())
     }
@@ -847,7 +870,7 @@ impl Dialect for Sqlite {
 
     async fn commit(mut tx: SqliteTx) -> Result<Option<u64>> {
         tx.pending.plain("COMMIT");
-        tx.flush().await?;
+        tx.flush(false).await?;
         tx.done = true;
         Ok(tx.first_seq)
     }
@@ -1186,6 +1209,7 @@ impl Tx for SqliteTx {
                 )
             },
         )
+        .await
     }
 
     async fn deps_insert(&mut self, rows: &[NewDep]) -> Result<()> {
@@ -1196,6 +1220,7 @@ impl Tx for SqliteTx {
             3,
             |s, d| row!(s; d.task, d.upstream, i64::from(d.position)),
         )
+        .await
     }
 
     async fn tasks_get(&mut self, ids: &[TaskId]) -> Result<Vec<TaskRow>> {
@@ -1344,6 +1369,7 @@ impl Tx for SqliteTx {
                 )
             },
         )
+        .await
     }
 
     async fn upstream(&mut self, ids: &[TaskId]) -> Result<Vec<UpstreamRow>> {
@@ -1362,6 +1388,7 @@ impl Tx for SqliteTx {
             2,
             |s, (task, output)| row!(s; task.0, output),
         )
+        .await
     }
 
     async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
@@ -1391,6 +1418,7 @@ impl Tx for SqliteTx {
                 )
             },
         )
+        .await
     }
 
     async fn seq_take(&mut self, n: usize) -> Result<u64> {
@@ -1431,6 +1459,7 @@ impl Tx for SqliteTx {
                 )
             },
         )
+        .await
     }
 
     async fn notify(&mut self, _work: bool, _control: bool) -> Result<()> {
@@ -1480,7 +1509,8 @@ impl Tx for SqliteTx {
                 e.to,
                 e.r.clone(),
             )
-        })?;
+        })
+        .await?;
         // The first number, read back with the commit.
         self.seq_at = Some((self.pending.statements, n));
         self.pending.plain(SEQ_NEXT);
@@ -1521,6 +1551,55 @@ fn served_and_due(rows: &[SqliteRow]) -> Result<(i64, Option<Timestamp>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::Row as _;
+
+    /// The hot statements read tasks by primary key or through the
+    /// partial indexes, and take ids from `json_each` in an outer loop:
+    /// none loops over a batch's tasks, whose finished ones pile up.
+    /// SQLite plans them without statistics (herd runs no `ANALYZE`).
+    #[tokio::test]
+    async fn hot_plans() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = format!("sqlite:{}", dir.path().join("plans.db").display());
+        let store = SqliteStore::<String, String>::open(&location)
+            .await
+            .unwrap();
+        let hot: [&str; 12] = [
+            &CLAIM_BATCHES[0],
+            &CLAIM_BATCHES[1],
+            &HEADS_OF,
+            &HEADS_AHEAD,
+            SERVED_AND_DUE,
+            &TASKS_GET,
+            &BATCHES_OF_TASKS,
+            &BATCHES_BY_ID,
+            &TASKS_DEPENDENTS,
+            UPSTREAM,
+            TASK_WRITE,
+            statements::TASKS_LEASE_EXPIRED,
+        ];
+        for sql in hot {
+            let sql = Positional::of(sql).sql;
+            let plan: Vec<String> = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<String, _>("detail"))
+                .collect();
+            let scans = |line: &&String| {
+                let allowed = ["SCAN j VIRTUAL TABLE", "SCAN CONSTANT ROW"];
+                let live = line.contains("INDEX batches_live");
+                (line.starts_with("SCAN ") && !live && !allowed.iter().any(|a| line.starts_with(a)))
+                    || line.contains("sqlite_autoindex_tasks_1")
+            };
+            assert!(
+                !plan.iter().any(|line| scans(&line)),
+                "{sql}\n{}",
+                plan.join("\n")
+            );
+        }
+    }
 
     #[test]
     fn locations() {
