@@ -95,7 +95,6 @@ impl<P, O> SqlStore<Sqlite, P, O> {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let watch_options = options.clone();
         let writer_options = options.clone().statement_cache_capacity(WRITER_STATEMENTS);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -133,14 +132,15 @@ impl<P, O> SqlStore<Sqlite, P, O> {
                 source,
             })?;
         let signals = Arc::new(Signals::default());
+        let writer = Arc::new(Mutex::new(Writer {
+            conn,
+            unclean: false,
+        }));
         let sqlite = Sqlite {
             pool,
             path,
-            writer: Arc::new(Mutex::new(Writer {
-                conn,
-                unclean: false,
-            })),
-            watcher: watch(watch_options, Arc::downgrade(&signals)),
+            watcher: watch(Arc::downgrade(&writer), Arc::downgrade(&signals)),
+            writer,
         };
         Ok(SqlStore::with_dialect(sqlite, signals))
     }
@@ -161,29 +161,34 @@ impl<P, O> SqlStore<Sqlite, P, O> {
     }
 }
 
-/// Wakes this process's workers when another process commits to the file:
-/// `PRAGMA data_version` changes exactly then. Polls on a connection of its
-/// own (outside the pool, so that closing the pool does not wait for it),
-/// and stops with the store.
-fn watch(options: SqliteConnectOptions, signals: Weak<Signals>) -> Option<JoinHandle<()>> {
+/// Wakes this process's workers when another process commits to the file.
+/// Polls `PRAGMA data_version` on the writer connection, between its
+/// transactions: there it changes exactly when another connection commits,
+/// never for this process's own writes. (On a connection of its own it
+/// changed at every commit of this process too, and each change woke the
+/// workers for a lease renewal and a rescue: two more transactions every
+/// 20 ms for a busy worker.) Stops with the store.
+fn watch(writer: Weak<Mutex<Writer>>, signals: Weak<Signals>) -> Option<JoinHandle<()>> {
     const EVERY: Duration = Duration::from_millis(20);
     let runtime = tokio::runtime::Handle::try_current().ok()?;
     Some(runtime.spawn(async move {
-        let Ok(mut conn) = options.connect().await else {
-            return;
-        };
         let mut last: Option<i64> = None;
         let mut tick = tokio::time::interval(EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let Some(signals) = signals.upgrade() else {
+            let (Some(signals), Some(writer)) = (signals.upgrade(), writer.upgrade()) else {
                 return;
             };
-            let Ok(version) = sqlx::query_scalar::<_, i64>("PRAGMA data_version")
-                .fetch_one(&mut conn)
-                .await
-            else {
+            let version = {
+                let mut writer = writer.lock().await;
+                writer.clean().await;
+                sqlx::query_scalar::<_, i64>("PRAGMA data_version")
+                    .fetch_one(&mut writer.conn)
+                    .await
+            };
+            drop(writer);
+            let Ok(version) = version else {
                 continue;
             };
             if last.is_some_and(|v| v != version) {
@@ -1599,6 +1604,46 @@ mod tests {
                 plan.join("\n")
             );
         }
+    }
+
+    /// The change watch wakes the workers for another writer's commits,
+    /// not for this process's own: a worker is not sent to renew its
+    /// leases after every write of its own store.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn watch_wakes_for_other_writers_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let location = format!("sqlite:{}", dir.path().join("watch.db").display());
+        let store = SqliteStore::<String, String>::open(&location)
+            .await
+            .unwrap();
+        let other = SqliteStore::<String, String>::open(&location)
+            .await
+            .unwrap();
+        // Let the watch read its first version.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!woken(&store, &store).await, "woken by its own commit");
+        assert!(
+            woken(&store, &other).await,
+            "not woken by another writer's commit"
+        );
+    }
+
+    /// Whether a write by `writer` wakes `store`'s workers (`control`).
+    async fn woken(
+        store: &SqliteStore<String, String>,
+        writer: &SqliteStore<String, String>,
+    ) -> bool {
+        use herd_core::store::Store;
+        let control = store.signals().control.notified();
+        let mut control = std::pin::pin!(control);
+        control.as_mut().enable();
+        writer
+            .worker_register("writer", 1, Timestamp(1))
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_millis(500), control)
+            .await
+            .is_ok()
     }
 
     #[test]
