@@ -45,9 +45,11 @@ use crate::store::{Dialect, SqlStore};
 /// herd's SQLite migrations, embedded at build time.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// Statements the writer connection keeps prepared: its scripts differ in
-/// their row counts, so more than sqlx's default 100.
-const WRITER_STATEMENTS: usize = 256;
+/// Scripts the writer connection keeps prepared (least recently used go).
+/// A script of [`CACHED_SCRIPT`] bytes takes about a megabyte prepared
+/// (some 15 times its text), so this bounds the cache near 64 MB at worst;
+/// the turns of a worker repeat a handful of shapes.
+const WRITER_STATEMENTS: usize = 64;
 
 /// How long a write waits for another process's write to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -459,7 +461,10 @@ const MAX_PARAMETERS: usize = 32_766;
 
 /// Scripts longer than this are prepared for the one use: their text (row
 /// counts) rarely comes again, and the connection's cache keeps the rest.
-const CACHED_SCRIPT: usize = 16 * 1024;
+/// The turn of a worker with 100 slots (100 reports and 100 claims, some
+/// 25 KB of text) repeats in a steady drain: parsing it again every turn
+/// cost a fifth of the 100-slot worker loop's rate.
+const CACHED_SCRIPT: usize = 64 * 1024;
 
 /// Statements to send to the connection in one round trip, with their
 /// arguments in order: sqlx binds the `?` of each statement in turn from
