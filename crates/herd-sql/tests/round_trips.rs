@@ -54,8 +54,8 @@ impl tracing::Subscriber for Queries {
     fn event(&self, event: &tracing::Event<'_>) {
         let mut sql = String::new();
         event.record(&mut Sql(&mut sql));
-        // The store's watch for other processes' commits polls on a
-        // connection of its own.
+        // The store's watch for other processes' commits polls the writer
+        // connection between transactions: no part of any call.
         if !sql.contains("PRAGMA data_version") {
             self.0.lock().unwrap().push(sql);
         }
