@@ -11,6 +11,11 @@
 //! Every measure starts from an empty store (a fresh file, or the schema
 //! dropped and created again).
 //!
+//! The turns of a worker with two slots (`herd run -j2`) are measured
+//! apart: each reports one task and claims the next in one call
+//! (`task_complete_and_claim`), with one other task running meanwhile; the
+//! time per turn is what the store adds to each task.
+//!
 //! Enqueue-to-start latency is measured twice: submitting through the
 //! worker's own store handle (woken in-process), and through another handle
 //! with its own connections, as a submitter in another process would
@@ -20,8 +25,11 @@
 //! where herd's time goes.
 //!
 //! ```text
-//! cargo run --release -p herd-benches --bin store_drain -- [sqlite|postgres|both]
+//! cargo run --release -p herd-benches --bin store_drain -- [sqlite|postgres|both] [turns|loop|submit]
 //! ```
+//!
+//! With `turns`, `loop` or `submit`, only that is measured (for a profiler):
+//! the turns of a worker with two slots, the worker loop, or the large submit.
 //!
 //! Settings, from the environment:
 //!
@@ -30,7 +38,7 @@
 //! | `HERD_BENCH_DATABASE_URL` | `postgres://postgres@127.0.0.1:5432/test` | the PostgreSQL database |
 //! | `HERD_BENCH_SCHEMA` | `herd_bench` | its schema, dropped and created again for each measure |
 //! | `HERD_BENCH_TASKS` | 20000 | tasks per drain, 100 per transaction, and per worker-loop drain |
-//! | `HERD_BENCH_SINGLE_TASKS` | 5000 | tasks per drain, 1 per transaction |
+//! | `HERD_BENCH_SINGLE_TASKS` | 5000 | tasks per drain, 1 per transaction, and per drain in turns |
 //! | `HERD_BENCH_SUBMIT` | 100000 | tasks in the one-batch submit |
 //! | `HERD_BENCH_SAMPLES` | 200 | enqueue-to-start samples per variant |
 //!
@@ -69,6 +77,17 @@ const CLOSE: Duration = Duration::from_secs(5);
 #[tokio::main]
 async fn main() -> Result<()> {
     let options = Options::from_env()?;
+    if let Some(only) = options.only {
+        if options.sqlite {
+            let mut bench = SqliteBench::new()?;
+            run_only(&mut bench, &options, only).await?;
+        }
+        if options.postgres {
+            let mut bench = PgBench::new(&options.url, &options.schema).await?;
+            run_only(&mut bench, &options, only).await?;
+        }
+        return Ok(());
+    }
     let mut rows = Vec::new();
     let mut calls = Vec::new();
     if options.sqlite {
@@ -85,6 +104,32 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// One measure alone, printed on one line.
+async fn run_only<B: Bench>(bench: &mut B, options: &Options, only: Only) -> Result<()> {
+    match only {
+        Only::Turns => print_turns::<B>(turn_drain(bench, options.single_tasks).await?),
+        Only::Loop => {
+            let rate = worker_drain(bench, options.tasks).await?;
+            println!(
+                "{}: worker loop, {SLOTS} slots, {} tasks: {}/s",
+                B::NAME,
+                count(options.tasks),
+                si(rate)
+            );
+        }
+        Only::Submit => {
+            let took = submit(bench, options.submit).await?;
+            println!(
+                "{}: submit of {} tasks in one batch: {:.3} s",
+                B::NAME,
+                count(options.submit),
+                took.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What to run.
 struct Options {
     sqlite: bool,
@@ -95,6 +140,19 @@ struct Options {
     single_tasks: usize,
     submit: usize,
     samples: usize,
+    /// One measure alone (for a profiler).
+    only: Option<Only>,
+}
+
+/// The measures that can run alone.
+#[derive(Clone, Copy)]
+enum Only {
+    /// The turns of a worker with two slots.
+    Turns,
+    /// The worker loop with [`SLOTS`] slots.
+    Loop,
+    /// The one large submit.
+    Submit,
 }
 
 impl Options {
@@ -104,9 +162,22 @@ impl Options {
             Some("sqlite") => (true, false),
             Some("postgres") => (false, true),
             Some(other) => {
-                return Err(
-                    format!("usage: store_drain [sqlite|postgres|both] (got {other:?})").into(),
-                );
+                return Err(format!(
+                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit] (got {other:?})"
+                )
+                .into());
+            }
+        };
+        let only = match std::env::args().nth(2).as_deref() {
+            None => None,
+            Some("turns") => Some(Only::Turns),
+            Some("loop") => Some(Only::Loop),
+            Some("submit") => Some(Only::Submit),
+            Some(other) => {
+                return Err(format!(
+                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit] (got {other:?})"
+                )
+                .into());
             }
         };
         Ok(Options {
@@ -119,6 +190,7 @@ impl Options {
             single_tasks: number("HERD_BENCH_SINGLE_TASKS", 5_000)?,
             submit: number("HERD_BENCH_SUBMIT", 100_000)?,
             samples: number("HERD_BENCH_SAMPLES", 200)?,
+            only,
         })
     }
 }
@@ -385,6 +457,8 @@ struct Calls {
     bare: Timing,
     claim: Timing,
     complete: Timing,
+    /// `task_complete_and_claim` of one task, in the turns (batch 1 only).
+    turn: Option<Timing>,
 }
 
 /// Calls made and the time they took.
@@ -422,6 +496,7 @@ async fn run<B: Bench>(
     };
     let rate_goal = || format!(">= {}/s", si(B::GOAL_RATE));
     let mut bare_hundred = 0.0;
+    let mut bare_single = 0.0;
     for (batch, n) in [(100, options.tasks), (1, options.single_tasks)] {
         progress(
             name,
@@ -441,6 +516,7 @@ async fn run<B: Bench>(
                 drained.rate >= B::GOAL_RATE && ratio >= 0.5,
             )
         } else {
+            bare_single = bare_rate;
             (">= 0.5x".to_owned(), ratio >= 0.5)
         };
         rows.push(row(
@@ -467,7 +543,26 @@ async fn run<B: Bench>(
             bare,
             claim: drained.claim,
             complete: drained.complete,
+            turn: None,
         });
+    }
+
+    progress(
+        name,
+        &format!(
+            "turns of a worker with 2 slots, {} tasks",
+            options.single_tasks
+        ),
+    );
+    let turns = turn_drain(bench, options.single_tasks).await?;
+    rows.push(row(
+        "turns, 2 slots, report + claim of 1".to_owned(),
+        Figure::Rate(turns.rate),
+        Some(Figure::Rate(bare_single)),
+        None,
+    ));
+    if let Some(single) = calls.last_mut() {
+        single.turn = Some(turns.turn);
     }
 
     progress(
@@ -622,6 +717,69 @@ async fn store_drain<B: Bench>(bench: &mut B, n: usize, batch: usize) -> Result<
         claim,
         complete,
     })
+}
+
+/// What the turns measured.
+struct Turns {
+    rate: f64,
+    turn: Timing,
+}
+
+/// `n` no-op tasks through the turns of a worker with two slots, as `herd
+/// run -j2` takes them: two claimed, then each turn reports the older one
+/// and claims the next in one call.
+async fn turn_drain<B: Bench>(bench: &mut B, n: usize) -> Result<Turns> {
+    let store = bench.fresh().await?;
+    let clock = SystemClock;
+    let worker = store
+        .worker_register("bench", std::process::id(), clock.now())
+        .await?;
+    let mut spec = noop_batch((0..n).map(|_| String::new()));
+    spec.concurrency = 2;
+    let inserted = store.batch_insert(spec, clock.now()).await?;
+    let request = |slots: u32| ClaimRequest {
+        worker,
+        capacity: slots,
+        max_tasks: slots as usize,
+        lease: Duration::from_secs(30),
+        batch: Some(inserted.batch),
+    };
+    let start = Instant::now();
+    let mut running: std::collections::VecDeque<ClaimedTask<String, String>> = store
+        .task_claim(request(2), clock.now())
+        .await?
+        .tasks
+        .into();
+    let mut turn = Timing::default();
+    while let Some(done) = running.pop_front() {
+        let step = Instant::now();
+        let (_, claim) = store
+            .task_complete_and_claim(worker, vec![succeeded(&done)], request(1), clock.now())
+            .await?;
+        turn.add(step.elapsed());
+        running.extend(claim?.tasks);
+    }
+    let elapsed = start.elapsed();
+    let info = store.batch_get(inserted.batch).await?;
+    assert_eq!(
+        (info.state, info.counts.succeeded),
+        (BatchState::Succeeded, n as u64),
+        "the turns complete every task"
+    );
+    B::close(store).await;
+    Ok(Turns {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        turn,
+    })
+}
+
+fn print_turns<B: Bench>(turns: Turns) {
+    println!(
+        "{}: turns of a worker with 2 slots: {}/s, {:.3} ms per task_complete_and_claim",
+        B::NAME,
+        si(turns.rate),
+        turns.turn.mean_ms()
+    );
 }
 
 fn succeeded(task: &ClaimedTask<String, String>) -> Completion<String> {
@@ -850,17 +1008,26 @@ fn print_rows(rows: &[Row]) {
 fn print_calls(calls: &[Calls]) {
     println!("time per call in the drains (mean):");
     println!(
-        "{:<9} {:>6} {:>16} {:>16} {:>16}",
-        "store", "batch", "bare txn", "herd task_claim", "herd task_complete"
+        "{:<9} {:>6} {:>16} {:>16} {:>18} {:>24}",
+        "store",
+        "batch",
+        "bare txn",
+        "herd task_claim",
+        "herd task_complete",
+        "herd complete_and_claim"
     );
     for c in calls {
+        let turn = c
+            .turn
+            .map_or("-".to_owned(), |t| format!("{:.3} ms", t.mean_ms()));
         println!(
-            "{:<9} {:>6} {:>13.3} ms {:>13.3} ms {:>13.3} ms",
+            "{:<9} {:>6} {:>13.3} ms {:>13.3} ms {:>15.3} ms {:>24}",
             c.store,
             c.batch,
             c.bare.mean_ms(),
             c.claim.mean_ms(),
-            c.complete.mean_ms()
+            c.complete.mean_ms(),
+            turn
         );
     }
 }

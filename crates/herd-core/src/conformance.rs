@@ -184,6 +184,8 @@ macro_rules! store_conformance {
             attempts_keep_their_logs,
             event_list_reads_after_a_seq,
             batch_purge_removes_only_finished_batches,
+            complete_and_claim_is_complete_then_claim,
+            large_operations_are_whole,
         );
     };
     ($factory:expr $(,)?) => {
@@ -777,12 +779,6 @@ impl<S: SuiteStore> Harness<S> {
     }
 
     async fn claim_with(&mut self, request: ClaimRequest, now: Timestamp) -> Claim<String, String> {
-        let ClaimRequest {
-            worker,
-            capacity,
-            max_tasks,
-            ..
-        } = request;
         let claim = self
             .store
             .task_claim(request, now)
@@ -790,6 +786,48 @@ impl<S: SuiteStore> Harness<S> {
             .expect("task_claim");
         let events = claim.events.clone();
         self.record(&events, now).await;
+        self.check_claim(request, &claim, now).await;
+        claim
+    }
+
+    /// Reports and claims in one call, as this harness's worker; checks the
+    /// claim as [`Harness::claim_with`] does. The completions' events come
+    /// first, then the claim's.
+    async fn complete_and_claim(
+        &mut self,
+        completions: Vec<Completion<String>>,
+        request: ClaimRequest,
+        now: Timestamp,
+    ) -> (Applied, Claim<String, String>) {
+        let n = completions.len();
+        let (applied, claim) = self
+            .store
+            .task_complete_and_claim(self.worker, completions, request, now)
+            .await
+            .expect("task_complete_and_claim");
+        let claim = claim.expect("the claim of task_complete_and_claim");
+        assert_eq!(applied.results.len(), n, "one result per completion");
+        // Recorded as one sequence: the claim's seqs follow the completions'.
+        self.log.record(&applied.events, now);
+        self.log.record(&claim.events, now);
+        self.verify().await;
+        self.check_claim(request, &claim, now).await;
+        (applied, claim)
+    }
+
+    /// Checks what a claim handed out against the request and the events.
+    async fn check_claim(
+        &mut self,
+        request: ClaimRequest,
+        claim: &Claim<String, String>,
+        now: Timestamp,
+    ) {
+        let ClaimRequest {
+            worker,
+            capacity,
+            max_tasks,
+            ..
+        } = request;
         let mut costs = 0;
         for t in &claim.tasks {
             assert_eq!(t.lease_until, now.plus(LEASE), "lease of {}", t.id);
@@ -837,7 +875,6 @@ impl<S: SuiteStore> Harness<S> {
             claim.tasks.len(),
             "one running event per claimed task"
         );
-        claim
     }
 
     async fn claim(
@@ -1008,6 +1045,72 @@ async fn receive(sub: &mut broadcast::Receiver<Events>, want: usize) -> Vec<Even
         }
     }
     got
+}
+
+/// One turn of a worker in [`cases::complete_and_claim_is_complete_then_claim`]:
+/// reports, as (task key, attempt, outcome), then a claim of `capacity`.
+struct Turn {
+    reports: Vec<(&'static str, u32, AttemptOutcome<String>)>,
+    capacity: u32,
+    at: Timestamp,
+}
+
+/// An event with the ids of one run taken out, so that two runs of one
+/// script in two batches compare: (task index, attempt, from, to, reason),
+/// or a batch's move (no index).
+type Seen = (
+    Option<u64>,
+    Option<u32>,
+    Option<String>,
+    String,
+    Option<String>,
+);
+
+fn seen(events: &[Event]) -> Vec<Seen> {
+    let mut out: Vec<Seen> = events
+        .iter()
+        .map(|e| match e.kind {
+            EventKind::Task {
+                index,
+                attempt,
+                from,
+                to,
+                reason,
+                ..
+            } => (
+                Some(index),
+                Some(attempt.0),
+                from.map(|f| f.to_string()),
+                to.to_string(),
+                reason.map(|r| r.to_string()),
+            ),
+            EventKind::Batch { from, to } => (
+                None,
+                None,
+                from.map(|f| f.to_string()),
+                to.to_string(),
+                None,
+            ),
+        })
+        .collect();
+    // The order of events within one operation is the store's choice.
+    out.sort();
+    out
+}
+
+/// What one turn did, with the ids of the run taken out: the completions'
+/// results (stale: the attempt refused), their events, the claimed tasks
+/// (index, attempt) in claim order, the claim's events and due time, and
+/// the batch's state and counts after the turn.
+#[derive(Debug, PartialEq)]
+struct TurnSeen {
+    results: Vec<Result<TaskState, u32>>,
+    completed: Vec<Seen>,
+    claimed: Vec<(u64, u32)>,
+    claim_events: Vec<Seen>,
+    next_due: Option<Timestamp>,
+    state: BatchState,
+    counts: StateCounts,
 }
 
 /// The cases. Each takes a fresh store and panics on the first deviation
@@ -3835,6 +3938,212 @@ pub mod cases {
         let ins = h.insert(again, secs(3)).await;
         assert!(!ins.existing && ins.batch != a);
         assert_eq!(h.batch(b).await.counts.total(), 1, "other batches stay");
+        h.finish().await;
+    }
+
+    /// Operations on more rows than one SQL statement takes (a durable
+    /// store sends them in pieces within the transaction): a submit of
+    /// 2,100 tasks, half of them waiting for the one before, and a report
+    /// of 1,050 completions with the claim of the 1,050 tasks they
+    /// released, each whole, in order, with every event.
+    pub async fn large_operations_are_whole<S: SuiteStore>(store: S) {
+        const N: usize = 2_100;
+        let mut h = Harness::new(store).await;
+        let key = |i: usize| format!("t{i:04}");
+        let tasks = (0..N)
+            .map(|i| match i % 2 {
+                0 => task(&key(i)),
+                _ => after(&key(i), &[&key(i - 1)]),
+            })
+            .collect();
+        let ins = h.insert(batch(N as u32, tasks), T0).await;
+        assert_eq!(ins.tasks.len(), N);
+        assert_eq!(
+            ins.events.len(),
+            N + 1,
+            "the batch's event and one per task"
+        );
+        assert!(
+            ins.events.windows(2).all(|w| w[0].seq < w[1].seq),
+            "events in seq order"
+        );
+        let worker = h.worker;
+        let all = |n: usize| ClaimRequest {
+            worker,
+            capacity: n as u32,
+            max_tasks: n,
+            lease: LEASE,
+            batch: None,
+        };
+        let first = h.claim_with(all(N), secs(1)).await;
+        let evens: Vec<String> = (0..N).step_by(2).map(key).collect();
+        assert_eq!(payloads(&first), evens, "the queued half, in order");
+        let done = first
+            .tasks
+            .iter()
+            .map(|t| {
+                report(
+                    fence(t),
+                    success(Some(&t.payload)),
+                    Duration::from_millis(5),
+                )
+            })
+            .collect();
+        let (applied, second) = h.complete_and_claim(done, all(N), secs(2)).await;
+        assert!(applied.results.iter().all(|r| *r == Ok(Succeeded)));
+        let odds: Vec<String> = (1..N).step_by(2).map(key).collect();
+        assert_eq!(payloads(&second), odds, "the released half, in order");
+        for t in &second.tasks {
+            let upstream: Vec<&str> = t
+                .upstream
+                .iter()
+                .map(|u| u.output.as_deref().unwrap_or(""))
+                .collect();
+            assert_eq!(upstream, [key(t.index as usize - 1)], "{}", t.id);
+        }
+        let done = second
+            .tasks
+            .iter()
+            .map(|t| report(fence(t), success(None), Duration::from_millis(5)))
+            .collect();
+        h.complete(done, secs(3)).await;
+        let info = h.batch(ins.batch).await;
+        assert_eq!(
+            (info.state, info.counts.succeeded),
+            (B::Succeeded, N as u64)
+        );
+        h.finish().await;
+    }
+
+    /// Reporting and claiming in one call ([`Store::task_complete_and_claim`])
+    /// does what `task_complete` then `task_claim` do. One script of turns
+    /// runs twice, in two batches alike: with the two calls, then with the
+    /// one. Every turn gives the same results, events (the completions'
+    /// first, then the claim's, in `seq` order), claimed tasks and counts:
+    /// the claim takes the slot a completion freed, a dependent a
+    /// completion released, a retry a completion made due at once; a stale
+    /// report is refused and the claim goes on; the last reports finish the
+    /// batch, and the claim finds nothing.
+    pub async fn complete_and_claim_is_complete_then_claim<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let spec = || {
+            let mut spec = batch(2, vec![task("a"), task("b"), task("e"), after("d", &["a"])]);
+            spec.policy.retry = crate::model::RetryPolicy::attempts(3);
+            spec
+        };
+        let script = || {
+            vec![
+                // Nothing to report: a claim alone.
+                Turn {
+                    reports: vec![],
+                    capacity: 2,
+                    at: secs(1),
+                },
+                // a frees the batch's second slot (concurrency 2), and
+                // releases d behind e: the claim takes e.
+                Turn {
+                    reports: vec![("a", 1, success(Some("out-a")))],
+                    capacity: 1,
+                    at: secs(2),
+                },
+                // b fails, to retry at once: the claim takes d (released
+                // before), b queues again behind it.
+                Turn {
+                    reports: vec![("b", 1, failure(Reason::ExitCode(1), Some(secs(3))))],
+                    capacity: 1,
+                    at: secs(3),
+                },
+                // A stale report of b's first attempt beside e's: refused,
+                // and the claim takes b's second attempt.
+                Turn {
+                    reports: vec![("b", 1, success(None)), ("e", 1, success(None))],
+                    capacity: 1,
+                    at: secs(4),
+                },
+                // The last reports finish the batch: nothing to claim.
+                Turn {
+                    reports: vec![("d", 1, success(None)), ("b", 2, success(None))],
+                    capacity: 2,
+                    at: secs(5),
+                },
+            ]
+        };
+        let mut runs = Vec::new();
+        for together in [false, true] {
+            let ins = h.insert(spec(), T0).await;
+            let ids: HashMap<&str, TaskId> = ["a", "b", "e", "d"]
+                .into_iter()
+                .zip(ins.tasks.iter().copied())
+                .collect();
+            let mut turns = Vec::new();
+            for turn in script() {
+                let completions: Vec<Completion<String>> = turn
+                    .reports
+                    .into_iter()
+                    .map(|(key, attempt, outcome)| {
+                        let fence = Fence {
+                            task: ids[key],
+                            attempt: Attempt(attempt),
+                        };
+                        report(fence, outcome, Duration::from_millis(5))
+                    })
+                    .collect();
+                let request = ClaimRequest {
+                    worker: h.worker,
+                    capacity: turn.capacity,
+                    max_tasks: turn.capacity as usize,
+                    lease: LEASE,
+                    batch: Some(ins.batch),
+                };
+                let (applied, claim) = if together {
+                    h.complete_and_claim(completions, request, turn.at).await
+                } else {
+                    let applied = h.complete(completions, turn.at).await;
+                    let claim = h.claim_with(request, turn.at).await;
+                    (applied, claim)
+                };
+                if let (Some(first), Some(last)) = (claim.events.first(), applied.events.last()) {
+                    assert!(
+                        first.seq > last.seq,
+                        "the claim's events follow the completions'"
+                    );
+                }
+                let info = h.batch(ins.batch).await;
+                turns.push(TurnSeen {
+                    results: applied
+                        .results
+                        .iter()
+                        .map(|r| r.map_err(|Stale(f)| f.attempt.0))
+                        .collect(),
+                    completed: seen(&applied.events),
+                    claimed: claim.tasks.iter().map(|t| (t.index, t.attempt.0)).collect(),
+                    claim_events: seen(&claim.events),
+                    next_due: claim.next_due,
+                    state: info.state,
+                    counts: info.counts,
+                });
+            }
+            runs.push(turns);
+        }
+        let together = runs.pop().expect("two runs");
+        let apart = runs.pop().expect("two runs");
+        for (i, (apart, together)) in apart.iter().zip(&together).enumerate() {
+            assert_eq!(together, apart, "turn {i}: one call differs from two");
+        }
+        // The script did what its comments say, so that agreeing means something.
+        let claimed: Vec<Vec<(u64, u32)>> = apart.iter().map(|t| t.claimed.clone()).collect();
+        assert_eq!(
+            claimed,
+            [
+                vec![(0, 1), (1, 1)],
+                vec![(2, 1)],
+                vec![(3, 1)],
+                vec![(1, 2)],
+                vec![]
+            ]
+        );
+        assert_eq!(apart[3].results, [Err(1), Ok(Succeeded)]);
+        assert_eq!(apart[4].state, B::Succeeded);
         h.finish().await;
     }
 }

@@ -18,8 +18,8 @@ use herd_core::scheduler::{
 };
 use herd_core::store::{
     Appended, Applied, AttemptInfo, BatchQuery, CancelMode, Claim, ClaimRequest, ClaimedTask,
-    Completion, EventQuery, Events, Fence, Inserted, MemoryStore, Renewal, Rerun, Signals, Store,
-    StoreError, TaskInfo, TaskQuery, TaskRecord, WorkerInfo,
+    CompleteAndClaim, Completion, EventQuery, Events, Fence, Inserted, MemoryStore, Renewal, Rerun,
+    Signals, Store, StoreError, TaskInfo, TaskQuery, TaskRecord, WorkerInfo, complete_then_claim,
 };
 use herd_core::{
     BatchId, BatchInfo, BatchSpec, BatchState, BatchStats, Clock, Event, Reason, SystemClock,
@@ -112,8 +112,18 @@ struct FlakyStore<S> {
 struct Plan {
     claim: Faults,
     complete: Faults,
+    /// `task_complete_and_claim` as a whole; when it does not fail, its two
+    /// steps go through `complete` and `claim` (the way of a store that runs
+    /// them apart).
+    both: Faults,
     renew: Faults,
     rescue: Faults,
+    /// `task_complete_and_claim` calls whose completions were recorded and
+    /// whose claim failed.
+    claims_failed_alone: AtomicU32,
+    /// Attempts claimed by `task_complete_and_claim` calls whose reply was
+    /// lost: never started.
+    lost_claims: Mutex<Vec<Fence>>,
     /// The completions in failed `task_complete` calls, and what became of
     /// them: refused (`Request`), or applied with the reply lost (`Reply`:
     /// only those the store accepted).
@@ -123,7 +133,13 @@ struct Plan {
 impl Plan {
     /// No operation fails from now on.
     fn heal(&self) {
-        for faults in [&self.claim, &self.complete, &self.renew, &self.rescue] {
+        for faults in [
+            &self.claim,
+            &self.complete,
+            &self.both,
+            &self.renew,
+            &self.rescue,
+        ] {
             faults.fail_next(0).fail_every(0);
         }
     }
@@ -314,6 +330,52 @@ impl<S: Store> Store for FlakyStore<S> {
             Lost::Request => fences,
             Lost::Reply => {
                 let applied = self.inner.task_complete(worker, completions, now).await?;
+                fences
+                    .into_iter()
+                    .zip(&applied.results)
+                    .filter(|(_, result)| result.is_ok())
+                    .map(|(fence, _)| fence)
+                    .collect()
+            }
+        };
+        let mut lost_reports = self.plan.lost_reports.lock().unwrap();
+        lost_reports.extend(lost_fences.into_iter().map(|fence| (fence, lost)));
+        Err(error)
+    }
+
+    async fn task_complete_and_claim(
+        &self,
+        worker: WorkerId,
+        completions: Vec<Completion<S::Output>>,
+        request: ClaimRequest,
+        now: Timestamp,
+    ) -> CompleteAndClaim<S::Payload, S::Output> {
+        let Some((lost, error)) = self.plan.both.decide() else {
+            let both = complete_then_claim(self, worker, completions, request, now).await?;
+            if both.1.is_err() {
+                self.plan.claims_failed_alone.fetch_add(1, SeqCst);
+            }
+            return Ok(both);
+        };
+        let fences: Vec<Fence> = completions.iter().map(|c| c.fence).collect();
+        let lost_fences: Vec<Fence> = match lost {
+            Lost::Request => fences,
+            Lost::Reply => {
+                // Recorded and claimed, in one step as a durable store does:
+                // the claimed tasks are never started, and are rescued.
+                let (applied, claim) = self
+                    .inner
+                    .task_complete_and_claim(worker, completions, request, now)
+                    .await?;
+                let claimed = claim.map(|c| c.tasks).unwrap_or_default();
+                self.plan
+                    .lost_claims
+                    .lock()
+                    .unwrap()
+                    .extend(claimed.iter().map(|t| Fence {
+                        task: t.id,
+                        attempt: t.attempt,
+                    }));
                 fences
                     .into_iter()
                     .zip(&applied.results)
@@ -740,6 +802,109 @@ async fn backend_failures_of_every_worker_operation_are_waited_out() {
     worker.shutdown().await.unwrap();
 }
 
+/// Reports and claims go to the store in one call when a turn has both. That
+/// call fails now and then in either way (nothing recorded, or everything
+/// recorded and the reply lost), and its claim fails alone now and then
+/// (as in a store that runs the two steps apart): the worker rides it out
+/// as it does separate failures. Every task succeeds once; reports that
+/// never reached the store are made good by the rescuer, and tasks claimed
+/// in a call whose reply was lost are rescued too; reports recorded before a
+/// claim failed are delivered; no slot leaks.
+#[tokio::test(start_paused = true)]
+async fn failures_of_reports_and_claims_made_together_are_waited_out() {
+    let h = Harness::new(|index| Duration::from_millis(10 * (1 + index % 4))).await;
+    h.plan.both.fail_every(3).lose_reply_every(2);
+    h.plan.claim.fail_every(4);
+    let mut events = h.store.events();
+    let inserted = h.submit(60).await;
+    let worker = h.spawn();
+
+    let info = h.finished(inserted.batch, &worker).await;
+    assert_eq!(info.state, BatchState::Succeeded, "{info:?}");
+    assert_eq!(info.counts.succeeded, 60, "{info:?}");
+
+    // The plan did what it says, so that the rest means something.
+    assert!(h.plan.both.calls() > 10, "reports went with claims");
+    assert!(
+        h.plan.claims_failed_alone.load(SeqCst) > 0,
+        "some claims failed after their reports were recorded"
+    );
+    let lost_reports = h.plan.lost_reports.lock().unwrap().clone();
+    for kind in [Lost::Request, Lost::Reply] {
+        assert!(
+            lost_reports.iter().any(|(_, lost)| *lost == kind),
+            "some reports were lost so: {kind:?} (lost: {lost_reports:?})"
+        );
+    }
+
+    let lost_claims = h.plan.lost_claims.lock().unwrap().clone();
+    assert!(
+        !lost_claims.is_empty(),
+        "some claims were lost with a reply"
+    );
+
+    let mut succeeded: HashMap<TaskId, u32> = HashMap::new();
+    while let Ok(batch) = events.try_recv() {
+        for event in batch.iter() {
+            if let Some((task, TaskState::Succeeded, _)) = event.task_transition() {
+                *succeeded.entry(task).or_default() += 1;
+            }
+        }
+    }
+    for (index, &task) in inserted.tasks.iter().enumerate() {
+        assert_eq!(succeeded.get(&task), Some(&1), "task {task} succeeded once");
+        let info = h.store.task_get(task).await.unwrap();
+        // Attempts claimed in a call whose reply was lost never started;
+        // every other attempt did, once.
+        let never_started = lost_claims.iter().filter(|f| f.task == task).count() as u32;
+        assert_eq!(
+            h.tally.starts(task) + never_started,
+            info.attempt.0,
+            "task {task}: {info:?}"
+        );
+        let mut reply_lost = false;
+        for (fence, lost) in lost_reports.iter().filter(|(f, _)| f.task == task) {
+            match lost {
+                Lost::Request => assert!(
+                    info.lost >= 1 && info.attempt > fence.attempt,
+                    "task {task}, its report of attempt {} refused, was rescued: {info:?}",
+                    fence.attempt
+                ),
+                Lost::Reply => {
+                    reply_lost = true;
+                    assert_eq!(info.attempt, fence.attempt, "{info:?}");
+                }
+            }
+        }
+        let ends = h.tally.ends(task);
+        if reply_lost {
+            assert!(
+                ends.len() <= 1,
+                "task {task} delivered at most once: {ends:?}"
+            );
+            continue;
+        }
+        assert_eq!(ends.len(), 1, "task {task} delivered once: {ends:?}");
+        let (end, carried) = &ends[0];
+        assert_eq!(
+            (end.state, end.index, end.attempt, *carried),
+            (
+                TaskState::Succeeded,
+                index as u64,
+                info.attempt,
+                Some(index as u64)
+            ),
+            "task {task}'s end comes with its own attempt's report"
+        );
+    }
+
+    tokio::time::sleep(HEARTBEAT).await;
+    h.assert_slots_free();
+    assert!(!worker.is_finished());
+    h.plan.heal();
+    worker.shutdown().await.unwrap();
+}
+
 /// Runs one test body per store operation, as `fn(&Plan) -> &Faults`.
 macro_rules! per_operation {
     ($body:ident: $($name:ident => $faults:ident),* $(,)?) => {
@@ -775,6 +940,7 @@ mod fatal_error_ends_the_worker {
     per_operation!(a_fatal_error_ends_the_worker:
         from_claim => claim,
         from_complete => complete,
+        from_complete_and_claim => both,
         from_renew => renew,
         from_rescue => rescue,
     );

@@ -118,31 +118,42 @@ impl<P, O> History for SqlStore<Sqlite, P, O> {
     }
 
     async fn history_purge(&self, batch: BatchId) -> Result<()> {
-        let mut tx = self.pool().begin().await.map_err(backend)?;
-        // The write first: the transaction takes the write lock at once
-        // (waiting on the busy timeout) rather than after a read.
+        // On the writer connection, in this process's write turn: the pool's
+        // connections would wait in SQLite's busy handler behind it.
+        let mut turn = self.dialect.write_turn().await;
+        turn.abandon(); // until the COMMIT has gone through
+        let conn = turn.conn();
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
         let removed = sqlx::query(&format!(
             "DELETE FROM batches WHERE id = ? AND state IN {FINISHED}"
         ))
         .bind(batch.0)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await
         .map_err(backend)?
         .rows_affected();
         if removed == 0 {
             let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM batches WHERE id = ?")
                 .bind(batch.0)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(backend)?;
             return Err(not_purged(batch, exists.is_some()));
         }
         sqlx::query("DELETE FROM events WHERE batch_id = ?")
             .bind(batch.0)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await
             .map_err(backend)?;
-        tx.commit().await.map_err(backend)
+        sqlx::query("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        turn.ended();
+        Ok(())
     }
 }
 

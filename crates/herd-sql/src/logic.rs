@@ -82,12 +82,27 @@ pub(crate) struct BatchRow {
     pub next_ready: i64,
     pub counts: StateCounts,
     pub retries: u64,
+    /// `policy` differs from the stored one (a rerun dropped its deadline):
+    /// only then is it written back.
+    pub policy_changed: bool,
     /// The stored histogram; decoded only by operations that record into it.
     pub durations: Option<Vec<u8>>,
     pub histogram: Option<DurationHistogram>,
     pub created_at: Timestamp,
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
+    /// The indexed columns as read: a write that leaves them as they were
+    /// need not touch their indexes (SQLite rewrites an index entry for
+    /// every indexed column an `UPDATE` sets, changed or not).
+    pub stored: Stored,
+}
+
+/// A batch row's indexed columns as read ([`BatchRow::stored`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Stored {
+    pub deadline: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
+    pub last_served: i64,
 }
 
 impl BatchRow {
@@ -291,6 +306,19 @@ pub(crate) struct ClaimScan {
 }
 
 impl ClaimScan {
+    /// The batches a claim locks: those with due retries, past their
+    /// deadline, and those it could take tasks from (only `only`, if given).
+    pub fn batches(&self, only: Option<BatchId>) -> Vec<BatchId> {
+        let mut batches: Vec<BatchId> = self.due.iter().map(|(_, b)| *b).collect();
+        batches.extend(&self.past_deadline);
+        batches.extend(
+            self.claimable
+                .iter()
+                .filter(|b| only.is_none_or(|only| **b == only)),
+        );
+        batches
+    }
+
     /// Sorts the rows of [`crate::statements::CLAIM_SCAN`]: (kind, id, batch).
     pub fn from_rows(rows: Vec<(String, i64, i64)>) -> ClaimScan {
         let mut out = ClaimScan::default();
@@ -304,6 +332,44 @@ impl ClaimScan {
         out.past_deadline.sort_unstable();
         out
     }
+}
+
+/// What a claim reads after its batches are locked: up to `limit` queued
+/// tasks of each candidate batch, in queue order, with their payloads (JSON
+/// text); the largest `last_served` of any batch; the earliest retry due
+/// time or unenforced deadline.
+pub(crate) struct Heads {
+    pub heads: Vec<(TaskRow, String)>,
+    pub served: i64,
+    pub due: Option<Timestamp>,
+}
+
+/// A transaction's first reads ([`Tx::open`]).
+pub(crate) struct Opened {
+    /// The claim's scan, when a claim was asked for.
+    pub scan: Option<ClaimScan>,
+    /// The batches locked: the scan's ([`ClaimScan::batches`]) and those of
+    /// the tasks, in id order.
+    pub batches: Vec<BatchRow>,
+    /// The tasks' rows.
+    pub tasks: Vec<TaskRow>,
+    /// The claim's [`Heads`], read at once by a dialect that reads ahead
+    /// (SQLite), for every batch locked that is unfinished, unpaused and
+    /// unstopped and has queued tasks, whether or not it has a free slot
+    /// (a completion before the claim may free one). Valid only while
+    /// nothing the transaction changed before the claim could change them
+    /// (see [`Work::claim_reads_hold`]).
+    pub heads: Option<Heads>,
+}
+
+/// What a claim asks of [`Tx::open`].
+#[derive(Clone, Copy)]
+pub(crate) struct ClaimOpen {
+    pub now: Timestamp,
+    /// Take tasks only from this batch.
+    pub only: Option<BatchId>,
+    /// Queued tasks to read per batch.
+    pub limit: usize,
 }
 
 /// An upstream task's result, for a claimed dependent.
@@ -338,10 +404,12 @@ pub(crate) trait Tx: Send {
         &mut self,
         now: Timestamp,
     ) -> impl Future<Output = Result<Vec<BatchId>>> + Send;
-    /// Locks and reads the batches of these tasks, in id order.
-    fn batches_lock_for_tasks(
+    /// Locks and reads the batches `ids` and those of the tasks `tasks`, in
+    /// id order, in one statement.
+    fn batches_lock_with_tasks(
         &mut self,
-        ids: &[TaskId],
+        ids: &[BatchId],
+        tasks: &[TaskId],
     ) -> impl Future<Output = Result<Vec<BatchRow>>> + Send;
     /// The largest `last_served` of any batch, and the earliest retry due
     /// time or unenforced deadline.
@@ -414,11 +482,65 @@ pub(crate) trait Tx: Send {
     /// Tells other processes about new work or cancellations (PostgreSQL: NOTIFY).
     fn notify(&mut self, work: bool, control: bool) -> impl Future<Output = Result<()>> + Send;
 
+    /// A transaction's first reads: with `claim`, the claim's scan; then
+    /// the batches to lock (the scan's and those of `tasks`), locked in one
+    /// statement in id order; and the rows of `tasks`. A dialect may read
+    /// them in one round trip, and the claim's [`Heads`] with them.
+    fn open(
+        &mut self,
+        claim: Option<ClaimOpen>,
+        tasks: &[TaskId],
+    ) -> impl Future<Output = Result<Opened>> + Send {
+        async move {
+            let scan = match claim {
+                Some(c) => Some(self.claim_scan(c.now).await?),
+                None => None,
+            };
+            let ids = match (&scan, claim) {
+                (Some(scan), Some(c)) => scan.batches(c.only),
+                _ => Vec::new(),
+            };
+            let batches = match (ids.is_empty(), tasks.is_empty()) {
+                (true, true) => Vec::new(),
+                (false, true) => self.batches_lock(&ids).await?,
+                _ => self.batches_lock_with_tasks(&ids, tasks).await?,
+            };
+            let tasks = match tasks.is_empty() {
+                true => Vec::new(),
+                false => self.tasks_get(tasks).await?,
+            };
+            Ok(Opened {
+                scan,
+                batches,
+                tasks,
+                heads: None,
+            })
+        }
+    }
+
+    /// A claim's [`Heads`] for the candidate batches `batches`.
+    fn claim_heads(
+        &mut self,
+        batches: &[BatchId],
+        limit: usize,
+    ) -> impl Future<Output = Result<Heads>> + Send {
+        async move {
+            let heads = match batches.is_empty() || limit == 0 {
+                true => Vec::new(),
+                false => self.tasks_ready(batches, limit).await?,
+            };
+            let (served, due) = self.served_and_due().await?;
+            Ok(Heads { heads, served, due })
+        }
+    }
+
     /// Writes a transaction's changes and events; returns the first event's
-    /// `seq` (0 without events). Takes the sequence last, so that the
-    /// sequence row stays locked only until commit. A dialect may do it all
-    /// in one statement (PostgreSQL: one round trip instead of six).
-    fn write_all(&mut self, set: WriteSet<'_>) -> impl Future<Output = Result<u64>> + Send {
+    /// `seq` (0 without events), or `None` when the dialect learns it only
+    /// at commit ([`crate::store::Dialect::commit`]). Takes the sequence
+    /// last, so that the sequence row stays locked only until commit. A
+    /// dialect may do it all in one statement (PostgreSQL: one round trip
+    /// instead of six) or send it with the commit (SQLite).
+    fn write_all(&mut self, set: WriteSet<'_>) -> impl Future<Output = Result<Option<u64>>> + Send {
         async move {
             if !set.tasks.is_empty() {
                 self.tasks_write(&set.tasks).await?;
@@ -436,7 +558,7 @@ pub(crate) trait Tx: Send {
                 self.notify(set.notify_work, set.notify_control).await?;
             }
             if set.events.is_empty() {
-                return Ok(0);
+                return Ok(Some(0));
             }
             let first = self.seq_take(set.events.len()).await?;
             let mut events = set.events;
@@ -444,7 +566,7 @@ pub(crate) trait Tx: Send {
                 e.seq += first as i64;
             }
             self.events_insert(&events).await?;
-            Ok(first)
+            Ok(Some(first))
         }
     }
 }
@@ -535,7 +657,10 @@ pub(crate) struct Work {
 
 /// What a transaction wrote, for publishing after its commit.
 pub(crate) struct Written {
+    /// Numbered from 0 until the first `seq` is known.
     pub events: Vec<Event>,
+    /// The first event's `seq`, if known before the commit.
+    pub first: Option<u64>,
     pub work_ready: bool,
     pub control_pending: bool,
 }
@@ -576,12 +701,48 @@ impl Work {
         Ok(())
     }
 
-    /// Locks and loads the batches of these tasks (see [`Work::lock`]).
-    pub async fn lock_for_tasks<T: Tx>(&mut self, tx: &mut T, ids: &[TaskId]) -> Result<()> {
-        for row in tx.batches_lock_for_tasks(ids).await? {
+    /// A transaction's first reads ([`Tx::open`]): locks and loads the
+    /// batches of `tasks` (and, with `claim`, the claim's), and loads
+    /// `tasks`. Call first, once.
+    pub async fn open<T: Tx>(
+        &mut self,
+        tx: &mut T,
+        claim: Option<ClaimOpen>,
+        tasks: &[TaskId],
+    ) -> Result<(Option<ClaimScan>, Option<Heads>)> {
+        let opened = tx.open(claim, tasks).await?;
+        for row in opened.batches {
             self.batches.entry(row.id).or_insert(row);
         }
-        Ok(())
+        for row in opened.tasks {
+            self.tasks.entry(row.id).or_insert(row);
+        }
+        Ok((opened.scan, opened.heads))
+    }
+
+    /// The transitions recorded so far.
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether what a claim reads from the database ([`Heads`]) still holds
+    /// after the transitions recorded since the `from`-th: only running
+    /// attempts ended (succeeded, failed or cancelled) and nothing else
+    /// moved: no task queued, retried, released or skipped, no batch
+    /// finished. Running attempts are not among a claim's reads, and what
+    /// their end changes in a batch row (slots, counters) is read from the
+    /// loaded row.
+    pub fn claim_reads_hold(&self, from: usize) -> bool {
+        self.events[from..].iter().all(|e| {
+            matches!(
+                e.kind,
+                EventKind::Task {
+                    from: Some(TaskState::Running),
+                    to: TaskState::Succeeded | TaskState::Failed | TaskState::Cancelled,
+                    ..
+                }
+            )
+        })
     }
 
     /// Loads task rows not loaded yet; rows already loaded are newer.
@@ -732,6 +893,7 @@ impl Work {
                 deadline: None,
                 ..(*b.policy).clone()
             });
+            b.policy_changed = true;
         }
         self.emit(
             id,
@@ -1120,6 +1282,12 @@ impl Work {
         for id in &dirty_batches {
             tx.batch_write(&self.batches[id]).await?;
         }
+        // The outputs too: a dependent claimed later in the transaction
+        // reads its upstream's output from the table.
+        if !self.outputs.is_empty() {
+            tx.outputs_write(&self.outputs).await?;
+            self.outputs.clear();
+        }
         Ok(())
     }
 
@@ -1144,10 +1312,8 @@ impl Work {
             notify_control: self.control_pending,
         };
         let first = tx.write_all(set).await?;
-        for (i, e) in self.events.iter_mut().enumerate() {
-            e.seq = first + i as u64;
-        }
         Ok(Written {
+            first,
             events: self.events,
             work_ready: self.work_ready,
             control_pending: self.control_pending,

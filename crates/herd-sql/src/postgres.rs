@@ -282,10 +282,12 @@ static BATCHES_LOCK: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT {BATCH_COLUMNS} FROM batches WHERE id = ANY($1) ORDER BY id FOR UPDATE")
 });
 
-static BATCHES_LOCK_FOR_TASKS: LazyLock<String> = LazyLock::new(|| {
+/// The batches `$1` and those of the tasks `$2`, locked in id order.
+static BATCHES_LOCK_WITH_TASKS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {BATCH_COLUMNS} FROM batches WHERE id IN \
-             (SELECT batch_id FROM tasks WHERE id = ANY($1)) ORDER BY id FOR UPDATE"
+        "SELECT {BATCH_COLUMNS} FROM batches WHERE id = ANY(ARRAY( \
+             SELECT unnest($1::bigint[]) UNION SELECT batch_id FROM tasks WHERE id = ANY($2))) \
+             ORDER BY id FOR UPDATE"
     )
 });
 
@@ -321,11 +323,12 @@ struct BatchWrite<'a> {
     durations: Option<String>,
     started_at: Option<i64>,
     finished_at: Option<i64>,
-    policy: &'a str,
+    /// Only when it changed.
+    policy: Option<&'a str>,
 }
 
 impl<'a> BatchWrite<'a> {
-    fn of(b: &BatchRow, policy: &'a str) -> BatchWrite<'a> {
+    fn of(b: &BatchRow, policy: Option<&'a str>) -> BatchWrite<'a> {
         let c = &b.counts;
         BatchWrite {
             id: b.id.0,
@@ -393,7 +396,7 @@ mod sql {
             n_failed = (j.n->>5)::bigint, n_cancelled = (j.n->>6)::bigint, \
             n_skipped = (j.n->>7)::bigint, retries = j.retries, \
             durations = decode(j.durations, 'hex'), started_at = j.started_at, \
-            finished_at = j.finished_at, policy = j.policy \
+            finished_at = j.finished_at, policy = COALESCE(j.policy, b.policy) \
           FROM jsonb_to_recordset($2::jsonb) AS j(id bigint, state text, deadline bigint, \
             open boolean, paused boolean, stopped text, cancelled boolean, \
             failed_by_policy boolean, running_cost bigint, last_served bigint, \
@@ -489,8 +492,9 @@ impl Dialect for Postgres {
         })
     }
 
-    async fn commit(tx: PgTx) -> Result<()> {
-        tx.tx.commit().await.map_err(backend)
+    async fn commit(tx: PgTx) -> Result<Option<u64>> {
+        tx.tx.commit().await.map_err(backend)?;
+        Ok(None)
     }
 
     async fn worker_insert(&self, host: &str, pid: u32, now: Timestamp) -> Result<WorkerId> {
@@ -620,9 +624,14 @@ impl Tx for PgTx {
         Ok(ids.into_iter().map(BatchId).collect())
     }
 
-    async fn batches_lock_for_tasks(&mut self, ids: &[TaskId]) -> Result<Vec<BatchRow>> {
-        let rows = sqlx::query(&BATCHES_LOCK_FOR_TASKS)
-            .bind(ids_of(ids.iter().map(|t| t.0)))
+    async fn batches_lock_with_tasks(
+        &mut self,
+        ids: &[BatchId],
+        tasks: &[TaskId],
+    ) -> Result<Vec<BatchRow>> {
+        let rows = sqlx::query(&BATCHES_LOCK_WITH_TASKS)
+            .bind(ids_of(ids.iter().map(|b| b.0)))
+            .bind(ids_of(tasks.iter().map(|t| t.0)))
             .fetch_all(&mut *self.tx)
             .await
             .map_err(backend)?;
@@ -847,17 +856,18 @@ impl Tx for PgTx {
         .await
     }
 
-    async fn write_all(&mut self, set: WriteSet<'_>) -> Result<u64> {
-        let policies: Vec<String> = set
+    async fn write_all(&mut self, set: WriteSet<'_>) -> Result<Option<u64>> {
+        // Policies change only on a rerun: written back only then.
+        let policies: Vec<Option<String>> = set
             .batches
             .iter()
-            .map(|b| json(&*b.policy))
+            .map(|b| b.policy_changed.then(|| json(&*b.policy)).transpose())
             .collect::<Result<_>>()?;
         let batches: Vec<BatchWrite<'_>> = set
             .batches
             .iter()
             .zip(&policies)
-            .map(|(b, policy)| BatchWrite::of(b, policy))
+            .map(|(b, policy)| BatchWrite::of(b, policy.as_deref()))
             .collect();
         let first: Option<i64> = sqlx::query_scalar(sql::WRITE_ALL)
             .bind(json(&set.tasks)?)
@@ -870,7 +880,7 @@ impl Tx for PgTx {
             .fetch_one(&mut *self.tx)
             .await
             .map_err(backend)?;
-        Ok(first.unwrap_or(0) as u64)
+        Ok(Some(first.unwrap_or(0) as u64))
     }
 
     async fn notify(&mut self, work: bool, control: bool) -> Result<()> {
@@ -1000,6 +1010,12 @@ mod tests {
                 "bigint[], bigint",
                 sql::TASKS_READY.clone(),
                 "('{1}', 100)",
+            ),
+            (
+                "lock_with_tasks",
+                "bigint[], bigint[]",
+                BATCHES_LOCK_WITH_TASKS.clone(),
+                "('{1}', '{1, 2}')",
             ),
             ("write", "jsonb", sql::TASKS_WRITE.to_owned(), "('[]')"),
             ("ended", "jsonb", sql::ATTEMPTS_END.to_owned(), "('[]')"),

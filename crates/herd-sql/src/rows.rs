@@ -1,6 +1,7 @@
 //! Decoding rows into [`TaskRow`]s and [`BatchRow`]s, for both dialects.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use herd_core::model::{
     Attempt, BatchId, BatchPolicy, ErrorPolicy, Priority, Reason, StateCounts, TaskId, Timestamp,
@@ -76,6 +77,12 @@ pub(crate) trait SqlRow {
     fn opt_text(&self, column: &'static str) -> Result<Option<String>>;
     fn flag(&self, column: &'static str) -> Result<bool>;
     fn opt_blob(&self, column: &'static str) -> Result<Option<Vec<u8>>>;
+    /// Runs `f` on a text column, without copying it out.
+    fn with_text<R>(&self, column: &'static str, f: impl FnOnce(&str) -> R) -> Result<R>;
+    /// The `i`-th column, for statements whose columns have no names.
+    fn int_at(&self, i: usize) -> Result<i64>;
+    fn opt_int_at(&self, i: usize) -> Result<Option<i64>>;
+    fn text_at(&self, i: usize) -> Result<String>;
 
     fn parsed<T: std::str::FromStr>(&self, column: &'static str) -> Result<T> {
         let text = self.text(column)?;
@@ -97,11 +104,6 @@ pub(crate) trait SqlRow {
     fn count(&self, column: &'static str) -> Result<u64> {
         let n = self.int(column)?;
         u64::try_from(n).map_err(|_| corrupt(column, n))
-    }
-
-    fn json<T: serde::de::DeserializeOwned>(&self, column: &'static str) -> Result<T> {
-        let text = self.text(column)?;
-        serde_json::from_str(&text).map_err(|_| corrupt(column, text))
     }
 }
 
@@ -125,6 +127,24 @@ macro_rules! sql_row {
             }
             fn opt_blob(&self, column: &'static str) -> $crate::logic::Result<Option<Vec<u8>>> {
                 sqlx::Row::try_get(self, column).map_err($crate::logic::backend)
+            }
+            fn with_text<R>(
+                &self,
+                column: &'static str,
+                f: impl FnOnce(&str) -> R,
+            ) -> $crate::logic::Result<R> {
+                let text: &str =
+                    sqlx::Row::try_get(self, column).map_err($crate::logic::backend)?;
+                Ok(f(text))
+            }
+            fn int_at(&self, i: usize) -> $crate::logic::Result<i64> {
+                sqlx::Row::try_get(self, i).map_err($crate::logic::backend)
+            }
+            fn opt_int_at(&self, i: usize) -> $crate::logic::Result<Option<i64>> {
+                sqlx::Row::try_get(self, i).map_err($crate::logic::backend)
+            }
+            fn text_at(&self, i: usize) -> $crate::logic::Result<String> {
+                sqlx::Row::try_get(self, i).map_err($crate::logic::backend)
             }
         }
     };
@@ -168,25 +188,78 @@ pub(crate) fn task_row(r: &impl SqlRow) -> Result<TaskRow> {
     })
 }
 
+/// Policies as stored (JSON text), decoded once per process: a batch's
+/// row is read by every claim and completion, and its policy carries what
+/// the face that submitted it keeps there (`herd run`'s command line).
+/// Equal text, equal policy, whichever batch it belongs to.
+struct Policies {
+    batch: HashMap<String, Arc<BatchPolicy>>,
+    error: HashMap<String, ErrorPolicy>,
+}
+
+/// Entries of each kind kept at most; the cache starts over past that.
+const POLICIES_KEPT: usize = 256;
+
+static POLICIES: LazyLock<Mutex<Policies>> = LazyLock::new(|| {
+    Mutex::new(Policies {
+        batch: HashMap::new(),
+        error: HashMap::new(),
+    })
+});
+
+fn cached<T: Clone>(
+    kept: &mut HashMap<String, T>,
+    text: &str,
+    column: &'static str,
+    decode: impl FnOnce(&str) -> serde_json::Result<T>,
+) -> Result<T> {
+    if let Some(value) = kept.get(text) {
+        return Ok(value.clone());
+    }
+    let value = decode(text).map_err(|_| corrupt(column, text))?;
+    if kept.len() >= POLICIES_KEPT {
+        kept.clear();
+    }
+    kept.insert(text.to_owned(), value.clone());
+    Ok(value)
+}
+
+fn policies(r: &impl SqlRow) -> Result<(Arc<BatchPolicy>, ErrorPolicy)> {
+    let mut kept = POLICIES.lock().unwrap_or_else(|e| e.into_inner());
+    let policy = r.with_text("policy", |text| {
+        cached(&mut kept.batch, text, "policy", |t| {
+            serde_json::from_str::<BatchPolicy>(t).map(Arc::new)
+        })
+    })??;
+    let error_policy = r.with_text("error_policy", |text| {
+        cached(&mut kept.error, text, "error_policy", |t| {
+            serde_json::from_str(t)
+        })
+    })??;
+    Ok((policy, error_policy))
+}
+
 pub(crate) fn batch_row(r: &impl SqlRow) -> Result<BatchRow> {
-    let policy: BatchPolicy = r.json("policy")?;
-    let error_policy: ErrorPolicy = r.json("error_policy")?;
+    let (policy, error_policy) = policies(r)?;
+    let deadline = r.opt_int("deadline")?.map(Timestamp);
+    let finished_at = r.opt_int("finished_at")?.map(Timestamp);
+    let last_served = r.int("last_served")?;
     Ok(BatchRow {
         id: BatchId(r.int("id")?),
         name: r.opt_text("name")?,
         state: r.parsed("state")?,
         priority: Priority(r.int("priority")? as i32),
         concurrency: r.unsigned("concurrency")?,
-        policy: Arc::new(policy),
+        policy,
         error_policy,
-        deadline: r.opt_int("deadline")?.map(Timestamp),
+        deadline,
         open: r.flag("open")?,
         paused: r.flag("paused")?,
         stopped: r.opt_parsed("stopped")?,
         cancelled: r.flag("cancelled")?,
         failed_by_policy: r.flag("failed_by_policy")?,
         running_cost: r.unsigned("running_cost")?,
-        last_served: r.int("last_served")?,
+        last_served,
         next_index: r.count("next_index")?,
         next_ready: r.int("next_ready")?,
         counts: StateCounts {
@@ -201,10 +274,16 @@ pub(crate) fn batch_row(r: &impl SqlRow) -> Result<BatchRow> {
         },
         retries: r.count("retries")?,
         durations: r.opt_blob("durations")?,
+        policy_changed: false,
         histogram: None,
         created_at: Timestamp(r.int("created_at")?),
         started_at: r.opt_int("started_at")?.map(Timestamp),
-        finished_at: r.opt_int("finished_at")?.map(Timestamp),
+        finished_at,
+        stored: crate::logic::Stored {
+            deadline,
+            finished_at,
+            last_served,
+        },
     })
 }
 

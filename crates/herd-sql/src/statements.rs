@@ -171,9 +171,11 @@ pub(crate) const BATCH_WRITE: &str = "UPDATE batches SET state = $1, deadline = 
      last_served = $9, next_index = $10, next_ready = $11, n_pending = $12, n_queued = $13, \
      n_running = $14, n_retry_wait = $15, n_succeeded = $16, n_failed = $17, \
      n_cancelled = $18, n_skipped = $19, retries = $20, durations = $21, started_at = $22, \
-     finished_at = $23, policy = $24 WHERE id = $25";
+     finished_at = $23, policy = COALESCE($24, policy) WHERE id = $25";
 
-/// Binds a [`crate::logic::BatchRow`]'s mutable columns to [`BATCH_WRITE`].
+/// Binds a [`crate::logic::BatchRow`]'s mutable columns to [`BATCH_WRITE`]
+/// (the policy only when it changed: it carries the user's command
+/// template, and changes only on a rerun).
 macro_rules! bind_batch_row {
     ($query:expr, $b:expr) => {
         $query
@@ -200,7 +202,11 @@ macro_rules! bind_batch_row {
             .bind($b.durations.as_deref())
             .bind($b.started_at.map(|t| t.0))
             .bind($b.finished_at.map(|t| t.0))
-            .bind($crate::statements::json(&*$b.policy)?)
+            .bind(
+                $b.policy_changed
+                    .then(|| $crate::statements::json(&*$b.policy))
+                    .transpose()?,
+            )
             .bind($b.id.0)
     };
 }

@@ -21,8 +21,8 @@ use herd_core::store::{
 
 use crate::history::History;
 use crate::logic::{
-    BatchRow, ClaimScan, Lost, NewBatch, NewDep, NewTask, Result, TaskRow, Tx, Work, Written,
-    backend, best_batch, escalates, owns, rule_str,
+    BatchRow, ClaimOpen, ClaimScan, Heads, Lost, NewBatch, NewDep, NewTask, Result, TaskRow, Tx,
+    Work, Written, backend, best_batch, escalates, owns, rule_str,
 };
 use crate::rows::ListedTask;
 
@@ -36,8 +36,9 @@ pub(crate) trait Dialect: Send + Sync + 'static {
 
     /// Starts a write transaction.
     fn begin(&self) -> impl Future<Output = Result<Self::Tx>> + Send;
-    /// Commits it.
-    fn commit(tx: Self::Tx) -> impl Future<Output = Result<()>> + Send;
+    /// Commits it. Returns the first event's `seq` when the transaction's
+    /// [`Tx::write_all`] left it to the commit.
+    fn commit(tx: Self::Tx) -> impl Future<Output = Result<Option<u64>>> + Send;
     fn worker_insert(
         &self,
         host: &str,
@@ -102,27 +103,57 @@ impl<D: Dialect, P, O> SqlStore<D, P, O> {
     }
 
     /// Commits, then publishes the events in `seq` order and wakes workers.
-    async fn commit(&self, tx: D::Tx, written: Written) -> Result<Events> {
-        let events = Arc::new(written.events);
-        {
+    /// The events are published and returned as two operations' (as two
+    /// calls in sequence would have), split before the `split`-th.
+    async fn commit(&self, tx: D::Tx, written: Written, split: usize) -> Result<(Events, Events)> {
+        let Written {
+            mut events,
+            first,
+            work_ready,
+            control_pending,
+        } = written;
+        let (first, second) = {
             let _order = self.publish.lock().await;
-            D::commit(tx).await?;
-            if !events.is_empty() && self.events.receiver_count() > 0 {
-                let _ = self.events.send(events.clone());
+            let first = match (D::commit(tx).await?, first) {
+                (_, Some(first)) | (Some(first), None) => first,
+                (None, None) => 0,
+            };
+            for (i, e) in events.iter_mut().enumerate() {
+                e.seq = first + i as u64;
             }
-        }
-        if written.work_ready {
+            let second = Arc::new(events.split_off(split.min(events.len())));
+            let first = Arc::new(events);
+            for events in [&first, &second] {
+                if !events.is_empty() && self.events.receiver_count() > 0 {
+                    let _ = self.events.send(events.clone());
+                }
+            }
+            (first, second)
+        };
+        if work_ready {
             self.signals.work.notify_waiters();
         }
-        if written.control_pending {
+        if control_pending {
             self.signals.control.notify_waiters();
         }
-        Ok(events)
+        Ok((first, second))
     }
 
-    async fn finish_op(&self, mut tx: D::Tx, work: Work) -> Result<Events> {
+    async fn finish_op(&self, tx: D::Tx, work: Work) -> Result<Events> {
+        let split = work.event_count();
+        Ok(self.finish_split(tx, work, split).await?.0)
+    }
+
+    /// Writes back and commits; the events as two operations', split before
+    /// the `split`-th.
+    async fn finish_split(
+        &self,
+        mut tx: D::Tx,
+        work: Work,
+        split: usize,
+    ) -> Result<(Events, Events)> {
         let written = work.write(&mut tx).await?;
-        self.commit(tx, written).await
+        self.commit(tx, written, split).await
     }
 }
 
@@ -171,6 +202,15 @@ fn task_info(t: TaskRow) -> TaskInfo {
     }
 }
 
+/// What a claim asks of [`Tx::open`].
+fn claim_open(request: &ClaimRequest, now: Timestamp) -> ClaimOpen {
+    ClaimOpen {
+        now,
+        only: request.batch,
+        limit: request.max_tasks,
+    }
+}
+
 fn check_appended<P>(tasks: &[TaskSpec<P>], limit: u32) -> Result<()> {
     for task in tasks {
         if !task.after.is_empty() {
@@ -212,6 +252,227 @@ where
         let ids: Vec<TaskId> = running.into_iter().map(|(t, _)| t).collect();
         work.lose(&mut tx, ids, why).await?;
         self.finish_op(tx, work).await
+    }
+
+    /// Applies completions to the loaded tasks: the body of `task_complete`.
+    async fn complete_in(
+        &self,
+        tx: &mut D::Tx,
+        work: &mut Work,
+        completions: Vec<Completion<O>>,
+    ) -> Result<Vec<std::result::Result<TaskState, Stale>>> {
+        let mut results = Vec::with_capacity(completions.len());
+        for c in completions {
+            let fence = c.fence;
+            let current = work
+                .tasks
+                .get(&fence.task)
+                .is_some_and(|t| t.state == TaskState::Running && t.attempt == fence.attempt);
+            if !current {
+                results.push(Err(Stale(fence)));
+                continue;
+            }
+            let (batch, dependents) = {
+                let t = &work.tasks[&fence.task];
+                (t.batch, t.dependents)
+            };
+            work.set_log(fence.task, c.log);
+            let b = work.batch_mut(batch)?;
+            b.histogram().record(c.duration);
+            let stopped = b.stopped.is_some();
+            let entered = match c.outcome {
+                AttemptOutcome::Succeeded { output } => {
+                    let output = match output {
+                        Some(out) if dependents > 0 => Some(encode(&out)?),
+                        _ => None,
+                    };
+                    work.finish(tx, fence.task, TaskState::Succeeded, None, output, true)
+                        .await?;
+                    TaskState::Succeeded
+                }
+                AttemptOutcome::Failed {
+                    reason,
+                    message,
+                    retry_at: Some(at),
+                } if !stopped => {
+                    work.task_mut(fence.task).message = message;
+                    work.retry_later(fence.task, reason, at);
+                    TaskState::RetryWait
+                }
+                AttemptOutcome::Failed {
+                    reason, message, ..
+                } => {
+                    work.task_mut(fence.task).message = message;
+                    work.finish(tx, fence.task, TaskState::Failed, Some(reason), None, true)
+                        .await?;
+                    TaskState::Failed
+                }
+                AttemptOutcome::Cancelled { reason } => {
+                    work.finish(
+                        tx,
+                        fence.task,
+                        TaskState::Cancelled,
+                        Some(reason),
+                        None,
+                        true,
+                    )
+                    .await?;
+                    TaskState::Cancelled
+                }
+            };
+            results.push(Ok(entered));
+        }
+        Ok(results)
+    }
+
+    /// Claims, with the claim's batches locked and loaded: the body of
+    /// `task_claim`. `heads` are the claim's reads if the dialect read
+    /// them ahead; they are used if they still hold for the transitions
+    /// recorded since the `since`-th (what the transaction did before the
+    /// claim), and if the claim itself enforces no deadline and queues no
+    /// retry. Returns the claim without its events.
+    async fn claim_in(
+        &self,
+        tx: &mut D::Tx,
+        work: &mut Work,
+        request: ClaimRequest,
+        scan: ClaimScan,
+        heads: Option<Heads>,
+        since: usize,
+    ) -> Result<Claim<P, O>> {
+        let now = work.now;
+        let ClaimScan {
+            due, past_deadline, ..
+        } = scan;
+        // The reads below see the database as the transaction opened it,
+        // unless something before changed what they read.
+        let hold = due.is_empty() && past_deadline.is_empty() && work.claim_reads_hold(since);
+        // Nothing starts past its batch's deadline, even if no one expired it yet.
+        work.expire(tx, &past_deadline).await?;
+        let due: Vec<TaskId> = due.into_iter().map(|(t, _)| t).collect();
+        work.promote(tx, &due).await?;
+        // Due retries and deadlines are everyone's to apply, as in the
+        // memory store; only the batch to take tasks from is limited.
+        let only = request.batch;
+        let candidates: Vec<BatchId> = work
+            .batches
+            .values()
+            .filter(|b| {
+                only.is_none_or(|only| b.id == only)
+                    && !b.paused
+                    && b.stopped.is_none()
+                    && b.counts.queued > 0
+                    && b.running_cost < b.concurrency
+            })
+            .map(|b| b.id)
+            .collect();
+        let Heads {
+            heads: rows,
+            served,
+            due: next_due,
+        } = match heads.filter(|_| hold) {
+            Some(heads) => heads,
+            None => {
+                if !hold {
+                    // Rows written, so that the reads see them.
+                    work.write_rows(tx).await?;
+                }
+                tx.claim_heads(&candidates, request.max_tasks).await?
+            }
+        };
+        let mut heads: BTreeMap<BatchId, VecDeque<TaskId>> = BTreeMap::new();
+        let mut payloads: HashMap<TaskId, String> = HashMap::new();
+        if request.max_tasks > 0 {
+            for (row, payload) in rows {
+                let batch = row.batch;
+                if !candidates.contains(&batch) {
+                    continue;
+                }
+                let id = work.adopt(row);
+                heads.entry(batch).or_default().push_back(id);
+                payloads.insert(id, payload);
+            }
+        }
+        let mut tick = served;
+        let mut capacity = request.capacity;
+        let lease_until = now.plus(request.lease);
+        let mut blocked_by = None;
+        let mut claimed: Vec<TaskId> = Vec::new();
+        while claimed.len() < request.max_tasks {
+            let Some((batch, head)) = best_batch(work, &heads) else {
+                break;
+            };
+            let cost = work.tasks[&head].cost;
+            if cost > capacity {
+                // Strict order: a smaller task behind it must not jump ahead.
+                blocked_by = Some(cost);
+                break;
+            }
+            capacity -= cost;
+            heads.get_mut(&batch).expect("listed").pop_front();
+            tick += 1;
+            let b = work.batch_mut(batch)?;
+            b.running_cost += cost;
+            b.last_served = tick;
+            if b.started_at.is_none() {
+                b.started_at = Some(now);
+                if b.state == BatchState::Queued {
+                    work.set_batch_state(batch, BatchState::Running);
+                }
+            }
+            work.start(head, request.worker, lease_until);
+            claimed.push(head);
+        }
+        let mut tasks = Vec::with_capacity(claimed.len());
+        if !claimed.is_empty() {
+            let mut upstream: BTreeMap<TaskId, Vec<Upstream<O>>> = BTreeMap::new();
+            let waiting: Vec<TaskId> = claimed
+                .iter()
+                .copied()
+                .filter(|id| work.tasks[id].upstream > 0)
+                .collect();
+            let rows = match waiting.is_empty() {
+                true => Vec::new(),
+                false => tx.upstream(&waiting).await?,
+            };
+            for u in rows {
+                let output = u.output.as_deref().map(decode).transpose()?;
+                upstream.entry(u.dependent).or_default().push(Upstream {
+                    task: u.task,
+                    key: u.key,
+                    state: u.state,
+                    output,
+                });
+            }
+            for id in &claimed {
+                let t = &work.tasks[id];
+                let payload = payloads.remove(id).ok_or(StoreError::UnknownTask(*id))?;
+                tasks.push(ClaimedTask {
+                    id: *id,
+                    batch: t.batch,
+                    index: t.index,
+                    key: t.key.clone(),
+                    attempt: t.attempt,
+                    first_attempt: t.first_attempt,
+                    lost: t.lost,
+                    cost: t.cost,
+                    priority: t.priority,
+                    payload: decode(&payload)?,
+                    upstream: upstream.remove(id).unwrap_or_default(),
+                    has_dependents: t.dependents > 0,
+                    policy: work.batches[&t.batch].policy.clone(),
+                    lease_until,
+                });
+            }
+        }
+        // The claimant takes the ready work; no one else need look.
+        work.work_ready = false;
+        Ok(Claim {
+            tasks,
+            next_due,
+            blocked_by,
+            events: Arc::new(Vec::new()),
+        })
     }
 
     /// Inserts tasks into a locked batch: ids, rows, dependencies, counters, events.
@@ -395,133 +656,21 @@ where
     async fn task_claim(&self, request: ClaimRequest, now: Timestamp) -> Result<Claim<P, O>> {
         let mut tx = self.dialect.begin().await?;
         let mut work = Work::new(now);
-        let ClaimScan {
-            due,
-            past_deadline,
-            claimable,
-        } = tx.claim_scan(now).await?;
-        // Due retries and deadlines are everyone's to apply, as in the
-        // memory store; only the batch to take tasks from is limited.
-        let only = request.batch;
-        let mut batches: Vec<BatchId> = due.iter().map(|(_, b)| *b).collect();
-        batches.extend(&past_deadline);
-        batches.extend(
-            claimable
-                .iter()
-                .filter(|b| only.is_none_or(|only| **b == only)),
-        );
-        work.lock(&mut tx, &batches).await?;
-        // Nothing starts past its batch's deadline, even if no one expired it yet.
-        work.expire(&mut tx, &past_deadline).await?;
-        let due: Vec<TaskId> = due.into_iter().map(|(t, _)| t).collect();
-        work.promote(&mut tx, &due).await?;
-        work.write_rows(&mut tx).await?;
-
-        let candidates: Vec<BatchId> = work
-            .batches
-            .values()
-            .filter(|b| {
-                only.is_none_or(|only| b.id == only)
-                    && !b.paused
-                    && b.stopped.is_none()
-                    && b.counts.queued > 0
-                    && b.running_cost < b.concurrency
-            })
-            .map(|b| b.id)
-            .collect();
-        let mut heads: BTreeMap<BatchId, VecDeque<TaskId>> = BTreeMap::new();
-        let mut payloads: HashMap<TaskId, String> = HashMap::new();
-        if !candidates.is_empty() && request.max_tasks > 0 {
-            for (row, payload) in tx.tasks_ready(&candidates, request.max_tasks).await? {
-                let batch = row.batch;
-                let id = work.adopt(row);
-                heads.entry(batch).or_default().push_back(id);
-                payloads.insert(id, payload);
-            }
-        }
-        // Nothing below changes retries or deadlines: the next due time is
-        // known now.
-        let (mut tick, next_due) = tx.served_and_due().await?;
-        let mut capacity = request.capacity;
-        let lease_until = now.plus(request.lease);
-        let mut blocked_by = None;
-        let mut claimed: Vec<TaskId> = Vec::new();
-        while claimed.len() < request.max_tasks {
-            let Some((batch, head)) = best_batch(&work, &heads) else {
-                break;
-            };
-            let cost = work.tasks[&head].cost;
-            if cost > capacity {
-                // Strict order: a smaller task behind it must not jump ahead.
-                blocked_by = Some(cost);
-                break;
-            }
-            capacity -= cost;
-            heads.get_mut(&batch).expect("listed").pop_front();
-            tick += 1;
-            let b = work.batch_mut(batch)?;
-            b.running_cost += cost;
-            b.last_served = tick;
-            if b.started_at.is_none() {
-                b.started_at = Some(now);
-                if b.state == BatchState::Queued {
-                    work.set_batch_state(batch, BatchState::Running);
-                }
-            }
-            work.start(head, request.worker, lease_until);
-            claimed.push(head);
-        }
-        let mut tasks = Vec::with_capacity(claimed.len());
-        if !claimed.is_empty() {
-            let mut upstream: BTreeMap<TaskId, Vec<Upstream<O>>> = BTreeMap::new();
-            let waiting: Vec<TaskId> = claimed
-                .iter()
-                .copied()
-                .filter(|id| work.tasks[id].upstream > 0)
-                .collect();
-            let rows = match waiting.is_empty() {
-                true => Vec::new(),
-                false => tx.upstream(&waiting).await?,
-            };
-            for u in rows {
-                let output = u.output.as_deref().map(decode).transpose()?;
-                upstream.entry(u.dependent).or_default().push(Upstream {
-                    task: u.task,
-                    key: u.key,
-                    state: u.state,
-                    output,
-                });
-            }
-            for id in &claimed {
-                let t = &work.tasks[id];
-                let payload = payloads.remove(id).ok_or(StoreError::UnknownTask(*id))?;
-                tasks.push(ClaimedTask {
-                    id: *id,
-                    batch: t.batch,
-                    index: t.index,
-                    key: t.key.clone(),
-                    attempt: t.attempt,
-                    first_attempt: t.first_attempt,
-                    lost: t.lost,
-                    cost: t.cost,
-                    priority: t.priority,
-                    payload: decode(&payload)?,
-                    upstream: upstream.remove(id).unwrap_or_default(),
-                    has_dependents: t.dependents > 0,
-                    policy: work.batches[&t.batch].policy.clone(),
-                    lease_until,
-                });
-            }
-        }
-        // The claimant takes the ready work; no one else need look.
-        work.work_ready = false;
-        let events = self.finish_op(tx, work).await?;
-        Ok(Claim {
-            tasks,
-            next_due,
-            blocked_by,
-            events,
-        })
+        let (scan, heads) = work
+            .open(&mut tx, Some(claim_open(&request, now)), &[])
+            .await?;
+        let mut claim = self
+            .claim_in(
+                &mut tx,
+                &mut work,
+                request,
+                scan.unwrap_or_default(),
+                heads,
+                0,
+            )
+            .await?;
+        claim.events = self.finish_op(tx, work).await?;
+        Ok(claim)
     }
 
     async fn lease_renew(
@@ -539,8 +688,7 @@ where
         let mut tx = self.dialect.begin().await?;
         let mut work = Work::new(now);
         let ids: Vec<TaskId> = running.iter().map(|f| f.task).collect();
-        work.lock_for_tasks(&mut tx, &ids).await?;
-        work.load(&mut tx, &ids).await?;
+        work.open(&mut tx, None, &ids).await?;
         tx.worker_heartbeat(worker, now).await?;
         for fence in running {
             match work.tasks.get(&fence.task) {
@@ -570,92 +718,63 @@ where
         let mut tx = self.dialect.begin().await?;
         let mut work = Work::new(now);
         let ids: Vec<TaskId> = completions.iter().map(|c| c.fence.task).collect();
-        work.lock_for_tasks(&mut tx, &ids).await?;
-        work.load(&mut tx, &ids).await?;
-        let mut results = Vec::with_capacity(completions.len());
-        for c in completions {
-            let fence = c.fence;
-            let current = work
-                .tasks
-                .get(&fence.task)
-                .is_some_and(|t| t.state == TaskState::Running && t.attempt == fence.attempt);
-            if !current {
-                results.push(Err(Stale(fence)));
-                continue;
-            }
-            let (batch, dependents) = {
-                let t = &work.tasks[&fence.task];
-                (t.batch, t.dependents)
-            };
-            work.set_log(fence.task, c.log);
-            let b = work.batch_mut(batch)?;
-            b.histogram().record(c.duration);
-            let stopped = b.stopped.is_some();
-            let entered = match c.outcome {
-                AttemptOutcome::Succeeded { output } => {
-                    let output = match output {
-                        Some(out) if dependents > 0 => Some(encode(&out)?),
-                        _ => None,
-                    };
-                    work.finish(
-                        &mut tx,
-                        fence.task,
-                        TaskState::Succeeded,
-                        None,
-                        output,
-                        true,
-                    )
-                    .await?;
-                    TaskState::Succeeded
-                }
-                AttemptOutcome::Failed {
-                    reason,
-                    message,
-                    retry_at: Some(at),
-                } if !stopped => {
-                    work.task_mut(fence.task).message = message;
-                    work.retry_later(fence.task, reason, at);
-                    TaskState::RetryWait
-                }
-                AttemptOutcome::Failed {
-                    reason, message, ..
-                } => {
-                    work.task_mut(fence.task).message = message;
-                    work.finish(
-                        &mut tx,
-                        fence.task,
-                        TaskState::Failed,
-                        Some(reason),
-                        None,
-                        true,
-                    )
-                    .await?;
-                    TaskState::Failed
-                }
-                AttemptOutcome::Cancelled { reason } => {
-                    work.finish(
-                        &mut tx,
-                        fence.task,
-                        TaskState::Cancelled,
-                        Some(reason),
-                        None,
-                        true,
-                    )
-                    .await?;
-                    TaskState::Cancelled
-                }
-            };
-            results.push(Ok(entered));
-        }
+        work.open(&mut tx, None, &ids).await?;
+        let results = self.complete_in(&mut tx, &mut work, completions).await?;
         let events = self.finish_op(tx, work).await?;
         Ok(Applied { results, events })
+    }
+
+    async fn task_complete_and_claim(
+        &self,
+        _worker: WorkerId,
+        completions: Vec<Completion<O>>,
+        request: ClaimRequest,
+        now: Timestamp,
+    ) -> std::result::Result<(Applied, Result<Claim<P, O>>), StoreError> {
+        let mut tx = self.dialect.begin().await?;
+        let mut work = Work::new(now);
+        let ids: Vec<TaskId> = completions.iter().map(|c| c.fence.task).collect();
+        // Every batch either step touches, locked at once in id order: the
+        // claim's scan comes before the completions, and finds what they
+        // change (slots freed, tasks released or retried) in the rows loaded.
+        let (scan, heads) = work
+            .open(&mut tx, Some(claim_open(&request, now)), &ids)
+            .await?;
+        let results = self.complete_in(&mut tx, &mut work, completions).await?;
+        let split = work.event_count();
+        let mut scan = scan.unwrap_or_default();
+        // Retries the completions made due at once are due for the claim,
+        // as they would be for a claim of its own.
+        for (id, result) in ids.iter().zip(&results) {
+            if let Ok(TaskState::RetryWait) = result
+                && let Some(t) = work.tasks.get(id)
+                && t.state == TaskState::RetryWait
+                && t.run_at.is_some_and(|at| at <= now)
+                && !scan.due.iter().any(|(due, _)| due == id)
+            {
+                scan.due.push((*id, t.batch));
+            }
+        }
+        // The heads read ahead hold only if the completions changed none
+        // of what they read: every transition since the transaction began.
+        let mut claim = self
+            .claim_in(&mut tx, &mut work, request, scan, heads, 0)
+            .await?;
+        let (completed, claimed) = self.finish_split(tx, work, split).await?;
+        claim.events = claimed;
+        Ok((
+            Applied {
+                results,
+                events: completed,
+            },
+            Ok(claim),
+        ))
     }
 
     async fn task_cancel(&self, task: TaskId, mode: CancelMode, now: Timestamp) -> Result<Events> {
         let mut tx = self.dialect.begin().await?;
         let mut work = Work::new(now);
-        work.lock_for_tasks(&mut tx, &[task]).await?;
-        work.load(&mut tx, &[task]).await?;
+        work.open(&mut tx, None, &[task]).await?;
         let t = work.tasks.get(&task).ok_or(StoreError::UnknownTask(task))?;
         match t.state {
             TaskState::Running if escalates(t.cancel, mode) => {

@@ -1,10 +1,13 @@
 //! The worker loop: claim, run, report, renew — one loop per worker.
 //!
 //! Each turn of the loop reports every attempt that finished since the last
-//! turn in one store call (group commit), then claims as many tasks as it has
-//! free slots in one more, starts them, and waits for the next finished
-//! attempt, a wake-up from the store, or a timer (heartbeat, retry due,
-//! deadline).
+//! turn (group commit) and claims as many tasks as it has free slots, in one
+//! store call ([`Store::task_complete_and_claim`]; a report alone when there
+//! is nothing to claim, a claim alone when there is nothing to report),
+//! starts them, and waits for the next finished attempt, a wake-up from the
+//! store, or a timer (heartbeat, retry due, deadline). When another store
+//! call follows at once, the claimed tasks start once its request is on its
+//! way, so that the store and the spawns overlap.
 //!
 //! Attempts are futures polled by the loop itself, in a `FuturesUnordered`
 //! (as nextest's runner and `buffer_unordered` do), each under its timeout and
@@ -31,8 +34,8 @@ use crate::model::{
     Attempt, BatchId, BatchPolicy, Clock, Failure, Reason, TaskId, Timestamp, WorkerId,
 };
 use crate::store::{
-    AttemptLog, AttemptOutcome, CancelMode, ClaimRequest, ClaimedTask, Completion, Fence, Store,
-    StoreError,
+    Applied, AttemptLog, AttemptOutcome, CancelMode, Claim, ClaimRequest, ClaimedTask,
+    CompleteAndClaim, Completion, Fence, Store, StoreError,
 };
 use crate::util::IdMap;
 
@@ -327,6 +330,37 @@ impl<S: Store> Worker<S> {
         let mut stopping = false;
         let mut control = true;
         let mut failures = Failures::default();
+        // Tasks claimed and not started yet: started once the next store
+        // call is on its way, when one follows at once (see `store_call!`).
+        let mut unstarted: Vec<ClaimedTask<S::Payload, S::Output>> = Vec::new();
+        macro_rules! start_unstarted {
+            () => {
+                if !unstarted.is_empty() {
+                    let started = Instant::now();
+                    let wall = self.clock.now();
+                    for task in std::mem::take(&mut unstarted) {
+                        if let Some(attempt) = self.start(&mut state, task, started, wall).await {
+                            attempts.push(attempt);
+                        }
+                    }
+                }
+            };
+        }
+        // Awaits a store call as `drive` does; the tasks the last claim
+        // handed out start once the call's request is on its way (its first
+        // poll), so that the store works while they start (a process spawn
+        // is a good part of a millisecond).
+        macro_rules! store_call {
+            ($op:expr) => {{
+                let mut op = std::pin::pin!($op);
+                let early = futures::poll!(op.as_mut());
+                start_unstarted!();
+                match early {
+                    std::task::Poll::Ready(out) => out,
+                    std::task::Poll::Pending => drive(&mut attempts, &mut state.finished, op).await,
+                }
+            }};
+        }
         // A store operation that failed: wait (polling the attempts) and
         // start the turn again; a failure that is not the backend's, or one
         // during shutdown, ends the worker.
@@ -347,6 +381,27 @@ impl<S: Store> Worker<S> {
                     }
                 }
             };
+            // An operation of two kinds (a report and a claim in one call):
+            // a success resets both, and a failure says whose it was.
+            (both $op:expr) => {
+                match $op {
+                    Ok(value) => {
+                        failures.reset(Op::Report);
+                        failures.reset(Op::Claim);
+                        value
+                    }
+                    Err((kind, error)) => {
+                        if matches!(kind, Op::Claim) {
+                            failures.reset(Op::Report);
+                        }
+                        self.wait_out(error, failures.next_delay(kind), &mut attempts, &mut state)
+                            .await?;
+                        control = true;
+                        stopping |= self.stop.is_cancelled();
+                        continue;
+                    }
+                }
+            };
         }
         loop {
             // With a store that answers at once (memory), nothing below ever
@@ -356,22 +411,26 @@ impl<S: Store> Worker<S> {
             tokio::task::consume_budget().await;
             collect_finished(&mut attempts, &mut state.finished);
             // Finished attempts, and attempts that ended at the start (no
-            // runner for their flow), are reported together.
-            if !state.finished.is_empty() || !state.completions.is_empty() {
-                store_op!(Op::Report, self.report(&mut state, &mut attempts).await);
-            }
+            // runner for their flow), are reported together: with the
+            // claim below when there is one, else on their own.
+            self.take_reports(&mut state);
 
             let now = Instant::now();
             if control || now >= next_heartbeat {
+                // Renewed and rescued with the rest.
+                start_unstarted!();
                 control = false;
                 next_heartbeat = now + self.config.heartbeat;
+                // Attempts it cancels by force are reported below.
                 store_op!(
                     Op::Heartbeat,
                     self.heartbeat(&mut state, &mut attempts).await
                 );
-                store_op!(Op::Report, self.flush(&mut state, &mut attempts).await);
             }
             if next_due.is_some_and(|due| due <= self.clock.now()) {
+                start_unstarted!();
+                // Reports first, as they ended before the deadline was enforced.
+                store_op!(Op::Report, self.flush(&mut state, &mut attempts).await);
                 let op = store.batch_expire(self.clock.now());
                 let events = store_op!(
                     Op::Expire,
@@ -399,47 +458,68 @@ impl<S: Store> Worker<S> {
             stopping |= self.stop.is_cancelled();
             let mut claimed_all = false;
             let room = pool.share().saturating_sub(state.held);
-            if !stopping && room > 0 {
-                let want = pool.take_up_to(room);
-                let mut claim = None;
-                if want > 0 {
-                    claim = Some(store_op!(
-                        Op::Claim,
-                        self.claim(&mut state, &mut attempts, want).await
-                    ));
-                }
-                // The next task costs more than the slots taken: take that
-                // many whole, if the pool has them, rather than skip it.
-                if let Some(c) = &claim
-                    && c.tasks.is_empty()
-                    && let Some(cost) = c.blocked_by
-                    && pool.take_exactly(cost)
-                {
-                    claim = Some(store_op!(
-                        Op::Claim,
-                        self.claim(&mut state, &mut attempts, cost).await
-                    ));
-                }
-                if let Some(claim) = claim {
-                    next_due = claim.next_due;
-                    claimed_all =
-                        !claim.tasks.is_empty() && claim.tasks.len() == claim.asked as usize;
-                    let started = Instant::now();
-                    let wall = self.clock.now();
-                    for task in claim.tasks {
-                        if let Some(attempt) = self.start(&mut state, task, started, wall).await {
-                            attempts.push(attempt);
-                        }
-                    }
-                }
+            let want = match !stopping && room > 0 {
+                true => pool.take_up_to(room),
+                false => 0,
+            };
+            let mut claim = None;
+            if want > 0 && state.completions.is_empty() {
+                let op = store.task_claim(self.request(id, want), self.clock.now());
+                let out = store_call!(op);
+                claim = Some(store_op!(
+                    Op::Claim,
+                    self.claimed_or_not(&mut state, out, want).await
+                ));
+            } else if want > 0 {
+                // One store call, one commit, for the reports and the claim.
+                let (completions, ends) = take_completions(&mut state);
+                let request = self.request(id, want);
+                let op = store.task_complete_and_claim(id, completions, request, self.clock.now());
+                let out = store_call!(op);
+                claim = Some(store_op!(both
+                    self.reported_and_claimed(&mut state, ends, out, want).await
+                ));
+            } else if !state.completions.is_empty() {
+                let (completions, ends) = take_completions(&mut state);
+                let op = store.task_complete(id, completions, self.clock.now());
+                let out = store_call!(op);
+                store_op!(Op::Report, self.reported(&mut state, ends, out).await);
+            }
+            // The next task costs more than the slots taken: take that
+            // many whole, if the pool has them, rather than skip it.
+            if let Some(c) = &claim
+                && c.tasks.is_empty()
+                && let Some(cost) = c.blocked_by
+                && pool.take_exactly(cost)
+            {
+                let op = store.task_claim(self.request(id, cost), self.clock.now());
+                let out = store_call!(op);
+                claim = Some(store_op!(
+                    Op::Claim,
+                    self.claimed_or_not(&mut state, out, cost).await
+                ));
+            }
+            if let Some(claim) = claim {
+                next_due = claim.next_due;
+                claimed_all = !claim.tasks.is_empty() && claim.tasks.len() == claim.asked as usize;
+                unstarted.extend(claim.tasks);
+            }
+            collect_finished(&mut attempts, &mut state.finished);
+            let again = |state: &LoopState<S>| {
+                (claimed_all && state.held < pool.share())
+                    || !state.finished.is_empty()
+                    || !state.completions.is_empty()
+            };
+            // Another store call follows at once: the tasks just claimed
+            // start when its request is on its way. Otherwise now (and
+            // those that end as they start make another follow).
+            if !again(&state) || stopping {
+                start_unstarted!();
             }
             if stopping && state.running.is_empty() && state.completions.is_empty() {
                 return Ok(());
             }
-            if (claimed_all && state.held < pool.share())
-                || !state.finished.is_empty()
-                || !state.completions.is_empty()
-            {
+            if again(&state) {
                 continue;
             }
 
@@ -493,41 +573,100 @@ impl<S: Store> Worker<S> {
         Ok(())
     }
 
-    /// Claims up to `slots` slots' worth of tasks; keeps the slots the tasks
-    /// took and gives the rest back to the pool.
-    async fn claim(
+    /// What a claim of `slots` slots came to: the tasks (their slots kept,
+    /// the rest given back to the pool), or its failure (all given back).
+    async fn claimed_or_not(
         &self,
         state: &mut LoopState<S>,
-        attempts: &mut impl Attempts<S::Output>,
+        claim: Result<Claim<S::Payload, S::Output>, StoreError>,
         slots: u32,
     ) -> Result<Claimed<S>, StoreError> {
-        let op = self.store.task_claim(
-            ClaimRequest {
-                worker: state.id,
-                capacity: slots,
-                max_tasks: slots as usize,
-                lease: self.config.lease,
-                batch: self.config.batch,
-            },
-            self.clock.now(),
-        );
-        let claim = match drive(attempts, &mut state.finished, op).await {
-            Ok(claim) => claim,
+        match claim {
+            Ok(claim) => Ok(self.claimed(state, claim, slots).await),
             Err(error) => {
                 self.pool().untake(slots);
-                return Err(error);
+                Err(error)
+            }
+        }
+    }
+
+    /// What a report-and-claim ([`Store::task_complete_and_claim`]) of
+    /// `slots` slots came to. A failure says whose it was: the report's
+    /// (nothing was recorded: the reports are lost as with
+    /// [`Worker::reported`]) or the claim's alone (the reports were
+    /// recorded and are delivered). Either way the slots go back to the pool.
+    async fn reported_and_claimed(
+        &self,
+        state: &mut LoopState<S>,
+        ends: Ends,
+        out: CompleteAndClaim<S::Payload, S::Output>,
+        slots: u32,
+    ) -> Result<Claimed<S>, (Op, StoreError)> {
+        let (applied, claim) = match out {
+            Ok(both) => both,
+            Err(error) => {
+                state.deliveries.clear();
+                self.pool().untake(slots);
+                return Err((Op::Report, error));
             }
         };
+        self.deliver(state, ends, &applied).await;
+        self.claimed_or_not(state, claim, slots)
+            .await
+            .map_err(|error| (Op::Claim, error))
+    }
+
+    /// What a report ([`Store::task_complete`]) came to: the ends the store
+    /// accepted are delivered.
+    async fn reported(
+        &self,
+        state: &mut LoopState<S>,
+        ends: Ends,
+        out: Result<Applied, StoreError>,
+    ) -> Result<(), StoreError> {
+        match out {
+            Ok(applied) => {
+                self.deliver(state, ends, &applied).await;
+                Ok(())
+            }
+            Err(error) => {
+                // The reports are lost with the operation: their tasks stay
+                // running in the store until their leases expire and the
+                // rescuer requeues them (at-least-once, as with a dead worker).
+                state.deliveries.clear();
+                Err(error)
+            }
+        }
+    }
+
+    fn request(&self, worker: WorkerId, slots: u32) -> ClaimRequest {
+        ClaimRequest {
+            worker,
+            capacity: slots,
+            max_tasks: slots as usize,
+            lease: self.config.lease,
+            batch: self.config.batch,
+        }
+    }
+
+    /// Takes what a claim of `slots` slots handed out: keeps the slots its
+    /// tasks took, gives the rest back to the pool, routes its events.
+    async fn claimed(
+        &self,
+        state: &mut LoopState<S>,
+        claim: Claim<S::Payload, S::Output>,
+        slots: u32,
+    ) -> Claimed<S> {
         self.router.route(&claim.events, &[]).await;
         let used: u32 = claim.tasks.iter().map(|t| t.cost).sum();
         state.held += used;
         self.pool().untake(slots - used);
-        Ok(Claimed {
+        Claimed {
             tasks: claim.tasks,
             next_due: claim.next_due,
             blocked_by: claim.blocked_by,
             asked: slots,
-        })
+        }
     }
 
     fn pool(&self) -> &SlotPool {
@@ -755,12 +894,11 @@ impl<S: Store> Worker<S> {
         Some(attempt)
     }
 
-    /// Turns finished attempts into completions and reports them.
-    async fn report(
-        &self,
-        state: &mut LoopState<S>,
-        attempts: &mut impl Attempts<S::Output>,
-    ) -> Result<(), StoreError> {
+    /// Turns finished attempts into completions, to report, and frees their slots.
+    fn take_reports(&self, state: &mut LoopState<S>) {
+        if state.finished.is_empty() {
+            return;
+        }
         let now = self.clock.now();
         let mut finished = std::mem::take(&mut state.finished);
         for done in finished.drain(..) {
@@ -822,7 +960,6 @@ impl<S: Store> Worker<S> {
             }));
         }
         state.finished = finished;
-        self.flush(state, attempts).await
     }
 
     /// Sends pending completions to the store and delivers the ends it accepted.
@@ -834,27 +971,17 @@ impl<S: Store> Worker<S> {
         if state.completions.is_empty() {
             return Ok(());
         }
-        let completions = std::mem::replace(
-            &mut state.completions,
-            Vec::with_capacity(state.held as usize + 1),
-        );
-        let ends: Vec<(Fence, Option<Reason>)> = completions
-            .iter()
-            .map(|c| (c.fence, reason_of(&c.outcome)))
-            .collect();
+        let (completions, ends) = take_completions(state);
         let op = self
             .store
             .task_complete(state.id, completions, self.clock.now());
-        let applied = match drive(attempts, &mut state.finished, op).await {
-            Ok(applied) => applied,
-            Err(error) => {
-                // The reports are lost with the operation: their tasks stay
-                // running in the store until their leases expire and the
-                // rescuer requeues them (at-least-once, as with a dead worker).
-                state.deliveries.clear();
-                return Err(error);
-            }
-        };
+        let out = drive(attempts, &mut state.finished, op).await;
+        self.reported(state, ends, out).await
+    }
+
+    /// Delivers the ends the store accepted to their runners, and routes the
+    /// rest of what the completions did.
+    async fn deliver(&self, state: &mut LoopState<S>, ends: Ends, applied: &Applied) {
         let mut delivered = Vec::with_capacity(ends.len());
         let mut last_runner: Option<Arc<dyn Runner<S>>> = None;
         for ((result, delivery), (fence, reason)) in applied
@@ -897,7 +1024,6 @@ impl<S: Store> Worker<S> {
         }
         delivered.sort_unstable();
         self.router.route(&applied.events, &delivered).await;
-        Ok(())
     }
 
     /// Renews leases; cancels what the store asks to; rescues expired leases.
@@ -965,6 +1091,23 @@ impl<S: Store> Worker<S> {
         self.router.route(&events, &[]).await;
         Ok(())
     }
+}
+
+/// Per completion sent, in order: its attempt, and the reason its task
+/// ends with, should it end.
+type Ends = Vec<(Fence, Option<Reason>)>;
+
+/// The pending completions, to send, with what their deliveries need.
+fn take_completions<S: Store>(state: &mut LoopState<S>) -> (Vec<Completion<S::Output>>, Ends) {
+    let completions = std::mem::replace(
+        &mut state.completions,
+        Vec::with_capacity(state.held as usize + 1),
+    );
+    let ends = completions
+        .iter()
+        .map(|c| (c.fence, reason_of(&c.outcome)))
+        .collect();
+    (completions, ends)
 }
 
 /// The reason a completion's task ends with, should it end.

@@ -92,6 +92,30 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
     ) -> impl Future<Output = Result<Applied, StoreError>> + Send;
 
+    /// Records finished attempts, then claims: [`Store::task_complete`]
+    /// followed by [`Store::task_claim`], for a worker that has reports to
+    /// make and free slots to fill. The claim sees everything the
+    /// completions did (the slots they freed, the dependents they
+    /// released), and refused (stale) completions do not keep it from
+    /// claiming.
+    ///
+    /// The outer error means nothing was recorded. The inner result is the
+    /// claim's: a store that runs the two steps apart may record the
+    /// completions and then fail to claim. The default does just that
+    /// ([`complete_then_claim`]); durable stores override it to do both in
+    /// one transaction (one commit per turn of a worker instead of two), so
+    /// their claim never fails alone. Either way the events are the same as
+    /// the two calls', in the same order: the completions', then the claim's.
+    fn task_complete_and_claim(
+        &self,
+        worker: WorkerId,
+        completions: Vec<Completion<Self::Output>>,
+        request: ClaimRequest,
+        now: Timestamp,
+    ) -> impl Future<Output = CompleteAndClaim<Self::Payload, Self::Output>> + Send {
+        complete_then_claim(self, worker, completions, request, now)
+    }
+
     /// Cancels a task: at once if not running, else asks its worker.
     fn task_cancel(
         &self,
@@ -241,4 +265,23 @@ pub trait Store: Send + Sync + 'static {
     /// The memory store forgets them by default, so that memory is bounded by
     /// the work in flight rather than the work done.
     fn retains_finished_tasks(&self) -> bool;
+}
+
+/// What [`Store::task_complete_and_claim`] returns: the completions'
+/// results and the claim's, or an error if nothing was recorded.
+pub type CompleteAndClaim<P, O> = Result<(Applied, Result<Claim<P, O>, StoreError>), StoreError>;
+
+/// [`Store::task_complete_and_claim`] as two calls: `task_complete`, then
+/// `task_claim`. The default of the trait method, and for wrappers that
+/// override it but want the two steps of the store they wrap.
+pub async fn complete_then_claim<S: Store + ?Sized>(
+    store: &S,
+    worker: WorkerId,
+    completions: Vec<Completion<S::Output>>,
+    request: ClaimRequest,
+    now: Timestamp,
+) -> CompleteAndClaim<S::Payload, S::Output> {
+    let applied = store.task_complete(worker, completions, now).await?;
+    let claim = store.task_claim(request, now).await;
+    Ok((applied, claim))
 }
