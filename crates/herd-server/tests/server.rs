@@ -6,6 +6,7 @@ mod server {
 
     mod api;
     mod auth;
+    mod client;
     mod errors;
     mod events;
     mod postgres;
