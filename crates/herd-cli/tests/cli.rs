@@ -33,6 +33,7 @@ impl Herd {
             .args(args)
             .env("HERD_HOME", self.home.path())
             .env_remove("HERD_STORE")
+            .env_remove("HERD_LOG")
             .current_dir(self.work.path())
             .stdin(Stdio::null());
         command
