@@ -12,4 +12,5 @@ mod server {
     mod postgres;
     mod shapes;
     mod socket;
+    mod worker_failure;
 }
