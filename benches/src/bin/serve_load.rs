@@ -5,7 +5,8 @@
 //!   serve_load ADDR load CLIENTS SECONDS \[paused\]
 //!   serve_load ADDR big RECORDS
 //!
-//! Each client keeps one HTTP/1.1 connection (reconnecting after an error)
+//! Each client keeps one HTTP/1.1 connection (herd's own API client, the
+//! one behind `herd --server`: hyper's pool, reconnecting after an error)
 //! and loops: `POST /api/batches` (three records of `true`), then
 //! `GET /api/batches/{id}`; with `paused` the batches are stored paused
 //! (the API alone, no worker writing beside it). `big` creates one paused batch of RECORDS
@@ -14,80 +15,11 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use herd_server::client::Client;
 
-/// One keep-alive connection.
-struct Conn {
-    addr: SocketAddr,
-    stream: Option<BufReader<TcpStream>>,
-}
-
-impl Conn {
-    fn new(addr: SocketAddr) -> Conn {
-        Conn { addr, stream: None }
-    }
-
-    /// One request: the status and body, or an I/O error (the connection
-    /// is dropped and made again next time).
-    async fn call(
-        &mut self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        body: &[u8],
-    ) -> std::io::Result<(u16, Vec<u8>)> {
-        let result = self.try_call(method, path, content_type, body).await;
-        if result.is_err() {
-            self.stream = None;
-        }
-        result
-    }
-
-    async fn try_call(
-        &mut self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        body: &[u8],
-    ) -> std::io::Result<(u16, Vec<u8>)> {
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(self.addr).await?;
-            stream.set_nodelay(true)?;
-            self.stream = Some(BufReader::new(stream));
-        }
-        let stream = self.stream.as_mut().expect("connected");
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        stream.get_mut().write_all(head.as_bytes()).await?;
-        stream.get_mut().write_all(body).await?;
-        let mut line = String::new();
-        stream.read_line(&mut line).await?;
-        let status: u16 = line
-            .get(9..12)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let mut length = 0usize;
-        loop {
-            line.clear();
-            stream.read_line(&mut line).await?;
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':')
-                && name.eq_ignore_ascii_case("content-length")
-            {
-                length = value.trim().parse().unwrap_or(0);
-            }
-        }
-        let mut body = vec![0; length];
-        stream.read_exact(&mut body).await?;
-        Ok((status, body))
-    }
+/// A client of its own (one kept connection) for one simulated user.
+fn connect(addr: SocketAddr) -> Client {
+    Client::new(&format!("http://{addr}"), None).expect("a server URL")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -103,7 +35,7 @@ fn ms(d: Duration) -> String {
 }
 
 async fn client(addr: SocketAddr, until: Instant, paused: bool) -> (Vec<Duration>, u64) {
-    let mut conn = Conn::new(addr);
+    let conn = connect(addr);
     let mut latencies = Vec::new();
     let mut errors = 0;
     let create =
@@ -115,9 +47,8 @@ async fn client(addr: SocketAddr, until: Instant, paused: bool) -> (Vec<Duration
             .call("POST", "/api/batches", "application/json", create)
             .await
         {
-            Ok((201, body)) => {
+            Ok(v) => {
                 latencies.push(start.elapsed());
-                let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 v["id"].as_str().map(String::from)
             }
             _ => {
@@ -128,7 +59,7 @@ async fn client(addr: SocketAddr, until: Instant, paused: bool) -> (Vec<Duration
         let Some(id) = id else { continue };
         let start = Instant::now();
         match conn
-            .call(
+            .fetch(
                 "GET",
                 &format!("/api/batches/{id}"),
                 "application/json",
@@ -136,7 +67,7 @@ async fn client(addr: SocketAddr, until: Instant, paused: bool) -> (Vec<Duration
             )
             .await
         {
-            Ok((200, _)) => latencies.push(start.elapsed()),
+            Ok(_) => latencies.push(start.elapsed()),
             _ => errors += 1,
         }
     }
@@ -175,9 +106,9 @@ async fn big(addr: SocketAddr, records: usize) {
     for i in 0..records {
         body.extend_from_slice(format!("{{\"n\": {i}}}\n").as_bytes());
     }
-    let mut conn = Conn::new(addr);
+    let conn = connect(addr);
     let started = Instant::now();
-    let (status, answer) = conn
+    let v = conn
         .call(
             "POST",
             "/api/batches?command=true&paused=true&name=big",
@@ -187,8 +118,6 @@ async fn big(addr: SocketAddr, records: usize) {
         .await
         .expect("the big create");
     let took = started.elapsed();
-    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
-    let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
     let id = v["id"].as_str().unwrap().to_string();
     println!(
         "big: {records} records ({} KiB NDJSON) created in {}",
@@ -198,16 +127,14 @@ async fn big(addr: SocketAddr, records: usize) {
     let mut status_times = Vec::new();
     for _ in 0..50 {
         let start = Instant::now();
-        let (status, _) = conn
-            .call(
-                "GET",
-                &format!("/api/batches/{id}"),
-                "application/json",
-                b"",
-            )
-            .await
-            .expect("status");
-        assert_eq!(status, 200);
+        conn.fetch(
+            "GET",
+            &format!("/api/batches/{id}"),
+            "application/json",
+            b"",
+        )
+        .await
+        .expect("status");
         status_times.push(start.elapsed());
     }
     status_times.sort_unstable();
@@ -216,16 +143,14 @@ async fn big(addr: SocketAddr, records: usize) {
         ms(percentile(&status_times, 0.5)),
         ms(*status_times.last().unwrap())
     );
-    let (status, _) = conn
-        .call(
-            "DELETE",
-            &format!("/api/batches/{id}"),
-            "application/json",
-            b"",
-        )
-        .await
-        .expect("cancel");
-    assert_eq!(status, 200);
+    conn.call(
+        "DELETE",
+        &format!("/api/batches/{id}"),
+        "application/json",
+        b"",
+    )
+    .await
+    .expect("cancel");
 }
 
 fn main() {

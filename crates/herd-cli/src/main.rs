@@ -23,6 +23,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
+use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, exit};
 use error::CliError;
@@ -30,6 +31,7 @@ use store::Location;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    log();
     if let Command::Completions(args) = &cli.command {
         clap_complete::generate(
             args.shell,
@@ -82,6 +84,27 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
             Ok(exit::OK)
         }
     }
+}
+
+/// The log, to stderr: warnings unless `HERD_LOG` says otherwise, in
+/// `tracing`'s filter syntax (`info` for `herd serve`'s request log,
+/// `herd_exec=debug,warn`, ...). Commands print their output themselves:
+/// the log is for what goes wrong beside it.
+fn log() {
+    let filter = match std::env::var("HERD_LOG") {
+        Err(_) => EnvFilter::new("warn"),
+        Ok(text) => EnvFilter::try_new(&text).unwrap_or_else(|e| {
+            eprintln!(
+                "herd: HERD_LOG={text:?} is not a log filter ({e}): logging warnings; write it like `info` or `tower_http=info,warn`"
+            );
+            EnvFilter::new("warn")
+        }),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
 }
 
 fn fail(error: &CliError) -> ExitCode {

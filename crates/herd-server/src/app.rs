@@ -1,6 +1,8 @@
 //! The router: every route, the bearer-token check on `/api`, the body
-//! limit, CORS (off unless origins are configured), and JSON errors for
-//! unknown routes and methods.
+//! limit, CORS (off unless origins are configured), JSON errors for
+//! unknown routes and methods, and the request log: one `tracing` event at
+//! info per answer (method, path, status, latency; never a header, so never
+//! the token), whatever answered it.
 
 use std::sync::Arc;
 
@@ -14,7 +16,10 @@ use herd_core::store::Store;
 use herd_exec::CommandTask;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
+use tower_http::LatencyUnit;
 use tower_http::cors::CorsLayer;
+use tower_http::trace::{DefaultMakeSpan, DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 use crate::config::ServerConfig;
 use crate::error::ApiError;
@@ -98,7 +103,16 @@ pub fn app<S: ServerStore>(state: Arc<AppState<S>>) -> Router {
                 .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE]),
         );
     }
-    app
+    // Outermost, so refusals by the layers inside (401, 413) are logged too.
+    app.layer(
+        TraceLayer::new_for_http()
+            .make_span_with(DefaultMakeSpan::new().level(Level::INFO))
+            .on_response(
+                DefaultOnResponse::new()
+                    .level(Level::INFO)
+                    .latency_unit(LatencyUnit::Micros),
+            ),
+    )
 }
 
 /// Lets a call through only with the server's bearer token, when it has one.

@@ -6,9 +6,11 @@ mod server {
 
     mod api;
     mod auth;
+    mod client;
     mod errors;
     mod events;
     mod postgres;
     mod shapes;
     mod socket;
+    mod worker_failure;
 }

@@ -132,8 +132,9 @@ impl<P, O> SqlStore<Postgres, P, O> {
         })?;
         let work_channel = channel("herd_work", &current);
         let control_channel = channel("herd_control", &current);
-        // The listener detaches its connection from the pool: closing the
-        // pool does not wait for it (a test checks).
+        // The listener holds a connection of the pool until the pool closes,
+        // then ends (see `listen`), so closing the pool does not wait for it
+        // (a test checks).
         let mut listener = PgListener::connect_with(&pool).await?;
         listener
             .listen_all([work_channel.as_str(), control_channel.as_str()])
@@ -195,6 +196,9 @@ async fn listen(mut listener: PgListener, signals: Weak<Signals>, control: Strin
         match notification {
             Ok(n) if n.channel() == control => signals.control.notify_waiters(),
             Ok(_) => signals.work.notify_waiters(),
+            // The pool is closing: give the connection back, or the close
+            // waits for it forever (PgListener keeps it on this error).
+            Err(sqlx::Error::PoolClosed) => return,
             Err(_) => {
                 // The connection was lost: PgListener reconnects on the next
                 // call. Meanwhile wake everyone, in case a notice was missed.

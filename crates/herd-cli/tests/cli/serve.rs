@@ -21,9 +21,20 @@ struct Server {
 
 impl Server {
     fn start(herd: &Herd, args: &[&str]) -> Server {
+        Server::start_with(herd, args, &[])
+    }
+
+    /// `herd serve ARGS` with the environment variables `env`.
+    fn start_with(herd: &Herd, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
         all.extend_from_slice(args);
-        let mut child = herd.spawn(&all);
+        let mut child = herd
+            .command(&all)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
         let mut stderr = BufReader::new(child.stderr.take().unwrap());
         let line = read_line(&mut stderr);
         let addr = line
@@ -105,6 +116,13 @@ impl Server {
 
     fn exit_code(mut self) -> Option<i32> {
         self.child.wait().unwrap().code()
+    }
+
+    /// Waits for the exit: its code and the rest of stderr.
+    fn exit(mut self) -> (Option<i32>, String) {
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        (self.child.wait().unwrap().code(), rest)
     }
 }
 
@@ -516,4 +534,40 @@ fn the_inspection_commands_print_the_same_through_a_server_as_from_the_store() {
     assert_eq!(code(&out), Some(2), "herd run runs here, not on a server");
     server.signal(Signal::SIGTERM);
     assert_eq!(server.exit_code(), Some(0));
+}
+
+#[test]
+fn herd_log_info_logs_each_request_and_the_default_logs_none() {
+    let herd = Herd::new();
+    let server = Server::start_with(&herd, &[], &[("HERD_LOG", "info")]);
+    server.get("/healthz");
+    let (status, _) = server.http("GET", "/api/batches/b999", None);
+    assert_eq!(status, 404);
+    server.signal(Signal::SIGTERM);
+    let (code, log) = server.exit();
+    assert_eq!(code, Some(0), "{log}");
+    let line = |path: &str| {
+        log.lines()
+            .find(|l| l.contains(&format!("uri={path} ")))
+            .unwrap_or_else(|| panic!("no request log of {path} in {log}"))
+            .to_string()
+    };
+    let health = line("/healthz");
+    assert!(
+        health.contains("INFO") && health.contains("method=GET"),
+        "{health}"
+    );
+    assert!(
+        health.contains("status=200") && health.contains("latency="),
+        "{health}"
+    );
+    assert!(line("/api/batches/b999").contains("status=404"), "{log}");
+
+    // Without HERD_LOG: warnings only, so nothing for a request.
+    let server = Server::start(&herd, &[]);
+    server.get("/healthz");
+    server.signal(Signal::SIGTERM);
+    let (code, log) = server.exit();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("uri=") && !log.contains("INFO"), "{log}");
 }

@@ -81,6 +81,12 @@ impl<P, O> MemoryStore<P, O> {
     /// Events a store that forgets finished tasks keeps for
     /// [`Store::event_list`]: the latest this many. A retaining store keeps
     /// every event until its batch is purged.
+    ///
+    /// What the log costs the library's executor (`stream_rss herd`:
+    /// 1,000,000 no-op tasks through a non-retaining store): 0.4% more
+    /// instructions (callgrind: 6.630 against 6.602 billion without the
+    /// log), no change in wall time beyond noise, and peak RSS 8.0 MB
+    /// against 4.3 MB (the full ring).
     pub const EVENT_LOG: usize = 65_536;
 
     fn build(retain: bool) -> Self {
