@@ -151,6 +151,8 @@ macro_rules! store_conformance {
             claim_respects_batch_concurrency_by_cost,
             claim_shares_fairly_between_batches,
             claim_ranks_many_batches,
+            claim_ranks_past_batches_its_completions_stop,
+            claim_ranks_past_a_batch_a_due_retry_fills,
             paused_batches_are_not_claimed,
             completions_are_fenced_by_attempt,
             retry_waits_without_holding_a_slot,
@@ -1642,6 +1644,68 @@ pub mod cases {
         // unit) must not pass it.
         assert!(h.claim(1, 4, secs(14)).await.tasks.is_empty());
         assert_eq!(payloads(&h.claim(3, 4, secs(15)).await), ["n3b", "n3c"]);
+        h.finish().await;
+    }
+
+    /// A report-and-claim whose completion stops the batch that ranked
+    /// first still claims from the next one. (A store that reads only the
+    /// best few batches must read one more per completion.)
+    pub async fn claim_ranks_past_batches_its_completions_stop<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let r = BatchSpec {
+            priority: Priority::HIGH,
+            error_policy: crate::model::ErrorPolicy::stop(),
+            ..batch(2, vec![task("r1"), task("r2"), task("r3")])
+        };
+        h.insert(r, T0).await;
+        let claim = h.claim(10, 1, secs(1)).await;
+        assert_eq!(payloads(&claim), ["r1"]);
+        h.insert(batch(1, vec![task("s1")]), secs(1)).await;
+        h.insert(batch(1, vec![task("t1")]), secs(1)).await;
+        let request = ClaimRequest {
+            worker: h.worker,
+            capacity: 10,
+            max_tasks: 1,
+            lease: LEASE,
+            batch: None,
+        };
+        let report = report(
+            fence(&claim.tasks[0]),
+            failure(Reason::ExitCode(1), None),
+            Duration::from_secs(1),
+        );
+        let (_, claim) = h.complete_and_claim(vec![report], request, secs(2)).await;
+        assert_eq!(payloads(&claim), ["s1"], "r is stopped by r1's failure");
+        h.finish().await;
+    }
+
+    /// A retry that falls due ahead of a batch's head, and does not fit
+    /// next to what the batch runs, keeps the batch from starting anything;
+    /// the claim takes from the next batch. (A store that reads only the
+    /// best few batches must read one more per retry due.)
+    pub async fn claim_ranks_past_a_batch_a_due_retry_fills<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let big = TaskSpec {
+            cost: 3,
+            priority: Some(Priority::CRITICAL),
+            ..task("big")
+        };
+        let mut r = BatchSpec {
+            priority: Priority::HIGH,
+            ..batch(3, vec![big, task("r1"), task("r2")])
+        };
+        r.policy.retry = crate::model::RetryPolicy::attempts(3);
+        h.insert(r, T0).await;
+        let claim = h.claim(10, 1, secs(1)).await;
+        assert_eq!(payloads(&claim), ["big"]);
+        let failed = failure(Reason::ExitCode(1), Some(secs(5)));
+        let (result, _) = h.report(fence(&claim.tasks[0]), failed, secs(2)).await;
+        assert_eq!(result, Ok(RetryWait));
+        assert_eq!(payloads(&h.claim(10, 1, secs(3)).await), ["r1"]);
+        h.insert(batch(1, vec![task("s1")]), secs(3)).await;
+        // big is queued again ahead of r2, and needs all three of r's units.
+        let claim = h.claim(10, 1, secs(5)).await;
+        assert_eq!(payloads(&claim), ["s1"]);
         h.finish().await;
     }
 
