@@ -25,11 +25,17 @@
 //! where herd's time goes.
 //!
 //! ```text
-//! cargo run --release -p herd-benches --bin store_drain -- [sqlite|postgres|both] [turns|loop|submit]
+//! cargo run --release -p herd-benches --bin store_drain -- [sqlite|postgres|both] [turns|loop|submit|many]
 //! ```
 //!
 //! With `turns`, `loop` or `submit`, only that is measured (for a profiler):
 //! the turns of a worker with two slots, the worker loop, or the large submit.
+//! `many` measures only a claim's cost among many live batches (what `herd
+//! serve` sees when clients create small batches): `HERD_BENCH_BATCHES`
+//! batches of two no-op tasks, concurrency 1, then `HERD_BENCH_CLAIMS` claims
+//! of one task each (`task_claim`), then as many turns reporting one and
+//! claiming the next (`task_complete_and_claim`); every claim leaves
+//! thousands of batches claimable.
 //!
 //! Settings, from the environment:
 //!
@@ -41,6 +47,8 @@
 //! | `HERD_BENCH_SINGLE_TASKS` | 5000 | tasks per drain, 1 per transaction, and per drain in turns |
 //! | `HERD_BENCH_SUBMIT` | 100000 | tasks in the one-batch submit |
 //! | `HERD_BENCH_SAMPLES` | 200 | enqueue-to-start samples per variant |
+//! | `HERD_BENCH_BATCHES` | 5000 | live batches, with `many` |
+//! | `HERD_BENCH_CLAIMS` | 200 | claims (and turns) timed, with `many` |
 //!
 //! `benches/store_drain.sh` builds and runs it.
 
@@ -117,6 +125,18 @@ async fn run_only<B: Bench>(bench: &mut B, options: &Options, only: Only) -> Res
                 si(rate)
             );
         }
+        Only::Many => {
+            let (claim, turn) = many_batches(bench, options.batches, options.claims).await?;
+            println!(
+                "{}: among {} live batches: {:.3} ms per task_claim of 1, \
+                 {:.3} ms per task_complete_and_claim of 1 ({} each)",
+                B::NAME,
+                count(options.batches),
+                claim.mean_ms(),
+                turn.mean_ms(),
+                options.claims
+            );
+        }
         Only::Submit => {
             let took = submit(bench, options.submit).await?;
             println!(
@@ -140,6 +160,8 @@ struct Options {
     single_tasks: usize,
     submit: usize,
     samples: usize,
+    batches: usize,
+    claims: usize,
     /// One measure alone (for a profiler).
     only: Option<Only>,
 }
@@ -153,6 +175,8 @@ enum Only {
     Loop,
     /// The one large submit.
     Submit,
+    /// Claims among many live batches.
+    Many,
 }
 
 impl Options {
@@ -163,7 +187,7 @@ impl Options {
             Some("postgres") => (false, true),
             Some(other) => {
                 return Err(format!(
-                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit] (got {other:?})"
+                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit|many] (got {other:?})"
                 )
                 .into());
             }
@@ -173,9 +197,10 @@ impl Options {
             Some("turns") => Some(Only::Turns),
             Some("loop") => Some(Only::Loop),
             Some("submit") => Some(Only::Submit),
+            Some("many") => Some(Only::Many),
             Some(other) => {
                 return Err(format!(
-                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit] (got {other:?})"
+                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit|many] (got {other:?})"
                 )
                 .into());
             }
@@ -190,6 +215,8 @@ impl Options {
             single_tasks: number("HERD_BENCH_SINGLE_TASKS", 5_000)?,
             submit: number("HERD_BENCH_SUBMIT", 100_000)?,
             samples: number("HERD_BENCH_SAMPLES", 200)?,
+            batches: number("HERD_BENCH_BATCHES", 5_000)?,
+            claims: number("HERD_BENCH_CLAIMS", 200)?,
             only,
         })
     }
@@ -964,6 +991,57 @@ fn quantile(samples: &[f64], q: f64) -> f64 {
     sorted.sort_by(f64::total_cmp);
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+/// Claims among `batches` live batches of two tasks each, concurrency 1:
+/// `claims` claims of one task (each leaves its batch full), then as many
+/// turns reporting the oldest task running and claiming one more. Returns
+/// the time per `task_claim` and per `task_complete_and_claim`.
+async fn many_batches<B: Bench>(
+    bench: &mut B,
+    batches: usize,
+    claims: usize,
+) -> Result<(Timing, Timing)> {
+    let store = bench.fresh().await?;
+    let clock = SystemClock;
+    let worker = store
+        .worker_register("bench", std::process::id(), clock.now())
+        .await?;
+    for _ in 0..batches {
+        let mut spec = noop_batch((0..2).map(|_| String::new()));
+        spec.concurrency = 1;
+        store.batch_insert(spec, clock.now()).await?;
+    }
+    let request = ClaimRequest {
+        worker,
+        capacity: 1,
+        max_tasks: 1,
+        lease: Duration::from_secs(30),
+        batch: None,
+    };
+    let mut claim = Timing::default();
+    let mut running = std::collections::VecDeque::new();
+    for _ in 0..claims {
+        let step = Instant::now();
+        let tasks = store.task_claim(request, clock.now()).await?.tasks;
+        claim.add(step.elapsed());
+        assert_eq!(tasks.len(), 1, "a claim takes one task");
+        running.extend(tasks);
+    }
+    let mut turn = Timing::default();
+    for _ in 0..claims {
+        let done = running.pop_front().ok_or("nothing running")?;
+        let step = Instant::now();
+        let (_, next) = store
+            .task_complete_and_claim(worker, vec![succeeded(&done)], request, clock.now())
+            .await?;
+        turn.add(step.elapsed());
+        let tasks = next?.tasks;
+        assert_eq!(tasks.len(), 1, "a turn claims one task");
+        running.extend(tasks);
+    }
+    B::close(store).await;
+    Ok((claim, turn))
 }
 
 /// The time `batch_insert` takes for one batch of `n` tasks with small payloads.

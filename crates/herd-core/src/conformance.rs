@@ -150,6 +150,9 @@ macro_rules! store_conformance {
             claim_respects_capacity_and_max_tasks,
             claim_respects_batch_concurrency_by_cost,
             claim_shares_fairly_between_batches,
+            claim_ranks_many_batches,
+            claim_ranks_past_batches_its_completions_stop,
+            claim_ranks_past_a_batch_a_due_retry_fills,
             paused_batches_are_not_claimed,
             completions_are_fenced_by_attempt,
             retry_waits_without_holding_a_slot,
@@ -1584,6 +1587,137 @@ pub mod cases {
         );
         assert_eq!(claimed(&claim, "h1").priority, Priority::HIGH);
         assert_eq!(h.batch(high.batch).await.priority, Priority::HIGH);
+        h.finish().await;
+    }
+
+    /// With more batches claimable than a claim takes tasks, the claim still
+    /// picks as if it ranked them all: by the head task's priority (not the
+    /// batch's), fewest cost units running, served longest ago, older batch;
+    /// skipping a batch whose head does not fit and one past its deadline.
+    /// (A store that reads only the best few batches must not count those
+    /// two among them, nor rank by the batch's priority.)
+    pub async fn claim_ranks_many_batches<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let costing = |key: &str, cost| TaskSpec { cost, ..task(key) };
+        // x: high priority, but once x0 runs its head x1 never fits.
+        let x = BatchSpec {
+            priority: Priority::HIGH,
+            ..batch(3, vec![task("x0"), costing("x1", 3)])
+        };
+        h.insert(x, T0).await;
+        assert_eq!(payloads(&h.claim(10, 1, T0).await), ["x0"]);
+        // n0..n5: normal, three slots; n3 starts with a task of two units.
+        for n in 0..6 {
+            let first = if n == 3 { 2 } else { 1 };
+            let tasks = vec![
+                costing(&format!("n{n}a"), first),
+                costing(&format!("n{n}b"), 2),
+                costing(&format!("n{n}c"), 1),
+            ];
+            h.insert(batch(3, tasks), T0).await;
+        }
+        let claim = h.claim(10, 3, secs(1)).await;
+        assert_eq!(payloads(&claim), ["n0a", "n1a", "n2a"]);
+        // n1 runs nothing again, but was served after n0.
+        h.succeed(claimed(&claim, "n1a"), None, secs(2)).await;
+        // p: low priority, but its second task is critical.
+        let urgent = TaskSpec {
+            priority: Some(Priority::CRITICAL),
+            ..task("p2")
+        };
+        let p = BatchSpec {
+            priority: Priority::LOW,
+            ..batch(5, vec![task("p1"), urgent])
+        };
+        h.insert(p, secs(2)).await;
+        // d: high priority, past its deadline by the next claim.
+        let mut d = BatchSpec {
+            priority: Priority::HIGH,
+            ..batch(3, vec![task("d1"), task("d2")])
+        };
+        d.policy.deadline = Some(secs(5));
+        h.insert(d, secs(2)).await;
+
+        let best = h.claim(100, 5, secs(10)).await;
+        assert_eq!(
+            payloads(&best),
+            ["p2", "n3a", "n4a", "n5a", "n1b"],
+            "p's head first; nothing of x (does not fit) nor d (past its deadline); \
+             then the batches running nothing, served longest ago first"
+        );
+        let claim = h.claim(100, 4, secs(11)).await;
+        assert_eq!(payloads(&claim), ["n0b", "n2b", "n4b", "n5b"]);
+        // n0, n2, n4 and n5 are full; n3b (two units) does not fit next to
+        // n3a, x1 never does; n1c (normal) goes before p1 (low).
+        let claim = h.claim(100, 4, secs(12)).await;
+        assert_eq!(payloads(&claim), ["n1c", "p1"]);
+        h.succeed(claimed(&best, "n3a"), None, secs(13)).await;
+        // n3b now fits its batch but not a claim of one unit, and n3c (one
+        // unit) must not pass it.
+        assert!(h.claim(1, 4, secs(14)).await.tasks.is_empty());
+        assert_eq!(payloads(&h.claim(3, 4, secs(15)).await), ["n3b", "n3c"]);
+        h.finish().await;
+    }
+
+    /// A report-and-claim whose completion stops the batch that ranked
+    /// first still claims from the next one. (A store that reads only the
+    /// best few batches must read one more per completion.)
+    pub async fn claim_ranks_past_batches_its_completions_stop<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let r = BatchSpec {
+            priority: Priority::HIGH,
+            error_policy: crate::model::ErrorPolicy::stop(),
+            ..batch(2, vec![task("r1"), task("r2"), task("r3")])
+        };
+        h.insert(r, T0).await;
+        let claim = h.claim(10, 1, secs(1)).await;
+        assert_eq!(payloads(&claim), ["r1"]);
+        h.insert(batch(1, vec![task("s1")]), secs(1)).await;
+        h.insert(batch(1, vec![task("t1")]), secs(1)).await;
+        let request = ClaimRequest {
+            worker: h.worker,
+            capacity: 10,
+            max_tasks: 1,
+            lease: LEASE,
+            batch: None,
+        };
+        let report = report(
+            fence(&claim.tasks[0]),
+            failure(Reason::ExitCode(1), None),
+            Duration::from_secs(1),
+        );
+        let (_, claim) = h.complete_and_claim(vec![report], request, secs(2)).await;
+        assert_eq!(payloads(&claim), ["s1"], "r is stopped by r1's failure");
+        h.finish().await;
+    }
+
+    /// A retry that falls due ahead of a batch's head, and does not fit
+    /// next to what the batch runs, keeps the batch from starting anything;
+    /// the claim takes from the next batch. (A store that reads only the
+    /// best few batches must read one more per retry due.)
+    pub async fn claim_ranks_past_a_batch_a_due_retry_fills<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let big = TaskSpec {
+            cost: 3,
+            priority: Some(Priority::CRITICAL),
+            ..task("big")
+        };
+        let mut r = BatchSpec {
+            priority: Priority::HIGH,
+            ..batch(3, vec![big, task("r1"), task("r2")])
+        };
+        r.policy.retry = crate::model::RetryPolicy::attempts(3);
+        h.insert(r, T0).await;
+        let claim = h.claim(10, 1, secs(1)).await;
+        assert_eq!(payloads(&claim), ["big"]);
+        let failed = failure(Reason::ExitCode(1), Some(secs(5)));
+        let (result, _) = h.report(fence(&claim.tasks[0]), failed, secs(2)).await;
+        assert_eq!(result, Ok(RetryWait));
+        assert_eq!(payloads(&h.claim(10, 1, secs(3)).await), ["r1"]);
+        h.insert(batch(1, vec![task("s1")]), secs(3)).await;
+        // big is queued again ahead of r2, and needs all three of r's units.
+        let claim = h.claim(10, 1, secs(5)).await;
+        assert_eq!(payloads(&claim), ["s1"]);
         h.finish().await;
     }
 

@@ -301,7 +301,8 @@ pub(crate) struct ClaimScan {
     pub due: Vec<(TaskId, BatchId)>,
     /// Batches past a deadline not enforced yet.
     pub past_deadline: Vec<BatchId>,
-    /// Batches that could start a task.
+    /// Batches that could start a task: the best few, enough for the claim
+    /// ([`crate::statements::claim_ranked`]), or the one it is limited to.
     pub claimable: Vec<BatchId>,
 }
 
@@ -395,10 +396,16 @@ pub(crate) trait Tx: Send {
     ) -> impl Future<Output = Result<Vec<BatchRow>>> + Send;
     fn batch_write(&mut self, row: &BatchRow) -> impl Future<Output = Result<()>> + Send;
     /// What a claim starts from, in one statement: retries due by `now`
-    /// (task, batch), batches past their deadline, and batches that could
-    /// start a task (unfinished, unpaused, unstopped, with queued tasks and
-    /// a free slot).
-    fn claim_scan(&mut self, now: Timestamp) -> impl Future<Output = Result<ClaimScan>> + Send;
+    /// (task, batch), batches past their deadline, and the batches it could
+    /// take tasks from: with `only`, that batch if it could start a task;
+    /// without, the best `limit` (and one more per retry due) of those
+    /// whose head fits ([`crate::statements::claim_ranked`]).
+    fn claim_scan(
+        &mut self,
+        now: Timestamp,
+        only: Option<BatchId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<ClaimScan>> + Send;
     /// Unfinished batches whose deadline (not yet enforced) has passed.
     fn batches_past_deadline(
         &mut self,
@@ -493,7 +500,11 @@ pub(crate) trait Tx: Send {
     ) -> impl Future<Output = Result<Opened>> + Send {
         async move {
             let scan = match claim {
-                Some(c) => Some(self.claim_scan(c.now).await?),
+                // Each completion before the claim may spoil one batch read.
+                Some(c) => Some(
+                    self.claim_scan(c.now, c.only, c.limit.saturating_add(tasks.len()))
+                        .await?,
+                ),
                 None => None,
             };
             let ids = match (&scan, claim) {

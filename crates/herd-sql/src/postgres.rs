@@ -760,9 +760,22 @@ impl Tx for PgTx {
             .collect()
     }
 
-    async fn claim_scan(&mut self, now: Timestamp) -> Result<ClaimScan> {
-        let rows: Vec<(String, i64, i64)> = sqlx::query_as(statements::CLAIM_SCAN)
+    async fn claim_scan(
+        &mut self,
+        now: Timestamp,
+        only: Option<BatchId>,
+        limit: usize,
+    ) -> Result<ClaimScan> {
+        let (sql, n) = match only {
+            Some(only) => (statements::CLAIM_SCAN_ONE, only.0),
+            None => (
+                statements::CLAIM_SCAN.as_str(),
+                statements::rank_limit(limit),
+            ),
+        };
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(sql)
             .bind(now.0)
+            .bind(n)
             .fetch_all(&mut *self.tx)
             .await
             .map_err(backend)?;
@@ -1021,6 +1034,18 @@ mod tests {
                 BATCHES_LOCK_WITH_TASKS.clone(),
                 "('{1}', '{1, 2}')",
             ),
+            (
+                "claim_scan",
+                "bigint, bigint",
+                statements::CLAIM_SCAN.clone(),
+                "(1, 10)",
+            ),
+            (
+                "claim_scan_one",
+                "bigint, bigint",
+                statements::CLAIM_SCAN_ONE.to_owned(),
+                "(1, 1)",
+            ),
             ("write", "jsonb", sql::TASKS_WRITE.to_owned(), "('[]')"),
             ("ended", "jsonb", sql::ATTEMPTS_END.to_owned(), "('[]')"),
             (
@@ -1040,6 +1065,9 @@ mod tests {
                 .await
                 .unwrap();
             let plan = plan.join("\n");
+            if std::env::var_os("HERD_SHOW_PLANS").is_some() {
+                eprintln!("{name}:\n{plan}\n");
+            }
             assert!(
                 !plan.contains("Seq Scan on tasks")
                     && !plan.contains("Seq Scan on attempts")

@@ -333,18 +333,18 @@ static BATCHES_BY_ID: LazyLock<String> = LazyLock::new(|| {
 
 /// What a claim reads of batches, each row tagged with why (`why`): `c`
 /// the batch it may take tasks from (`$3`, whatever its state) or, without
-/// one, every batch that could start a task; `d` the batch of a retry due
+/// one, the best batches that could start a task, at most `$3` and one per
+/// retry due ([`statements::claim_ranked`]); `d` the batch of a retry due
 /// by `$1` (`task`); `x` a batch past its deadline; `t` the batch of one
-/// of the tasks `$2` (completions before the claim) not read as `c`. A batch
-/// may come more than once (rarely: with due retries, past its deadline).
+/// of the tasks `$2` (completions before the claim), not read as `c` when
+/// the claim is from one batch. A batch may come more than once (with due
+/// retries, past its deadline, or a completion's batch among the best).
 static CLAIM_BATCHES: LazyLock<[String; 2]> = LazyLock::new(|| {
     [
         ("id = $3", "b.id <> $3"),
         (
-            "finished_at IS NULL AND n_queued > 0 AND NOT paused AND stopped IS NULL \
-             AND running_cost < concurrency",
-            "NOT (b.finished_at IS NULL AND b.n_queued > 0 AND NOT b.paused \
-             AND b.stopped IS NULL AND b.running_cost < b.concurrency)",
+            &*format!("id IN ({})", statements::claim_ranked("$1", "$3")),
+            "1",
         ),
     ]
     .map(|(claimable, not_claimed)| {
@@ -373,18 +373,21 @@ static HEADS_OF: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// A claim's heads read ahead, for a claim from any batch: up to `$2`
-/// queued tasks of every unfinished, unpaused, unstopped batch with queued
-/// tasks that has a free slot or holds one of the tasks `$1` (whose
-/// completion may free one). Not in order: [`sorted_heads`] sorts them.
+/// queued tasks of each unfinished, unpaused, unstopped batch with queued
+/// tasks that is among the best ([`statements::claim_ranked`] by `$3` and
+/// `$4`, as [`CLAIM_BATCHES`] read them) or holds one of the tasks `$1`
+/// (whose completion may free a slot): driven by that list of ids, so it
+/// reads no other batch. Not in order: [`sorted_heads`] sorts them.
 static HEADS_AHEAD: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT {TASK_COLUMNS}, t.payload FROM batches b JOIN tasks t ON t.id IN ( \
            SELECT q.id FROM tasks q WHERE q.batch_id = b.id AND q.state = 'queued' \
            ORDER BY q.priority DESC, q.ready_seq LIMIT $2) \
-         WHERE b.finished_at IS NULL AND b.n_queued > 0 AND NOT b.paused \
-           AND b.stopped IS NULL AND (b.running_cost < b.concurrency OR EXISTS ( \
-             SELECT 1 FROM json_each($1) j CROSS JOIN tasks x ON x.id = j.value \
-             WHERE x.batch_id = b.id))"
+         WHERE b.id IN (SELECT c.id FROM ({}) c \
+             UNION SELECT x.batch_id FROM json_each($1) j CROSS JOIN tasks x ON x.id = j.value) \
+           AND b.finished_at IS NULL AND b.n_queued > 0 AND NOT b.paused \
+           AND b.stopped IS NULL",
+        statements::claim_ranked("$3", "$4")
     )
 });
 
@@ -1017,6 +1020,11 @@ impl Tx for SqliteTx {
         }
         let task_ids = id_list(tasks.iter().map(|t| t.0));
         let has_tasks = !tasks.is_empty();
+        // The batches ranked: each completion before the claim may spoil
+        // one ([`statements::claim_ranked`]).
+        let ranked = claim.map_or(0, |c| {
+            statements::rank_limit(c.limit.saturating_add(tasks.len()))
+        });
         let groups = self
             .read(|s| {
                 match claim {
@@ -1033,6 +1041,7 @@ impl Tx for SqliteTx {
                             .shared(&CLAIM_BATCHES[1])
                             .bind(c.now.0)
                             .bind(task_ids.clone())
+                            .bind(ranked)
                             .done()?,
                     },
                     None => s.shared(&BATCHES_OF_TASKS).bind(task_ids.clone()).done()?,
@@ -1044,7 +1053,13 @@ impl Tx for SqliteTx {
                     let limit = i64::try_from(c.limit).unwrap_or(i64::MAX);
                     match c.only {
                         Some(only) => s.shared(&HEADS_OF).bind(only.0).bind(limit).done()?,
-                        None => s.shared(&HEADS_AHEAD).bind(task_ids).bind(limit).done()?,
+                        None => s
+                            .shared(&HEADS_AHEAD)
+                            .bind(task_ids)
+                            .bind(limit)
+                            .bind(c.now.0)
+                            .bind(ranked)
+                            .done()?,
                     }
                     s.plain(SERVED_AND_DUE);
                 }
@@ -1322,9 +1337,21 @@ impl Tx for SqliteTx {
             .collect()
     }
 
-    async fn claim_scan(&mut self, now: Timestamp) -> Result<ClaimScan> {
+    async fn claim_scan(
+        &mut self,
+        now: Timestamp,
+        only: Option<BatchId>,
+        limit: usize,
+    ) -> Result<ClaimScan> {
+        let (sql, n) = match only {
+            Some(only) => (statements::CLAIM_SCAN_ONE, only.0),
+            None => (
+                statements::CLAIM_SCAN.as_str(),
+                statements::rank_limit(limit),
+            ),
+        };
         let rows = self
-            .read_one(|s| s.shared(statements::CLAIM_SCAN).bind(now.0).done())
+            .read_one(|s| s.shared(sql).bind(now.0).bind(n).done())
             .await?;
         let rows = rows
             .iter()
@@ -1607,7 +1634,9 @@ mod tests {
         let store = SqliteStore::<String, String>::open(&location)
             .await
             .unwrap();
-        let hot: [&str; 12] = [
+        let hot: [&str; 14] = [
+            &statements::CLAIM_SCAN,
+            statements::CLAIM_SCAN_ONE,
             &CLAIM_BATCHES[0],
             &CLAIM_BATCHES[1],
             &HEADS_OF,
@@ -1630,10 +1659,18 @@ mod tests {
                 .iter()
                 .map(|row| row.get::<String, _>("detail"))
                 .collect();
+            if std::env::var_os("HERD_SHOW_PLANS").is_some() {
+                eprintln!("{sql}\n{}\n", plan.join("\n"));
+            }
             let scans = |line: &&String| {
                 let allowed = ["SCAN j VIRTUAL TABLE", "SCAN CONSTANT ROW"];
                 let live = line.contains("INDEX batches_live");
-                (line.starts_with("SCAN ") && !live && !allowed.iter().any(|a| line.starts_with(a)))
+                // The claim's ranked batches, at most its limit of them.
+                let ranked = line.as_str() == "SCAN c";
+                (line.starts_with("SCAN ")
+                    && !live
+                    && !ranked
+                    && !allowed.iter().any(|a| line.starts_with(a)))
                     || line.contains("sqlite_autoindex_tasks_1")
             };
             assert!(

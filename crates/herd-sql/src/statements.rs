@@ -43,15 +43,76 @@ pub(crate) const BATCH_BY_KEY: &str = "SELECT id FROM batches WHERE idempotency_
 pub(crate) const BATCHES_PAST_DEADLINE: &str =
     "SELECT id FROM batches WHERE deadline <= $1 AND finished_at IS NULL ORDER BY id";
 
-/// Retries due, batches past their deadline, batches that could start a
-/// task: `(kind, id, batch)`, read by [`crate::logic::ClaimScan::from_rows`].
-pub(crate) const CLAIM_SCAN: &str = "\
+/// The batches a claim may take tasks from, best first, at most `limit`
+/// plus the number of retries due by `now` (`now` and `limit` are the
+/// placeholders to bind): the unfinished, unpaused, unstopped batches not
+/// past a deadline whose queued head (the first task in the order of the
+/// index `tasks_ready`) fits their free slots, in
+/// [`crate::logic::best_batch`]'s rank: the head's priority, fewest cost
+/// units running, served longest ago, older batch.
+///
+/// Why that is enough, with `limit` the claim's `max_tasks` plus the
+/// completions reported before it in the same operation: a claim serves at
+/// most `max_tasks` batches, and serving a batch only lowers its own rank.
+/// A batch left out keeps its rank through the claim, unless the operation
+/// touches it (a completion, a retry due, a released dependent: those
+/// batches are locked and loaded anyway). A batch read that the operation
+/// does not touch and the claim has not served yet still fits and ranks as
+/// high as it did, above every batch left out; each completion and each due
+/// retry may spoil at most one batch read (stop it, or queue a head that
+/// does not fit), so before each of the claim's picks some batch read still
+/// ranks above every batch left out. This holds only because a batch whose
+/// head does not fit is not ranked (`best_batch` skips it, and it would
+/// take a place), nor one past its deadline (the claim stops it first).
+/// Task costs above 1 need no more: a head that fits its batch but not the
+/// claim's capacity ends the claim (strict order).
+///
+/// One index probe of `tasks_ready` per claimable batch, no lock and no
+/// row returned beyond the limit: the claim then locks and loads only these.
+pub(crate) fn claim_ranked(now: &str, limit: &str) -> String {
+    format!(
+        "SELECT b.id FROM batches b JOIN tasks h ON h.id = ( \
+           SELECT q.id FROM tasks q WHERE q.batch_id = b.id AND q.state = 'queued' \
+           ORDER BY q.priority DESC, q.ready_seq LIMIT 1) \
+         WHERE b.finished_at IS NULL AND b.n_queued > 0 AND NOT b.paused \
+           AND b.stopped IS NULL AND b.running_cost < b.concurrency \
+           AND b.running_cost + h.cost <= b.concurrency \
+           AND (b.deadline IS NULL OR b.deadline > {now}) \
+         ORDER BY h.priority DESC, b.running_cost, b.last_served, b.id \
+         LIMIT {limit} + (SELECT COUNT(*) FROM tasks \
+           WHERE state = 'retry_wait' AND run_at <= {now})"
+    )
+}
+
+/// The bound limit of [`claim_ranked`]: room left for the retries due to
+/// be added to it without overflow.
+pub(crate) fn rank_limit(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX).min(1 << 40)
+}
+
+/// Retries due by `$1`, batches past their deadline, and the batches a
+/// claim could take tasks from ([`claim_ranked`], limit `$2`):
+/// `(kind, id, batch)`, read by [`crate::logic::ClaimScan::from_rows`].
+pub(crate) static CLAIM_SCAN: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT 'due', id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= $1 \
+         UNION ALL \
+         SELECT 'deadline', id, id FROM batches WHERE deadline <= $1 AND finished_at IS NULL \
+         UNION ALL \
+         SELECT 'claimable', c.id, c.id FROM ({}) c",
+        claim_ranked("$1", "$2")
+    )
+});
+
+/// [`CLAIM_SCAN`] for a claim from the batch `$2` alone: that batch is
+/// claimable if it could start a task.
+pub(crate) const CLAIM_SCAN_ONE: &str = "\
     SELECT 'due', id, batch_id FROM tasks WHERE state = 'retry_wait' AND run_at <= $1 \
     UNION ALL \
     SELECT 'deadline', id, id FROM batches WHERE deadline <= $1 AND finished_at IS NULL \
     UNION ALL \
-    SELECT 'claimable', id, id FROM batches WHERE finished_at IS NULL AND n_queued > 0 \
-    AND NOT paused AND stopped IS NULL AND running_cost < concurrency";
+    SELECT 'claimable', id, id FROM batches WHERE id = $2 AND finished_at IS NULL \
+    AND n_queued > 0 AND NOT paused AND stopped IS NULL AND running_cost < concurrency";
 
 pub(crate) const TASKS_LEASE_EXPIRED: &str =
     "SELECT id, batch_id FROM tasks WHERE state = 'running' AND lease_until < $1";
