@@ -10,6 +10,8 @@
 
 use herd_core::model::{Attempt, Reason};
 use herd_core::model::{BatchId, BatchState, Event, EventKind, TaskId, TaskState, Timestamp};
+use std::sync::LazyLock;
+
 use herd_core::store::{EventQuery, StoreError};
 
 use crate::logic::{Result, backend};
@@ -88,22 +90,43 @@ fn not_purged(batch: BatchId, exists: bool) -> StoreError {
     }
 }
 
+/// The events after `$N` (of the batch `$1` first, when one is asked for),
+/// at most `$N+1`: two statements, so that each uses its index,
+/// `(batch_id, seq)` or `seq`. Placeholders in order of appearance, as
+/// SQLite numbers them.
+fn events_select(of_batch: bool) -> String {
+    match of_batch {
+        true => format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE batch_id = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        ),
+        false => format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"),
+    }
+}
+
+/// The bound values of [`events_select`]: none to read for a zero limit.
+fn events_bounds(query: &EventQuery) -> Option<(i64, i64)> {
+    (query.limit > 0).then(|| {
+        (
+            i64::try_from(query.after).unwrap_or(i64::MAX),
+            i64::try_from(query.limit).unwrap_or(i64::MAX),
+        )
+    })
+}
+
+/// Removes the batch `$1` if it finished; its tasks, dependencies and
+/// attempts go with it (`ON DELETE CASCADE`).
+static PURGE_BATCH: LazyLock<String> =
+    LazyLock::new(|| format!("DELETE FROM batches WHERE id = $1 AND state IN {FINISHED}"));
+const BATCH_EXISTS: &str = "SELECT id FROM batches WHERE id = $1";
+const PURGE_EVENTS: &str = "DELETE FROM events WHERE batch_id = $1";
+
 impl<P, O> History for SqlStore<Sqlite, P, O> {
     async fn history_events(&self, query: EventQuery) -> Result<Vec<Event>> {
-        if query.limit == 0 {
+        let Some((after, limit)) = events_bounds(&query) else {
             return Ok(Vec::new());
-        }
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-        let after = i64::try_from(query.after).unwrap_or(i64::MAX);
-        // Two statements, so that each uses its index: (batch_id, seq) or seq.
-        let sql = match query.batch {
-            Some(_) => format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE batch_id = ? AND seq > ? ORDER BY seq LIMIT ?"
-            ),
-            None => {
-                format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > ? ORDER BY seq LIMIT ?")
-            }
         };
+        let sql = events_select(query.batch.is_some());
         let mut select = sqlx::query_as(&sql);
         if let Some(batch) = query.batch {
             select = select.bind(batch.0);
@@ -127,23 +150,21 @@ impl<P, O> History for SqlStore<Sqlite, P, O> {
             .execute(&mut *conn)
             .await
             .map_err(backend)?;
-        let removed = sqlx::query(&format!(
-            "DELETE FROM batches WHERE id = ? AND state IN {FINISHED}"
-        ))
-        .bind(batch.0)
-        .execute(&mut *conn)
-        .await
-        .map_err(backend)?
-        .rows_affected();
+        let removed = sqlx::query(&PURGE_BATCH)
+            .bind(batch.0)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?
+            .rows_affected();
         if removed == 0 {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM batches WHERE id = ?")
+            let exists: Option<i64> = sqlx::query_scalar(BATCH_EXISTS)
                 .bind(batch.0)
                 .fetch_optional(&mut *conn)
                 .await
                 .map_err(backend)?;
             return Err(not_purged(batch, exists.is_some()));
         }
-        sqlx::query("DELETE FROM events WHERE batch_id = ?")
+        sqlx::query(PURGE_EVENTS)
             .bind(batch.0)
             .execute(&mut *conn)
             .await
@@ -159,48 +180,40 @@ impl<P, O> History for SqlStore<Sqlite, P, O> {
 
 impl<P, O> History for SqlStore<Postgres, P, O> {
     async fn history_events(&self, query: EventQuery) -> Result<Vec<Event>> {
-        if query.limit == 0 {
+        let Some((after, limit)) = events_bounds(&query) else {
             return Ok(Vec::new());
-        }
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-        let after = i64::try_from(query.after).unwrap_or(i64::MAX);
-        // Two statements, not `$n IS NULL OR …`: a generic plan of that
-        // would use neither index.
-        let sql = match query.batch {
-            Some(_) => format!(
-                "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 AND batch_id = $3 ORDER BY seq LIMIT $2"
-            ),
-            None => {
-                format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2")
-            }
         };
-        let mut select = sqlx::query_as(&sql).bind(after).bind(limit);
+        let sql = events_select(query.batch.is_some());
+        let mut select = sqlx::query_as(&sql);
         if let Some(batch) = query.batch {
             select = select.bind(batch.0);
         }
-        let rows: Vec<EventRow> = select.fetch_all(self.pool()).await.map_err(backend)?;
+        let rows: Vec<EventRow> = select
+            .bind(after)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .map_err(backend)?;
         rows.into_iter().map(event).collect()
     }
 
     async fn history_purge(&self, batch: BatchId) -> Result<()> {
         let mut tx = self.pool().begin().await.map_err(backend)?;
-        let removed = sqlx::query(&format!(
-            "DELETE FROM batches WHERE id = $1 AND state IN {FINISHED}"
-        ))
-        .bind(batch.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend)?
-        .rows_affected();
+        let removed = sqlx::query(&PURGE_BATCH)
+            .bind(batch.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?
+            .rows_affected();
         if removed == 0 {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM batches WHERE id = $1")
+            let exists: Option<i64> = sqlx::query_scalar(BATCH_EXISTS)
                 .bind(batch.0)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(backend)?;
             return Err(not_purged(batch, exists.is_some()));
         }
-        sqlx::query("DELETE FROM events WHERE batch_id = $1")
+        sqlx::query(PURGE_EVENTS)
             .bind(batch.0)
             .execute(&mut *tx)
             .await

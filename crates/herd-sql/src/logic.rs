@@ -482,13 +482,6 @@ pub(crate) trait Tx: Send {
 
     fn attempts_end(&mut self, rows: &[AttemptEnd]) -> impl Future<Output = Result<()>> + Send;
 
-    /// Takes `n` event sequence numbers, returning the first. Serialises
-    /// writers until commit, so that seq order is commit order.
-    fn seq_take(&mut self, n: usize) -> impl Future<Output = Result<u64>> + Send;
-    fn events_insert(&mut self, rows: &[EventWrite]) -> impl Future<Output = Result<()>> + Send;
-    /// Tells other processes about new work or cancellations (PostgreSQL: NOTIFY).
-    fn notify(&mut self, work: bool, control: bool) -> impl Future<Output = Result<()>> + Send;
-
     /// A transaction's first reads: with `claim`, the claim's scan; then
     /// the batches to lock (the scan's and those of `tasks`), locked in one
     /// statement in id order; and the rows of `tasks`. A dialect may read
@@ -551,35 +544,9 @@ pub(crate) trait Tx: Send {
     /// last, so that the sequence row stays locked only until commit. A
     /// dialect may do it all in one statement (PostgreSQL: one round trip
     /// instead of six) or send it with the commit (SQLite).
-    fn write_all(&mut self, set: WriteSet<'_>) -> impl Future<Output = Result<Option<u64>>> + Send {
-        async move {
-            if !set.tasks.is_empty() {
-                self.tasks_write(&set.tasks).await?;
-            }
-            for b in &set.batches {
-                self.batch_write(b).await?;
-            }
-            if !set.attempts_ended.is_empty() {
-                self.attempts_end(set.attempts_ended).await?;
-            }
-            if !set.outputs.is_empty() {
-                self.outputs_write(set.outputs).await?;
-            }
-            if set.notify_work || set.notify_control {
-                self.notify(set.notify_work, set.notify_control).await?;
-            }
-            if set.events.is_empty() {
-                return Ok(Some(0));
-            }
-            let first = self.seq_take(set.events.len()).await?;
-            let mut events = set.events;
-            for e in &mut events {
-                e.seq += first as i64;
-            }
-            self.events_insert(&events).await?;
-            Ok(Some(first))
-        }
-    }
+    /// Both take the event sequence last, so that its row stays locked only
+    /// until commit, and send the notifications the set asks for.
+    fn write_all(&mut self, set: WriteSet<'_>) -> impl Future<Output = Result<Option<u64>>> + Send;
 }
 
 /// Whether a cancellation request in `mode` adds to what was asked before:

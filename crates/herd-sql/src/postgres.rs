@@ -21,8 +21,8 @@ use herd_core::store::{AttemptInfo, BatchQuery, Signals, TaskQuery, WorkerInfo};
 
 use crate::OpenError;
 use crate::logic::{
-    AttemptEnd, BatchRow, ClaimScan, EventWrite, NewBatch, NewDep, NewTask, Result, TaskRow,
-    TaskWrite, Tx, UpstreamRow, WriteSet, backend,
+    AttemptEnd, BatchRow, ClaimScan, NewBatch, NewDep, NewTask, Result, TaskRow, TaskWrite, Tx,
+    UpstreamRow, WriteSet, backend,
 };
 use crate::rows::{
     BATCH_COLUMNS, ListedTask, SqlRow, TASK_COLUMNS, attempt_row, batch_row, listed_task, task_row,
@@ -852,27 +852,6 @@ impl Tx for PgTx {
         self.run_json(sql::ATTEMPTS_END, json(&rows)?).await
     }
 
-    async fn seq_take(&mut self, n: usize) -> Result<u64> {
-        let next: i64 = sqlx::query_scalar(statements::SEQ_TAKE)
-            .bind(n as i64)
-            .fetch_one(&mut *self.tx)
-            .await
-            .map_err(backend)?;
-        Ok((next - n as i64) as u64)
-    }
-
-    async fn events_insert(&mut self, rows: &[EventWrite]) -> Result<()> {
-        self.run_json(
-            "INSERT INTO events (seq, at, batch_id, kind, task_id, idx, attempt, from_state, \
-             to_state, reason) \
-             SELECT j.seq, j.at, j.b, j.k, j.t, j.i, j.a, j.f, j.\"to\", j.r \
-             FROM jsonb_to_recordset($1::jsonb) AS j(seq bigint, at bigint, b bigint, k text, \
-             t bigint, i bigint, a bigint, f text, \"to\" text, r text)",
-            json(&rows)?,
-        )
-        .await
-    }
-
     async fn write_all(&mut self, set: WriteSet<'_>) -> Result<Option<u64>> {
         // Policies change only on a rerun: written back only then.
         let policies: Vec<Option<String>> = set
@@ -898,20 +877,6 @@ impl Tx for PgTx {
             .await
             .map_err(backend)?;
         Ok(Some(first.unwrap_or(0) as u64))
-    }
-
-    async fn notify(&mut self, work: bool, control: bool) -> Result<()> {
-        // Delivered at commit, and only if the transaction commits.
-        for (wanted, channel) in [(work, &self.work_channel), (control, &self.control_channel)] {
-            if wanted {
-                sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(channel.as_str())
-                    .execute(&mut *self.tx)
-                    .await
-                    .map_err(backend)?;
-            }
-        }
-        Ok(())
     }
 }
 

@@ -32,8 +32,8 @@ use herd_core::store::{AttemptInfo, BatchQuery, Signals, StoreError, TaskQuery, 
 
 use crate::OpenError;
 use crate::logic::{
-    AttemptEnd, BatchRow, ClaimOpen, ClaimScan, EventWrite, Heads, NewBatch, NewDep, NewTask,
-    Opened, Result, TaskRow, TaskWrite, Tx, UpstreamRow, WriteSet, backend,
+    AttemptEnd, BatchRow, ClaimOpen, ClaimScan, Heads, NewBatch, NewDep, NewTask, Opened, Result,
+    TaskRow, TaskWrite, Tx, UpstreamRow, WriteSet, backend,
 };
 use crate::rows::{
     BATCH_COLUMNS, ListedTask, SqlRow, TASK_COLUMNS, attempt_row, batch_row, listed_task, task_row,
@@ -1489,52 +1489,6 @@ impl Tx for SqliteTx {
             },
         )
         .await
-    }
-
-    async fn seq_take(&mut self, n: usize) -> Result<u64> {
-        let rows = self
-            .read_one(|s| {
-                s.shared(SEQ_ADVANCE).bind(n as i64).done()?;
-                s.plain(SEQ_NEXT);
-                Ok(())
-            })
-            .await?;
-        let next = rows
-            .first()
-            .map(|r| r.int_at(0))
-            .transpose()?
-            .ok_or_else(|| script_error("the event sequence was not taken"))?;
-        Ok((next - n as i64) as u64)
-    }
-
-    async fn events_insert(&mut self, rows: &[EventWrite]) -> Result<()> {
-        self.values(
-            "INSERT INTO events (seq, at, batch_id, kind, task_id, idx, attempt, from_state, \
-             to_state, reason)",
-            "",
-            rows,
-            10,
-            |s, e| {
-                row!(s;
-                    e.seq,
-                    e.at,
-                    e.b,
-                    e.k,
-                    e.t,
-                    e.i.map(|i| i as i64),
-                    e.a.map(i64::from),
-                    e.f,
-                    e.to,
-                    e.r.clone(),
-                )
-            },
-        )
-        .await
-    }
-
-    async fn notify(&mut self, _work: bool, _control: bool) -> Result<()> {
-        // Other processes notice the commit through `PRAGMA data_version`.
-        Ok(())
     }
 
     /// Everything waits for the commit, sent with it in one round trip:

@@ -195,10 +195,6 @@ pub(crate) fn page(cursor: Option<i64>, none: i64, limit: usize) -> (i64, i64) {
     )
 }
 
-/// Takes `$1` event numbers; returns the next free one.
-pub(crate) const SEQ_TAKE: &str =
-    "UPDATE herd_meta SET next_seq = next_seq + $1 WHERE id = 1 RETURNING next_seq";
-
 pub(crate) const WORKER_INSERT: &str = "INSERT INTO workers (host, pid, started_at, \
      last_heartbeat) VALUES ($1, $2, $3, $3) RETURNING id";
 
