@@ -876,6 +876,13 @@ impl Tx for PgTx {
             .fetch_one(&mut *self.tx)
             .await
             .map_err(backend)?;
+        if !set.batches.is_empty() {
+            sqlx::query(statements::BATCH_HEADS)
+                .bind(ids_of(set.batches.iter().map(|b| b.id.0)))
+                .execute(&mut *self.tx)
+                .await
+                .map_err(backend)?;
+        }
         Ok(Some(first.unwrap_or(0) as u64))
     }
 }
@@ -1011,6 +1018,12 @@ mod tests {
                 statements::CLAIM_SCAN_ONE.to_owned(),
                 "(1, 1)",
             ),
+            (
+                "batch_heads",
+                "bigint[]",
+                statements::BATCH_HEADS.to_owned(),
+                "('{1, 2}')",
+            ),
             ("write", "jsonb", sql::TASKS_WRITE.to_owned(), "('[]')"),
             ("ended", "jsonb", sql::ATTEMPTS_END.to_owned(), "('[]')"),
             (
@@ -1033,6 +1046,11 @@ mod tests {
             if std::env::var_os("HERD_SHOW_PLANS").is_some() {
                 eprintln!("{name}:\n{plan}\n");
             }
+            // The ranking reads batches in rank order, not every live one.
+            assert!(
+                name != "claim_scan" || plan.contains("batches_ranked"),
+                "{name} ranks batches without their index:\n{plan}"
+            );
             assert!(
                 !plan.contains("Seq Scan on tasks")
                     && !plan.contains("Seq Scan on attempts")

@@ -1588,7 +1588,7 @@ mod tests {
         let store = SqliteStore::<String, String>::open(&location)
             .await
             .unwrap();
-        let hot: [&str; 14] = [
+        let hot: [&str; 15] = [
             &statements::CLAIM_SCAN,
             statements::CLAIM_SCAN_ONE,
             &CLAIM_BATCHES[0],
@@ -1602,6 +1602,7 @@ mod tests {
             &TASKS_DEPENDENTS,
             UPSTREAM,
             TASK_WRITE,
+            statements::BATCH_WRITE,
             statements::TASKS_LEASE_EXPIRED,
         ];
         for sql in hot {
@@ -1616,14 +1617,24 @@ mod tests {
             if std::env::var_os("HERD_SHOW_PLANS").is_some() {
                 eprintln!("{sql}\n{}\n", plan.join("\n"));
             }
+            // A claim ranks batches by reading their index in rank order
+            // (up to its limit), never every live batch.
+            if sql.contains("ORDER BY b.head_priority DESC") {
+                assert!(
+                    plan.iter()
+                        .any(|line| line.contains(" b USING INDEX batches_ranked")),
+                    "{sql}\n{}",
+                    plan.join("\n")
+                );
+            }
             let scans = |line: &&String| {
                 let allowed = ["SCAN j VIRTUAL TABLE", "SCAN CONSTANT ROW"];
-                let live = line.contains("INDEX batches_live");
+                let ranked = line.contains("USING INDEX batches_ranked");
                 // The claim's ranked batches, at most its limit of them.
-                let ranked = line.as_str() == "SCAN c";
+                let chosen = line.as_str() == "SCAN c";
                 (line.starts_with("SCAN ")
-                    && !live
                     && !ranked
+                    && !chosen
                     && !allowed.iter().any(|a| line.starts_with(a)))
                     || line.contains("sqlite_autoindex_tasks_1")
             };

@@ -67,22 +67,34 @@ pub(crate) const BATCHES_PAST_DEADLINE: &str =
 /// Task costs above 1 need no more: a head that fits its batch but not the
 /// claim's capacity ends the claim (strict order).
 ///
-/// One index probe of `tasks_ready` per claimable batch, no lock and no
-/// row returned beyond the limit: the claim then locks and loads only these.
+/// A range read of the index `batches_ranked`, in rank order: each batch
+/// row keeps its head's priority and cost (`head_priority`, `head_cost`,
+/// set with every write of the row, [`BATCH_WRITE`]), so the ranking
+/// reads no task. It stops at the limit; the rows it passes over on the
+/// way are batches whose head does not fit, which hold running tasks (at
+/// most one per running task), or past their deadline. No lock: the claim
+/// then locks and loads only these.
 pub(crate) fn claim_ranked(now: &str, limit: &str) -> String {
     format!(
-        "SELECT b.id FROM batches b JOIN tasks h ON h.id = ( \
-           SELECT q.id FROM tasks q WHERE q.batch_id = b.id AND q.state = 'queued' \
-           ORDER BY q.priority DESC, q.ready_seq LIMIT 1) \
-         WHERE b.finished_at IS NULL AND b.n_queued > 0 AND NOT b.paused \
+        "SELECT b.id FROM batches b \
+         WHERE b.head_priority IS NOT NULL AND b.finished_at IS NULL AND NOT b.paused \
            AND b.stopped IS NULL AND b.running_cost < b.concurrency \
-           AND b.running_cost + h.cost <= b.concurrency \
+           AND b.running_cost + b.head_cost <= b.concurrency \
            AND (b.deadline IS NULL OR b.deadline > {now}) \
-         ORDER BY h.priority DESC, b.running_cost, b.last_served, b.id \
+         ORDER BY b.head_priority DESC, b.running_cost, b.last_served, b.id \
          LIMIT {limit} + (SELECT COUNT(*) FROM tasks \
            WHERE state = 'retry_wait' AND run_at <= {now})"
     )
 }
+
+/// The heads of the batches `$1` (an array) set again from their queued
+/// tasks, as [`BATCH_WRITE`] sets them: for a dialect that writes its batch
+/// rows in the same statement as their tasks (PostgreSQL's one-statement
+/// write-back, whose parts all read the tasks as they were before it).
+pub(crate) const BATCH_HEADS: &str = "UPDATE batches b SET (head_priority, head_cost) = ( \
+       SELECT t.priority, t.cost FROM tasks t WHERE t.batch_id = b.id AND t.state = 'queued' \
+       ORDER BY t.priority DESC, t.ready_seq LIMIT 1) \
+     WHERE b.id = ANY($1)";
 
 /// The bound limit of [`claim_ranked`]: room left for the retries due to
 /// be added to it without overflow.
@@ -222,13 +234,19 @@ macro_rules! bind_new_batch {
     };
 }
 
-/// Bound by [`bind_batch_row!`].
+/// Bound by [`bind_batch_row!`]. Sets the batch's head (for
+/// [`claim_ranked`]) again from its queued tasks: a transaction writes its
+/// task rows before its batch rows.
 pub(crate) const BATCH_WRITE: &str = "UPDATE batches SET state = $1, deadline = $2, open = $3, \
      paused = $4, stopped = $5, cancelled = $6, failed_by_policy = $7, running_cost = $8, \
      last_served = $9, next_index = $10, next_ready = $11, n_pending = $12, n_queued = $13, \
      n_running = $14, n_retry_wait = $15, n_succeeded = $16, n_failed = $17, \
      n_cancelled = $18, n_skipped = $19, retries = $20, durations = $21, started_at = $22, \
-     finished_at = $23, policy = COALESCE($24, policy) WHERE id = $25";
+     finished_at = $23, policy = COALESCE($24, policy), \
+     (head_priority, head_cost) = (SELECT t.priority, t.cost FROM tasks t \
+       WHERE t.batch_id = $25 AND t.state = 'queued' ORDER BY t.priority DESC, t.ready_seq \
+       LIMIT 1) \
+     WHERE id = $25";
 
 /// Binds a [`crate::logic::BatchRow`]'s mutable columns to [`BATCH_WRITE`]
 /// (the policy only when it changed: it carries the user's command

@@ -116,6 +116,69 @@ async fn a_version_1_file_is_migrated_keeping_its_attempts() {
     );
 }
 
+/// A version-2 file with live batches gets each batch's head on migration
+/// (version 3 ranks claims by it): a claim after the upgrade finds the
+/// queued tasks stored before it, best priority first, and skips the
+/// paused batch. The version-2 file is made from a current one, with
+/// version 3 undone.
+#[tokio::test]
+async fn a_version_2_file_is_migrated_with_its_batch_heads() {
+    use herd_core::model::Priority;
+    use herd_core::store::{ClaimRequest, Store};
+    use herd_core::{BatchSpec, TaskSpec, Timestamp};
+    use std::time::Duration;
+
+    let dir = tempfile::tempdir().unwrap();
+    let at = location(&dir, "herd.db");
+    let store = SqliteStore::open(&at).await.unwrap();
+    let mut live = BatchSpec::new("flow");
+    live.concurrency = 4;
+    live.tasks = vec![
+        TaskSpec::new("low".to_string()),
+        TaskSpec {
+            priority: Some(Priority(5)),
+            cost: 2,
+            ..TaskSpec::new("high".to_string())
+        },
+    ];
+    store.batch_insert(live, Timestamp(1)).await.unwrap();
+    let mut paused = BatchSpec::new("flow");
+    paused.priority = Priority(9);
+    paused.paused = true;
+    paused.tasks = vec![TaskSpec::new("paused".to_string())];
+    store.batch_insert(paused, Timestamp(1)).await.unwrap();
+    for statement in [
+        "DROP INDEX batches_ranked",
+        "ALTER TABLE batches DROP COLUMN head_priority",
+        "ALTER TABLE batches DROP COLUMN head_cost",
+        "DELETE FROM _sqlx_migrations WHERE version = 3",
+    ] {
+        sqlx::query(statement).execute(store.pool()).await.unwrap();
+    }
+    assert_eq!(store.schema_version().await.unwrap(), 2);
+    store.pool().close().await;
+
+    let store = SqliteStore::open(&at).await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let heads: Vec<(Option<i64>, Option<i64>)> =
+        sqlx::query_as("SELECT head_priority, head_cost FROM batches ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(heads, [(Some(5), Some(2)), (Some(9), Some(1))]);
+    let worker = store.worker_register("h", 1, Timestamp(1)).await.unwrap();
+    let request = ClaimRequest {
+        worker,
+        capacity: 4,
+        max_tasks: 4,
+        lease: Duration::from_secs(30),
+        batch: None,
+    };
+    let claimed = store.task_claim(request, Timestamp(2)).await.unwrap();
+    let claimed: Vec<&str> = claimed.tasks.iter().map(|t| t.payload.as_str()).collect();
+    assert_eq!(claimed, ["high", "low"]);
+}
+
 #[tokio::test]
 async fn a_newer_schema_is_refused_without_touching_it() {
     let dir = tempfile::tempdir().unwrap();
