@@ -143,6 +143,10 @@ fn ndjson_records(bytes: &[u8]) -> Result<Vec<Value>, ApiError> {
 /// `POST /api/batches`: a JSON request, or (`Content-Type:
 /// application/x-ndjson`) records as lines with the options in the query.
 /// 201 with the batch; 200 with the earlier batch of the same idempotency key.
+/// Batches of up to this many records or tasks are built on the request's
+/// own task; larger ones on the blocking pool.
+const BUILT_IN_PLACE: usize = 256;
+
 #[utoipa::path(post, path = "/api/batches", tag = "batches",
     request_body(content = BatchRequest, description = "JSON; or application/x-ndjson records with these fields as query parameters"),
     responses(
@@ -202,16 +206,24 @@ pub async fn create<S: ServerStore>(
             ));
         }
     };
-    // Building a large batch is CPU work: off the async threads.
-    let plan = tokio::task::spawn_blocking(move || plan(request, &config))
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                format!("building the batch failed: {e}"),
-            )
-        })??;
+    // Building a large batch is CPU work: off the async threads. A small
+    // one is built in place: a hand-off to the blocking pool and back would
+    // cost more than the work.
+    let size =
+        request.records.as_ref().map_or(0, Vec::len) + request.tasks.as_ref().map_or(0, Vec::len);
+    let plan = if size <= BUILT_IN_PLACE {
+        plan(request, &config)?
+    } else {
+        tokio::task::spawn_blocking(move || plan(request, &config))
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    format!("building the batch failed: {e}"),
+                )
+            })??
+    };
     let inserted = state
         .store
         .batch_insert(plan.spec, SystemClock.now())

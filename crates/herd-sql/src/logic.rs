@@ -387,8 +387,11 @@ pub(crate) struct UpstreamRow {
 pub(crate) trait Tx: Send {
     /// The batch with this idempotency key.
     fn batch_by_key(&mut self, key: &str) -> impl Future<Output = Result<Option<BatchId>>> + Send;
-    fn batch_insert(&mut self, batch: NewBatch<'_>)
-    -> impl Future<Output = Result<BatchId>> + Send;
+    /// Inserts a batch; returns its row, held by the transaction.
+    fn batch_insert(
+        &mut self,
+        batch: NewBatch<'_>,
+    ) -> impl Future<Output = Result<BatchRow>> + Send;
     /// Locks and reads batches, in id order; unknown ids are left out.
     fn batches_lock(
         &mut self,
@@ -677,6 +680,14 @@ impl Work {
             self.batches.insert(row.id, row);
         }
         Ok(())
+    }
+
+    /// Takes the row of a batch this transaction inserted, as
+    /// [`Work::lock`] would have read it.
+    pub fn adopt_batch(&mut self, row: BatchRow) -> BatchId {
+        let id = row.id;
+        self.batches.insert(id, row);
+        id
     }
 
     /// A transaction's first reads ([`Tx::open`]): locks and loads the

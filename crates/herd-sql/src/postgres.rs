@@ -594,12 +594,12 @@ impl Tx for PgTx {
         Ok(id.map(BatchId))
     }
 
-    async fn batch_insert(&mut self, b: NewBatch<'_>) -> Result<BatchId> {
-        let id: i64 = bind_new_batch!(sqlx::query_scalar(statements::BATCH_INSERT), b)
+    async fn batch_insert(&mut self, b: NewBatch<'_>) -> Result<BatchRow> {
+        let row = bind_new_batch!(sqlx::query(&statements::BATCH_INSERT), b)
             .fetch_one(&mut *self.tx)
             .await
             .map_err(backend)?;
-        Ok(BatchId(id))
+        batch_row(&row)
     }
 
     async fn batches_lock(&mut self, ids: &[BatchId]) -> Result<Vec<BatchRow>> {

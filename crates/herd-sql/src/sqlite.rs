@@ -443,6 +443,8 @@ static BATCH_WRITES: LazyLock<[String; 4]> = LazyLock::new(|| {
     ]
 });
 
+const MAX_TASK_ID: &str = "SELECT COALESCE(MAX(id), 0) FROM tasks";
+
 const SEQ_ADVANCE: &str = "UPDATE herd_meta SET next_seq = next_seq + $1 WHERE id = 1";
 const SEQ_NEXT: &str = "SELECT next_seq FROM herd_meta WHERE id = 1";
 
@@ -746,6 +748,10 @@ pub(crate) struct SqliteTx {
     seq_at: Option<(usize, usize)>,
     /// The first event `seq`, once the statement that takes it has run.
     first_seq: Option<u64>,
+    /// The largest task id, read with a batch insert and taken by the
+    /// `task_ids` that follows it (the transaction holds the write lock, and
+    /// inserts tasks only after taking ids).
+    max_task_id: Option<i64>,
 }
 
 impl Drop for SqliteTx {
@@ -775,6 +781,7 @@ impl SqliteTx {
             done: false,
             seq_at: None,
             first_seq: None,
+            max_task_id: None,
         }
     }
 
@@ -1148,15 +1155,17 @@ impl Tx for SqliteTx {
         rows.first().map(|r| r.int_at(0).map(BatchId)).transpose()
     }
 
-    async fn batch_insert(&mut self, b: NewBatch<'_>) -> Result<BatchId> {
+    async fn batch_insert(&mut self, b: NewBatch<'_>) -> Result<BatchRow> {
         let name = b.name.map(str::to_owned);
         let key = b.idempotency_key.map(str::to_owned);
         let flow = b.policy.flow.to_string();
         let policy = statements::json(b.policy)?;
         let error_policy = statements::json(b.error_policy)?;
-        let rows = self
-            .read_one(|s| {
-                s.shared(statements::BATCH_INSERT)
+        // The largest task id with it, for the tasks inserted next
+        // (`task_ids`): one round trip, not two.
+        let mut groups = self
+            .read(|s| {
+                s.shared(&statements::BATCH_INSERT)
                     .bind(name)
                     .bind(key)
                     .bind(flow)
@@ -1169,13 +1178,21 @@ impl Tx for SqliteTx {
                     .bind(b.open)
                     .bind(b.paused)
                     .bind(b.created_at.0)
-                    .done()
+                    .done()?;
+                s.plain(MAX_TASK_ID);
+                Ok(())
             })
-            .await?;
-        let row = rows
+            .await?
+            .into_iter();
+        let (Some(inserted), Some(max)) = (groups.next(), groups.next()) else {
+            return Err(script_error("the batch insert returned no row"));
+        };
+        let max = max.first().map(|r| r.int_at(0)).transpose()?.unwrap_or(0);
+        self.max_task_id = Some(max);
+        let row = inserted
             .first()
-            .ok_or_else(|| script_error("the batch insert returned no id"))?;
-        Ok(BatchId(row.int_at(0)?))
+            .ok_or_else(|| script_error("the batch insert returned no row"))?;
+        batch_row(row)
     }
 
     async fn batches_lock(&mut self, ids: &[BatchId]) -> Result<Vec<BatchRow>> {
@@ -1232,13 +1249,18 @@ impl Tx for SqliteTx {
     }
 
     async fn task_ids(&mut self, n: usize) -> Result<Vec<i64>> {
-        let rows = self
-            .read_one(|s| {
-                s.plain("SELECT COALESCE(MAX(id), 0) FROM tasks");
-                Ok(())
-            })
-            .await?;
-        let max = rows.first().map(|r| r.int_at(0)).transpose()?.unwrap_or(0);
+        let max = match self.max_task_id.take() {
+            Some(max) => max,
+            None => {
+                let rows = self
+                    .read_one(|s| {
+                        s.plain(MAX_TASK_ID);
+                        Ok(())
+                    })
+                    .await?;
+                rows.first().map(|r| r.int_at(0)).transpose()?.unwrap_or(0)
+            }
+        };
         Ok((max + 1..=max + n as i64).collect())
     }
 

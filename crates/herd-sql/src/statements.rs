@@ -211,9 +211,15 @@ pub(crate) const WORKER_INSERT: &str = "INSERT INTO workers (host, pid, started_
      last_heartbeat) VALUES ($1, $2, $3, $3) RETURNING id";
 
 /// Bound by [`bind_new_batch!`].
-pub(crate) const BATCH_INSERT: &str = "INSERT INTO batches (name, idempotency_key, flow, state, \
-     priority, concurrency, policy, error_policy, deadline, open, paused, created_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id";
+/// Returns the new row, which the inserting transaction holds (no other
+/// sees it before the commit): no read to lock it follows.
+pub(crate) static BATCH_INSERT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "INSERT INTO batches (name, idempotency_key, flow, state, priority, concurrency, \
+         policy, error_policy, deadline, open, paused, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {BATCH_COLUMNS}"
+    )
+});
 
 /// Binds a [`crate::logic::NewBatch`] to [`BATCH_INSERT`].
 macro_rules! bind_new_batch {

@@ -581,7 +581,7 @@ where
         } else {
             BatchState::Queued
         };
-        let batch = tx
+        let row = tx
             .batch_insert(NewBatch {
                 name: spec.name.as_deref(),
                 idempotency_key: spec.idempotency_key.as_deref(),
@@ -596,7 +596,7 @@ where
             })
             .await?;
         let mut work = Work::new(now);
-        work.lock(&mut tx, &[batch]).await?;
+        let batch = work.adopt_batch(row);
         work.emit_batch_created(batch, state);
         let tasks = std::mem::take(&mut spec.tasks);
         let ids = self
