@@ -696,6 +696,17 @@ impl<S: SuiteStore> Harness<S> {
         if let Ok(inserted) = &result {
             let events = inserted.events.clone();
             self.record(&events, now).await;
+            // What the insert says of the batch is what a read says after it.
+            let read = self
+                .store
+                .batch_get(inserted.batch)
+                .await
+                .expect("batch_get");
+            assert_eq!(
+                format!("{:?}", inserted.info),
+                format!("{read:?}"),
+                "the inserted batch's info"
+            );
         }
         result
     }

@@ -140,13 +140,13 @@ fn ndjson_records(bytes: &[u8]) -> Result<Vec<Value>, ApiError> {
     Ok(records)
 }
 
-/// `POST /api/batches`: a JSON request, or (`Content-Type:
-/// application/x-ndjson`) records as lines with the options in the query.
-/// 201 with the batch; 200 with the earlier batch of the same idempotency key.
 /// Batches of up to this many records or tasks are built on the request's
 /// own task; larger ones on the blocking pool.
 const BUILT_IN_PLACE: usize = 256;
 
+/// `POST /api/batches`: a JSON request, or (`Content-Type:
+/// application/x-ndjson`) records as lines with the options in the query.
+/// 201 with the batch; 200 with the earlier batch of the same idempotency key.
 #[utoipa::path(post, path = "/api/batches", tag = "batches",
     request_body(content = BatchRequest, description = "JSON; or application/x-ndjson records with these fields as query parameters"),
     responses(
@@ -228,7 +228,7 @@ pub async fn create<S: ServerStore>(
         .store
         .batch_insert(plan.spec, SystemClock.now())
         .await?;
-    let info = state.store.batch_get(inserted.batch).await?;
+    let info = inserted.info;
     let status = if inserted.existing {
         StatusCode::OK
     } else {

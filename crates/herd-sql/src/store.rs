@@ -566,11 +566,17 @@ where
         if let Some(key) = &spec.idempotency_key
             && let Some(existing) = tx.batch_by_key(key).await?
         {
+            let row = tx
+                .batches_lock(&[existing])
+                .await?
+                .pop()
+                .ok_or(StoreError::UnknownBatch(existing))?;
             return Ok(Inserted {
                 batch: existing,
                 tasks: Vec::new(),
                 existing: true,
                 events: Arc::new(Vec::new()),
+                info: info(&row),
             });
         }
         // Before anything is written: a rejected batch leaves no trace (and
@@ -603,12 +609,14 @@ where
             .insert_tasks(&mut tx, &mut work, batch, tasks, upstream)
             .await?;
         work.finish_batch_if_done(batch);
+        let info = info(work.batch(batch)?);
         let events = self.finish_op(tx, work).await?;
         Ok(Inserted {
             batch,
             tasks: ids,
             existing: false,
             events,
+            info,
         })
     }
 

@@ -958,6 +958,7 @@ where
                 tasks: Vec::new(),
                 existing: true,
                 events: Arc::new(Vec::new()),
+                info: Inner::<P, O>::batch_info(existing, inner.batch(existing)?),
             });
         }
         let upstream = spec.validate(None)?;
@@ -1036,6 +1037,7 @@ where
             tasks: ids,
             existing: false,
             events: Arc::new(Vec::new()),
+            info: Inner::<P, O>::batch_info(id, inner.batch(id)?),
         })
     }
 }

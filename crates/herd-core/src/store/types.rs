@@ -22,6 +22,9 @@ pub struct Inserted {
     pub existing: bool,
     /// The transitions of the insert (the batch and every task created).
     pub events: Events,
+    /// The batch as the insert left it (as [`crate::store::Store::batch_get`]
+    /// would read it just after), or the earlier batch as it is now.
+    pub info: BatchInfo,
 }
 
 /// What appending tasks to an open batch did.
