@@ -38,7 +38,11 @@ fn main() {
             "sqlite" => {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite:{}", dir.path().join("herd.db").display());
-                let store = Arc::new(SqliteStore::<CommandTask, Output>::open(&url).await.unwrap());
+                let store = Arc::new(
+                    SqliteStore::<CommandTask, Output>::open(&url)
+                        .await
+                        .unwrap(),
+                );
                 drain(store, n, jobs, &argv).await
             }
             other => panic!("unknown store {other:?}: memory or sqlite"),
