@@ -216,6 +216,9 @@ fn plan(args: &RunArgs) -> Result<Plan, CliError> {
         items.truncate(usize::try_from(max).unwrap_or(usize::MAX));
     }
     let tasks = herd_exec::command_tasks(&template, &items, args.chunk as usize);
+    // The tasks carry what they need of the items: free them before the
+    // submit allocates its own copies (peak RSS).
+    drop(items);
 
     let settings = Settings {
         command: words,

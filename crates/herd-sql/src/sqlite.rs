@@ -51,6 +51,14 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// the turns of a worker repeat a handful of shapes.
 const WRITER_STATEMENTS: usize = 64;
 
+/// The writer connection's page cache (`PRAGMA cache_size`; negative:
+/// KiB). SQLite's default is 2 MiB, which a large submit fills with pages
+/// it never reads again, and which stays allocated for the process's life
+/// (`herd run`'s peak RSS). A worker's turn touches a few dozen pages; the
+/// rest is read from the operating system's cache. A transaction larger
+/// than the cache spills its pages to the log before the commit.
+const WRITER_CACHE: &str = "-512";
+
 /// How long a write waits for another process's write to finish.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -97,7 +105,10 @@ impl<P, O> SqlStore<Sqlite, P, O> {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
-        let writer_options = options.clone().statement_cache_capacity(WRITER_STATEMENTS);
+        let writer_options = options
+            .clone()
+            .statement_cache_capacity(WRITER_STATEMENTS)
+            .pragma("cache_size", WRITER_CACHE);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A file does not hang up: no round trip to test a connection
@@ -752,6 +763,9 @@ pub(crate) struct SqliteTx {
     /// `task_ids` that follows it (the transaction holds the write lock, and
     /// inserts tasks only after taking ids).
     max_task_id: Option<i64>,
+    /// Full statements of a large write were kept prepared (see
+    /// [`SqliteTx::values`]): let them go at the commit.
+    kept_large: bool,
 }
 
 impl Drop for SqliteTx {
@@ -782,6 +796,7 @@ impl SqliteTx {
             seq_at: None,
             first_seq: None,
             max_task_id: None,
+            kept_large: false,
         }
     }
 
@@ -857,7 +872,10 @@ impl SqliteTx {
     /// connection (the text of a full statement is always the same): the
     /// bound values held at once stay bounded, and SQLite does not parse a
     /// statement of a thousand rows again for every thousand rows. Only the
-    /// last, partial statement waits for the next round trip.
+    /// last, partial statement waits for the next round trip. The commit
+    /// lets them go: prepared, a full statement takes some 15 times its
+    /// text, over a megabyte for a submit's few, held for nothing until
+    /// the next large write (`herd run`'s peak RSS).
     async fn values<T>(
         &mut self,
         head: &str,
@@ -886,6 +904,7 @@ impl SqliteTx {
             script.end();
             if full {
                 self.flush(true).await?;
+                self.kept_large = true;
             }
         }
         Ok(())
@@ -925,6 +944,13 @@ impl Dialect for Sqlite {
         tx.pending.plain("COMMIT");
         tx.flush(false).await?;
         tx.done = true;
+        if tx.kept_large
+            && let Some(writer) = tx.writer.as_mut()
+        {
+            // The hot statements are prepared again at their next use, once.
+            // A failure here leaves them cached: nothing is lost.
+            let _ = sqlx::Connection::clear_cached_statements(&mut writer.conn).await;
+        }
         Ok(tx.first_seq)
     }
 
@@ -1728,5 +1754,36 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// A large submit's full statements, kept prepared for its pieces
+    /// (megabytes), are let go at its commit; a small write's stay.
+    #[tokio::test]
+    async fn large_writes_let_their_statements_go() {
+        use herd_core::model::{BatchSpec, TaskSpec};
+        use herd_core::store::Store;
+
+        let dir = tempfile::tempdir().unwrap();
+        let location = format!("sqlite:{}", dir.path().join("large.db").display());
+        let store = SqliteStore::<String, String>::open(&location)
+            .await
+            .unwrap();
+        let cached = || async {
+            let writer = store.dialect.writer.lock().await;
+            sqlx::Connection::cached_statements_size(&writer.conn)
+        };
+        let mut small = BatchSpec::new("f");
+        small.tasks = vec![TaskSpec::new("one".to_string())];
+        store.batch_insert(small, Timestamp(1)).await.unwrap();
+        let after_small = cached().await;
+        assert!(after_small > 0, "a small submit keeps its statements");
+        let mut large = BatchSpec::new("f");
+        large.tasks = (0..2_500).map(|i| TaskSpec::new(i.to_string())).collect();
+        store.batch_insert(large, Timestamp(2)).await.unwrap();
+        let after_large = cached().await;
+        assert!(
+            after_large < after_small,
+            "{after_large} statements cached after a large submit, {after_small} after a small one"
+        );
     }
 }
