@@ -4,8 +4,9 @@
 //! order) before their tasks, so that they never wait on each other in a
 //! cycle; claims take queued heads `FOR UPDATE SKIP LOCKED`. Set statements
 //! go through `jsonb_to_recordset` and `= ANY($1)` over arrays: a claim or a
-//! completion of a hundred tasks is a handful of round trips. Idle workers
-//! wake on `LISTEN`/`NOTIFY` instead of polling.
+//! completion of a hundred tasks is four round trips (`BEGIN`, one statement
+//! that reads and locks, one that writes, `COMMIT`). Idle workers wake on
+//! `LISTEN`/`NOTIFY` instead of polling.
 
 use std::str::FromStr;
 use std::sync::LazyLock;
