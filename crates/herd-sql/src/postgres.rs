@@ -116,8 +116,9 @@ impl<P, O> SqlStore<Postgres, P, O> {
         // write-back; 0.03-0.08 ms once planned).
         // The plans are the index plans a test checks under the same
         // setting. Without scans to choose from, a statement that must scan
-        // after all is costed above `jit_above_cost` and compiled (measured:
-        // 300 ms for a 100-row update): no JIT.
+        // after all is costed above `jit_above_cost` and compiled (in psql,
+        // a 100-row update reading a scanned temporary table: 300 ms, nearly
+        // all of it JIT): no JIT.
         let options = options.options([
             ("enable_seqscan", "off"),
             ("enable_hashjoin", "off"),
