@@ -344,7 +344,9 @@ static TASKS_DEPENDENTS: LazyLock<String> = LazyLock::new(|| {
 /// `payload`), `b` a batch locked (batch columns prefixed `b_`, with
 /// `x_claimable` and `x_deadline` from the scan), `d` a retry due
 /// (`x_task`, `x_batch`), `t` a task asked for, `s` the served tick and
-/// next due time (`x_served`, `x_due`).
+/// next due time (`x_served`, `x_due`). With a claim, in a fixed order:
+/// heads in queue order, batches (past deadlines among them) and due
+/// retries in id order.
 fn open_sql(scan_sql: Option<(&str, bool)>) -> String {
     let batch_columns: Vec<&str> = BATCH_COLUMNS.split(", ").collect();
     let task_count = TASK_COLUMNS.split(", ").count();
@@ -411,7 +413,7 @@ fn open_sql(scan_sql: Option<(&str, bool)>) -> String {
                    LEAST((SELECT MIN(run_at) FROM tasks WHERE state = 'retry_wait'), \
                      (SELECT MIN(deadline) FROM batches \
                       WHERE deadline IS NOT NULL AND finished_at IS NULL)) \
-                 ORDER BY kind, batch_id, priority DESC, ready_seq",
+                 ORDER BY kind, batch_id, priority DESC, ready_seq, b_id, x_task",
                 nb = nulls(batch_columns.len()),
             ));
         }
