@@ -114,11 +114,21 @@ fn events_bounds(query: &EventQuery) -> Option<(i64, i64)> {
     })
 }
 
-/// Removes the batch `$1` if it finished; its tasks, dependencies and
-/// attempts go with it (`ON DELETE CASCADE`).
+/// Removes the batch `$1` if it finished; its tasks, dependencies and (on
+/// SQLite) attempts go with it (`ON DELETE CASCADE`).
 static PURGE_BATCH: LazyLock<String> =
     LazyLock::new(|| format!("DELETE FROM batches WHERE id = $1 AND state IN {FINISHED}"));
 const BATCH_EXISTS: &str = "SELECT id FROM batches WHERE id = $1";
+/// PostgreSQL: the attempts of the batch `$1`'s tasks, if it finished.
+/// Its attempts reference their tasks without a foreign key (schema
+/// version 3), so nothing cascades to them.
+static PURGE_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "DELETE FROM attempts WHERE task_id = ANY(ARRAY( \
+           SELECT t.id FROM tasks t JOIN batches b ON b.id = t.batch_id \
+           WHERE b.id = $1 AND b.state IN {FINISHED}))"
+    )
+});
 const PURGE_EVENTS: &str = "DELETE FROM events WHERE batch_id = $1";
 
 impl<P, O> History for SqlStore<Sqlite, P, O> {
@@ -199,6 +209,12 @@ impl<P, O> History for SqlStore<Postgres, P, O> {
 
     async fn history_purge(&self, batch: BatchId) -> Result<()> {
         let mut tx = self.pool().begin().await.map_err(backend)?;
+        // Rolled back with the rest if the batch is not removed.
+        sqlx::query(&PURGE_ATTEMPTS)
+            .bind(batch.0)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         let removed = sqlx::query(&PURGE_BATCH)
             .bind(batch.0)
             .execute(&mut *tx)

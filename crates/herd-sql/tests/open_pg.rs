@@ -145,3 +145,82 @@ async fn closing_the_pool_does_not_wait_for_the_listener() {
         .await
         .expect("the pool closes: no connection of it is held for the store's life");
 }
+
+/// Schema version 3 dropped the foreign key from attempts to tasks (its
+/// check cost a trigger call per attempt written): a purge deletes the
+/// attempts itself, and only with the batch.
+#[tokio::test]
+async fn a_purge_takes_the_attempts_without_a_foreign_key() {
+    use herd_core::store::{AttemptOutcome, ClaimRequest, Completion, Fence};
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let store = common::fresh_postgres(&url, "open_purge_attempts").await;
+    let keys: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM pg_constraint \
+         WHERE conrelid = 'attempts'::regclass AND contype = 'f'",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(keys, 0, "attempts have no foreign key");
+    let worker = store.worker_register("h", 1, Timestamp(1)).await.unwrap();
+    let attempts = || async {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM attempts")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    let mut batches = Vec::new();
+    for name in ["purged", "kept"] {
+        let mut spec = BatchSpec::new(name);
+        spec.concurrency = 2;
+        spec.tasks = vec![TaskSpec::new("a".to_string()), TaskSpec::new("b".into())];
+        let batch = store.batch_insert(spec, Timestamp(1)).await.unwrap().batch;
+        let request = ClaimRequest {
+            worker,
+            capacity: 2,
+            max_tasks: 2,
+            lease: std::time::Duration::from_secs(30),
+            batch: Some(batch),
+        };
+        let claim = store.task_claim(request, Timestamp(2)).await.unwrap();
+        let ended = claim
+            .tasks
+            .iter()
+            .map(|t| Completion {
+                fence: Fence {
+                    task: t.id,
+                    attempt: t.attempt,
+                },
+                outcome: AttemptOutcome::Succeeded { output: None },
+                duration: std::time::Duration::from_millis(1),
+                log: None,
+            })
+            .collect();
+        store
+            .task_complete(worker, ended, Timestamp(3))
+            .await
+            .unwrap();
+        batches.push(batch);
+    }
+    assert_eq!(attempts().await, 4);
+    // A live batch is not purged, and its attempts stay with it.
+    let mut live = BatchSpec::new("live");
+    live.tasks = vec![TaskSpec::new("c".to_string())];
+    let live = store.batch_insert(live, Timestamp(4)).await.unwrap().batch;
+    assert!(store.batch_purge(live).await.is_err());
+    store.batch_purge(batches[0]).await.unwrap();
+    assert_eq!(attempts().await, 2, "the purged batch's attempts are gone");
+    let left: Vec<i64> = sqlx::query_scalar(
+        "SELECT DISTINCT t.batch_id FROM attempts a JOIN tasks t ON t.id = a.task_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(
+        left,
+        vec![batches[1].0],
+        "the other batch keeps its attempts"
+    );
+}
