@@ -153,6 +153,7 @@ macro_rules! store_conformance {
             claim_ranks_many_batches,
             claim_ranks_past_batches_its_completions_stop,
             claim_ranks_past_a_batch_a_due_retry_fills,
+            claim_ranks_by_the_head_a_turn_leaves,
             paused_batches_are_not_claimed,
             completions_are_fenced_by_attempt,
             retry_waits_without_holding_a_slot,
@@ -1729,6 +1730,51 @@ pub mod cases {
         // big is queued again ahead of r2, and needs all three of r's units.
         let claim = h.claim(10, 1, secs(5)).await;
         assert_eq!(payloads(&claim), ["s1"]);
+        h.finish().await;
+    }
+
+    /// A turn that queues as many tasks in a batch as it takes from it
+    /// still changes the batch's head: the next claim ranks the batch by
+    /// the head it has now. (A store that keeps each batch's head must set
+    /// it again when the queued tasks change, not only their number.)
+    pub async fn claim_ranks_by_the_head_a_turn_leaves<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let with = |key: &str, priority| TaskSpec {
+            priority: Some(priority),
+            ..task(key)
+        };
+        let a = batch(
+            10,
+            vec![
+                with("up", Priority::CRITICAL),
+                with("q1", Priority::HIGH),
+                with("q2", Priority::LOW),
+                after("dep", &["up"]),
+            ],
+        );
+        h.insert(a, T0).await;
+        h.insert(batch(10, vec![task("b1")]), T0).await;
+        let claim = h.claim(10, 1, secs(1)).await;
+        assert_eq!(payloads(&claim), ["up"]);
+        let request = ClaimRequest {
+            worker: h.worker,
+            capacity: 10,
+            max_tasks: 1,
+            lease: LEASE,
+            batch: None,
+        };
+        // up's success queues dep (normal) and the claim takes q1 (high):
+        // two queued before, two after, and the head is dep.
+        let done = report(
+            fence(&claim.tasks[0]),
+            success(None),
+            Duration::from_secs(1),
+        );
+        let (_, claim) = h.complete_and_claim(vec![done], request, secs(2)).await;
+        assert_eq!(payloads(&claim), ["q1"]);
+        // dep and b1 are both normal: b1's batch runs nothing, and wins.
+        let claim = h.claim(10, 1, secs(3)).await;
+        assert_eq!(payloads(&claim), ["b1"]);
         h.finish().await;
     }
 

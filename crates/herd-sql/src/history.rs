@@ -121,7 +121,7 @@ static PURGE_BATCH: LazyLock<String> =
 const BATCH_EXISTS: &str = "SELECT id FROM batches WHERE id = $1";
 /// PostgreSQL: the attempts of the batch `$1`'s tasks, if it finished.
 /// Its attempts reference their tasks without a foreign key (schema
-/// version 3), so nothing cascades to them.
+/// version 4), so nothing cascades to them.
 static PURGE_ATTEMPTS: LazyLock<String> = LazyLock::new(|| {
     format!(
         "DELETE FROM attempts WHERE task_id = ANY(ARRAY( \

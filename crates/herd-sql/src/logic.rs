@@ -97,15 +97,26 @@ pub(crate) struct BatchRow {
     pub stored: Stored,
 }
 
-/// A batch row's indexed columns as read ([`BatchRow::stored`]).
+/// A batch row's indexed columns as read ([`BatchRow::stored`]), and
+/// what tells whether its queued tasks changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Stored {
     pub deadline: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
     pub last_served: i64,
+    pub queued: u64,
+    pub next_ready: i64,
 }
 
 impl BatchRow {
+    /// Whether the batch's queued tasks may differ from those it had when
+    /// read, so that its head must be set again: a task that leaves the
+    /// queue lowers the count, and one that joins it takes a place
+    /// (`next_ready`).
+    pub fn queue_changed(&self) -> bool {
+        self.counts.queued != self.stored.queued || self.next_ready != self.stored.next_ready
+    }
+
     pub fn histogram(&mut self) -> &mut DurationHistogram {
         let stored = &self.durations;
         self.histogram.get_or_insert_with(|| {
@@ -292,6 +303,18 @@ pub(crate) struct WriteSet<'a> {
     pub events: Vec<EventWrite>,
     pub notify_work: bool,
     pub notify_control: bool,
+}
+
+impl WriteSet<'_> {
+    /// The batches written whose head must be set again
+    /// ([`BatchRow::queue_changed`]).
+    pub fn queues_changed(&self) -> Vec<i64> {
+        self.batches
+            .iter()
+            .filter(|b| b.queue_changed())
+            .map(|b| b.id.0)
+            .collect()
+    }
 }
 
 /// Where a claim starts from.

@@ -557,6 +557,8 @@ mod sql {
     /// Everything a transaction writes at its end, in one round trip: task
     /// rows (with outputs), batch rows, attempts that ended, events
     /// numbered from the sequence row (locked until commit), notifications.
+    /// Every part reads the tables as they were before the statement: the
+    /// batches' heads are set after it ([`statements::BATCH_HEADS`]).
     /// Data-modifying CTEs all run; the notifications are selected so that
     /// they run too.
     pub(super) const WRITE_ALL: &str = "\
@@ -1136,9 +1138,11 @@ impl Tx for PgTx {
             .fetch_one(&mut *self.tx)
             .await
             .map_err(backend)?;
-        if !set.batches.is_empty() {
+        // After the write-back, which could not see its own task rows.
+        let heads = set.queues_changed();
+        if !heads.is_empty() {
             sqlx::query(statements::BATCH_HEADS)
-                .bind(ids_of(set.batches.iter().map(|b| b.id.0)))
+                .bind(heads)
                 .execute(&mut *self.tx)
                 .await
                 .map_err(backend)?;

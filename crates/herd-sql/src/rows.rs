@@ -244,6 +244,8 @@ pub(crate) fn batch_row(r: &impl SqlRow) -> Result<BatchRow> {
     let deadline = r.opt_int("deadline")?.map(Timestamp);
     let finished_at = r.opt_int("finished_at")?.map(Timestamp);
     let last_served = r.int("last_served")?;
+    let queued = r.count("n_queued")?;
+    let next_ready = r.int("next_ready")?;
     Ok(BatchRow {
         id: BatchId(r.int("id")?),
         name: r.opt_text("name")?,
@@ -283,6 +285,8 @@ pub(crate) fn batch_row(r: &impl SqlRow) -> Result<BatchRow> {
             deadline,
             finished_at,
             last_served,
+            queued,
+            next_ready,
         },
     })
 }

@@ -146,7 +146,7 @@ async fn closing_the_pool_does_not_wait_for_the_listener() {
         .expect("the pool closes: no connection of it is held for the store's life");
 }
 
-/// Schema version 3 dropped the foreign key from attempts to tasks (its
+/// Schema version 4 dropped the foreign key from attempts to tasks (its
 /// check cost a trigger call per attempt written): a purge deletes the
 /// attempts itself, and only with the batch.
 #[tokio::test]

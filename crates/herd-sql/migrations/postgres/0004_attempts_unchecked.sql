@@ -1,4 +1,4 @@
--- herd's schema, version 3, for PostgreSQL: attempts no longer reference
+-- herd's schema, version 4, for PostgreSQL: attempts no longer reference
 -- tasks through a foreign key. herd writes an attempt row only for a task
 -- it has locked in the same transaction, so the key always holds; checking
 -- it cost a trigger call and a row lock per attempt (measured: it doubled
