@@ -368,7 +368,8 @@ pub(crate) struct Heads {
     pub due: Option<Timestamp>,
 }
 
-/// A transaction's first reads ([`Tx::open`]).
+/// A transaction's first reads ([`Tx::open`]); nothing read by default.
+#[derive(Default)]
 pub(crate) struct Opened {
     /// The claim's scan, when a claim was asked for.
     pub scan: Option<ClaimScan>,

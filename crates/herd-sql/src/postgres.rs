@@ -769,12 +769,7 @@ impl Dialect for Postgres {
 impl Tx for PgTx {
     async fn open(&mut self, claim: Option<ClaimOpen>, tasks: &[TaskId]) -> Result<Opened> {
         if claim.is_none() && tasks.is_empty() {
-            return Ok(Opened {
-                scan: None,
-                batches: Vec::new(),
-                tasks: Vec::new(),
-                heads: None,
-            });
+            return Ok(Opened::default());
         }
         let task_ids = ids_of(tasks.iter().map(|t| t.0));
         let query = match claim {
@@ -799,9 +794,7 @@ impl Tx for PgTx {
         let rows = query.fetch_all(&mut *self.tx).await.map_err(backend)?;
         let mut opened = Opened {
             scan: claim.map(|_| ClaimScan::default()),
-            batches: Vec::new(),
-            tasks: Vec::new(),
-            heads: None,
+            ..Opened::default()
         };
         let mut heads = Heads {
             heads: Vec::new(),
@@ -1028,13 +1021,7 @@ impl Tx for PgTx {
         only: Option<BatchId>,
         limit: usize,
     ) -> Result<ClaimScan> {
-        let (sql, n) = match only {
-            Some(only) => (statements::CLAIM_SCAN_ONE, only.0),
-            None => (
-                statements::CLAIM_SCAN.as_str(),
-                statements::rank_limit(limit),
-            ),
-        };
+        let (sql, n) = statements::claim_scan(only, limit);
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(sql)
             .bind(now.0)
             .bind(n)

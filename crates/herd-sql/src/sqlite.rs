@@ -1044,12 +1044,7 @@ impl Dialect for Sqlite {
 impl Tx for SqliteTx {
     async fn open(&mut self, claim: Option<ClaimOpen>, tasks: &[TaskId]) -> Result<Opened> {
         if claim.is_none() && tasks.is_empty() {
-            return Ok(Opened {
-                scan: None,
-                batches: Vec::new(),
-                tasks: Vec::new(),
-                heads: None,
-            });
+            return Ok(Opened::default());
         }
         let task_ids = id_list(tasks.iter().map(|t| t.0));
         let has_tasks = !tasks.is_empty();
@@ -1391,13 +1386,7 @@ impl Tx for SqliteTx {
         only: Option<BatchId>,
         limit: usize,
     ) -> Result<ClaimScan> {
-        let (sql, n) = match only {
-            Some(only) => (statements::CLAIM_SCAN_ONE, only.0),
-            None => (
-                statements::CLAIM_SCAN.as_str(),
-                statements::rank_limit(limit),
-            ),
-        };
+        let (sql, n) = statements::claim_scan(only, limit);
         let rows = self
             .read_one(|s| s.shared(sql).bind(now.0).bind(n).done())
             .await?;

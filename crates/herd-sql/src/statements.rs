@@ -103,6 +103,15 @@ pub(crate) fn rank_limit(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX).min(1 << 40)
 }
 
+/// A claim's scan and its second argument: [`CLAIM_SCAN_ONE`] and the
+/// batch for a claim limited to one, else [`CLAIM_SCAN`] and its limit.
+pub(crate) fn claim_scan(only: Option<herd_core::BatchId>, limit: usize) -> (&'static str, i64) {
+    match only {
+        Some(only) => (CLAIM_SCAN_ONE, only.0),
+        None => (CLAIM_SCAN.as_str(), rank_limit(limit)),
+    }
+}
+
 /// Retries due by `$1`, batches past their deadline, and the batches a
 /// claim could take tasks from ([`claim_ranked`], limit `$2`):
 /// `(kind, id, batch)`, read by [`crate::logic::ClaimScan::from_rows`].
