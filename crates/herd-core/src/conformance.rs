@@ -40,7 +40,7 @@
 //!   operation's `now`; every task transition continues from the task's
 //!   previous state, is a valid [`TaskState::can_become`] move, carries a
 //!   reason its state accepts, and increments the attempt exactly when the
-//!   task starts running; a batch only finishes once all its tasks have; the
+//!   task starts running (a claim given back gives it back); a batch only finishes once all its tasks have; the
 //!   counts of [`Store::batch_get`] and the states of [`Store::task_get`]
 //!   match the events, as do [`Store::batch_list`] (every batch, newest
 //!   first) and [`Store::task_list`] (each batch's tasks by index, those the
@@ -176,6 +176,8 @@ macro_rules! store_conformance {
             policy_trip_skips_the_failures_dependents,
             forced_cancel_escalates_a_graceful_one,
             a_task_lost_while_cancelling_ends_cancelled,
+            released_claims_take_their_place_again,
+            released_claims_end_as_asked,
             claims_do_not_start_tasks_past_the_deadline,
             rerun_runs_failures_again_and_keeps_successes,
             rerun_restarts_a_stopped_batch,
@@ -455,7 +457,13 @@ impl Log {
                             assert_eq!(attempt, expected, "attempt of {e:?}");
                             seen.state = to;
                             seen.reason = reason;
-                            seen.attempt = attempt;
+                            // A claim given back gives its attempt number back.
+                            seen.attempt = match (from, to) {
+                                (Some(TaskState::Running), TaskState::Queued) => {
+                                    Attempt(attempt.0 - 1)
+                                }
+                                _ => attempt,
+                            };
                         }
                     }
                 }
@@ -3288,6 +3296,145 @@ pub mod cases {
         h.finish().await;
     }
 
+    /// A claim given back unstarted ([`AttemptOutcome::Released`]) takes
+    /// its place in its batch's queue again, ahead of the tasks queued
+    /// behind it and in queue order whatever the order of the releases. It
+    /// gives back its slots and its attempt number and counts nothing: no
+    /// attempt record, no retry, no loss; its old fence is stale. An
+    /// attempt's record starts when its worker says it started (the
+    /// report's duration before the report), never before its claim.
+    pub async fn released_claims_take_their_place_again<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let retains = h.store.retains_finished_tasks();
+        let ins = h
+            .insert(
+                batch(3, vec![task("a"), task("b"), task("c"), task("d")]),
+                T0,
+            )
+            .await;
+        let [a, b, c, d] = ins.tasks[..] else {
+            panic!("four tasks")
+        };
+        let claim = h.claim(10, 10, secs(1)).await;
+        assert_eq!(payloads(&claim), ["a", "b", "c"]);
+        assert!(h.claim(10, 10, secs(1)).await.tasks.is_empty());
+        let release = |key| {
+            report(
+                fence(claimed(&claim, key)),
+                AttemptOutcome::Released,
+                Duration::ZERO,
+            )
+        };
+        let applied = h.complete(vec![release("b"), release("a")], secs(2)).await;
+        assert_eq!(applied.results, [Ok(Queued), Ok(Queued)]);
+        assert_moves(&applied.events, &[(a, Queued, None), (b, Queued, None)]);
+        assert_eq!(
+            h.batch(ins.batch).await.counts,
+            counts(|c| {
+                c.queued = 3;
+                c.running = 1;
+            })
+        );
+        let old = fence(claimed(&claim, "a"));
+        let (result, _) = h.report(old, success(None), secs(3)).await;
+        assert_eq!(result, Err(Stale(old)), "a released claim's fence is stale");
+
+        let again = h.claim(10, 10, secs(4)).await;
+        assert_eq!(payloads(&again), ["a", "b"], "back in place, ahead of d");
+        for t in &again.tasks {
+            assert_eq!((t.attempt, t.lost), (Attempt(1), 0), "{}", t.id);
+        }
+        // c ran for 2 s of the 9 since its claim; a for longer than its
+        // claim has existed.
+        let ran = |key: &str, claim: &Claim<String, String>, secs| {
+            report(
+                fence(claimed(claim, key)),
+                success(None),
+                Duration::from_secs(secs),
+            )
+        };
+        let applied = h
+            .complete(vec![ran("c", &claim, 2), ran("a", &again, 60)], secs(10))
+            .await;
+        assert_eq!(applied.results, [Ok(Succeeded), Ok(Succeeded)]);
+        let claim = h.claim(10, 10, secs(11)).await;
+        assert_eq!(payloads(&claim), ["d"]);
+        h.succeed(claimed(&again, "b"), None, secs(12)).await;
+        h.succeed(claimed(&claim, "d"), None, secs(12)).await;
+        let stats = h.store.batch_stats(ins.batch, secs(12)).await.unwrap();
+        assert_eq!(stats.retries, 0, "a release is no retry");
+        assert_eq!(h.batch(ins.batch).await.state, B::Succeeded);
+        if retains {
+            let attempts = h.attempts(a).await;
+            assert_eq!(attempts.len(), 1, "one attempt of a: {attempts:?}");
+            assert_eq!(
+                (attempts[0].attempt, attempts[0].started_at),
+                (Attempt(1), secs(4)),
+                "started at its claim, not before"
+            );
+            let attempts = h.attempts(c).await;
+            assert_eq!(
+                (attempts[0].started_at, attempts[0].finished_at),
+                (secs(8), Some(secs(10))),
+                "started when its worker started it"
+            );
+            assert_eq!(h.attempts(d).await.len(), 1);
+        }
+        h.finish().await;
+    }
+
+    /// A claim given back ends as the store asked: a task being cancelled
+    /// ends cancelled with its reason (the batch finishes), and a task of a
+    /// paused batch waits for the resume.
+    pub async fn released_claims_end_as_asked<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let ins = h.insert(batch(2, vec![task("a"), task("b")]), T0).await;
+        let [a, b] = ins.tasks[..] else {
+            panic!("two tasks")
+        };
+        let claim = h.claim(10, 10, secs(1)).await;
+        let events = h.pause(ins.batch, secs(2)).await;
+        assert_eq!(batch_moves(&events), [(ins.batch, B::Paused)]);
+        let (result, events) = h
+            .report(
+                fence(claimed(&claim, "b")),
+                AttemptOutcome::Released,
+                secs(3),
+            )
+            .await;
+        assert_eq!(result, Ok(Queued));
+        assert_moves(&events, &[(b, Queued, None)]);
+        assert!(h.claim(10, 10, secs(4)).await.tasks.is_empty(), "paused");
+        h.resume(ins.batch, secs(5)).await;
+        let again = h.claim(10, 10, secs(6)).await;
+        assert_eq!(payloads(&again), ["b"]);
+
+        let events = h
+            .cancel_batch(ins.batch, CancelMode::Graceful, secs(7))
+            .await;
+        assert_moves(&events, &[]);
+        let (result, events) = h
+            .report(
+                fence(claimed(&claim, "a")),
+                AttemptOutcome::Released,
+                secs(8),
+            )
+            .await;
+        assert_eq!(result, Ok(Cancelled));
+        assert_moves(&events, &[(a, Cancelled, Some(Reason::ByUser))]);
+        let (result, events) = h
+            .report(
+                fence(claimed(&again, "b")),
+                AttemptOutcome::Released,
+                secs(9),
+            )
+            .await;
+        assert_eq!(result, Ok(Cancelled));
+        assert_moves(&events, &[(b, Cancelled, Some(Reason::ByUser))]);
+        assert_eq!(batch_moves(&events), [(ins.batch, B::Cancelled)]);
+        h.finish().await;
+    }
+
     /// A claim at or after a batch's deadline starts nothing of it, and ends
     /// its waiting tasks `cancelled{deadline}`, even if no one expired it yet.
     pub async fn claims_do_not_start_tasks_past_the_deadline<S: SuiteStore>(store: S) {
@@ -3694,16 +3841,17 @@ pub mod cases {
             stderr: Vec::new(),
             stderr_total: 0,
         };
+        // Both ran from their claim to their report.
         let mut done = report(
             fence(claimed(&claim, "a")),
             success(Some("A")),
-            Duration::ZERO,
+            Duration::from_secs(1),
         );
         done.log = Some(log.clone());
         let failed = report(
             fence(claimed(&claim, "c")),
             failure(Reason::ExitCode(1), Some(secs(100))),
-            Duration::ZERO,
+            Duration::from_secs(1),
         );
         let applied = h.complete(vec![done, failed], secs(2)).await;
         assert_eq!(applied.results, [Ok(Succeeded), Ok(RetryWait)]);
@@ -3871,13 +4019,15 @@ pub mod cases {
             stderr: vec![b'!'; 5000],
             stderr_total: 5000,
         };
+        // Both ran from their claim to their report.
+        let ran = Duration::from_secs(1);
         let mut fail = report(
             fence(claimed(&claim, "a")),
             failure(Reason::ExitCode(3), Some(secs(2))),
-            Duration::ZERO,
+            ran,
         );
         fail.log = Some(small.clone());
-        let mut done = report(fence(claimed(&claim, "b")), success(None), Duration::ZERO);
+        let mut done = report(fence(claimed(&claim, "b")), success(None), ran);
         done.log = Some(large.clone());
         let applied = h.complete(vec![fail, done], secs(2)).await;
         assert_eq!(applied.results, [Ok(RetryWait), Ok(Succeeded)]);

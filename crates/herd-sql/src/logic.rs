@@ -963,8 +963,37 @@ impl Work {
         t.worker = Some(worker);
         t.lease_until = Some(lease_until);
         t.started_at = Some(now);
-        t.ready_seq = None;
+        // `ready_seq` stays: a claim given back unstarted takes its place
+        // in the queue again (`release`).
         self.move_task(id, TaskState::Running, None);
+    }
+
+    /// Gives back a claim whose attempt never started
+    /// (`AttemptOutcome::Released`): the task takes its place in its
+    /// batch's queue again, with its attempt number, or ends cancelled if
+    /// it was asked to. Returns the state it entered.
+    pub async fn release<T: Tx>(&mut self, tx: &mut T, id: TaskId) -> Result<TaskState> {
+        let t = &self.tasks[&id];
+        if let Some((_, reason)) = t.cancel {
+            self.finish(tx, id, TaskState::Cancelled, Some(reason), None, true)
+                .await?;
+            return Ok(TaskState::Cancelled);
+        }
+        let (batch, cost, seq) = (t.batch, t.cost, t.ready_seq);
+        self.batch_mut(batch)?.running_cost -= cost;
+        // The transition belongs to the attempt given back.
+        self.move_task(id, TaskState::Queued, None);
+        let t = self.task_mut(id);
+        t.attempt = Attempt(t.attempt.0 - 1);
+        t.worker = None;
+        t.lease_until = None;
+        t.started_at = None;
+        match seq {
+            Some(_) => self.work_ready |= !self.batch(batch)?.paused,
+            // Claimed by a version that did not keep its place: the back.
+            None => self.enqueue(id),
+        }
+        Ok(TaskState::Queued)
     }
 
     /// Keeps the log a completion of `id`'s running attempt carried, for

@@ -272,8 +272,16 @@ where
                 results.push(Err(Stale(fence)));
                 continue;
             }
+            if matches!(c.outcome, AttemptOutcome::Released) {
+                results.push(Ok(work.release(tx, fence.task).await?));
+                continue;
+            }
             let (batch, dependents) = {
-                let t = &work.tasks[&fence.task];
+                // The attempt started at the worker `duration` ago, maybe
+                // well after its claim (a task held ready to start).
+                let started = work.now.minus(c.duration);
+                let t = work.task_mut(fence.task);
+                t.started_at = t.started_at.map(|at| at.max(started));
                 (t.batch, t.dependents)
             };
             work.set_log(fence.task, c.log);
@@ -319,6 +327,7 @@ where
                     .await?;
                     TaskState::Cancelled
                 }
+                AttemptOutcome::Released => unreachable!("handled above"),
             };
             results.push(Ok(entered));
         }

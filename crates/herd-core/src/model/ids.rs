@@ -78,6 +78,12 @@ impl Timestamp {
         Timestamp(self.0.saturating_add(micros))
     }
 
+    /// This instant minus `d`, saturating.
+    pub fn minus(self, d: Duration) -> Timestamp {
+        let micros = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_sub(micros))
+    }
+
     /// Time elapsed from `earlier` to `self`, zero if `earlier` is later.
     pub fn since(self, earlier: Timestamp) -> Duration {
         Duration::from_micros(self.0.saturating_sub(earlier.0).max(0) as u64)

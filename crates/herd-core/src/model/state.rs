@@ -77,7 +77,7 @@ impl TaskState {
             (self, next),
             (Pending, Queued | Skipped | Cancelled)
                 | (Queued, Running | Cancelled)
-                | (Running, Succeeded | Failed | Cancelled | RetryWait)
+                | (Running, Succeeded | Failed | Cancelled | RetryWait | Queued)
                 | (RetryWait, Queued | Cancelled)
         )
     }
@@ -353,7 +353,8 @@ mod tests {
     fn retries_go_through_retry_wait_to_queued() {
         assert!(TaskState::Running.can_become(TaskState::RetryWait));
         assert!(TaskState::RetryWait.can_become(TaskState::Queued));
-        assert!(!TaskState::Running.can_become(TaskState::Queued));
+        // A claim given back unstarted (`AttemptOutcome::Released`).
+        assert!(TaskState::Running.can_become(TaskState::Queued));
         assert!(!TaskState::Queued.can_become(TaskState::Succeeded));
         assert!(!TaskState::Pending.can_become(TaskState::Running));
     }

@@ -145,6 +145,8 @@ struct Ready {
     priority: Priority,
     cost: u32,
     task: TaskId,
+    /// Its place in the queue: queues are in this order within a priority.
+    seq: u64,
 }
 
 /// A batch's ready tasks: highest priority first, first in first out within a
@@ -162,6 +164,14 @@ impl ReadyQueue {
             .entry(Reverse(ready.priority))
             .or_default()
             .push_back(ready);
+        self.len += 1;
+    }
+
+    /// Puts a task back where its `seq` places it: a claim given back.
+    fn put_back(&mut self, ready: Ready) {
+        let queue = self.levels.entry(Reverse(ready.priority)).or_default();
+        let at = queue.partition_point(|r| r.seq < ready.seq);
+        queue.insert(at, ready);
         self.len += 1;
     }
 
@@ -226,6 +236,8 @@ struct BatchRec {
     failed_by_policy: bool,
     last_served: u64,
     next_index: u64,
+    /// The next place in its ready queue.
+    next_ready: u64,
     durations: DurationHistogram,
     created_at: Timestamp,
     started_at: Option<Timestamp>,
@@ -257,6 +269,8 @@ struct TaskRec<P> {
     upstream: Vec<TaskId>,
     dependents: Vec<TaskId>,
     started_at: Timestamp,
+    /// Its place in its batch's ready queue when it was last queued.
+    ready_seq: u64,
     /// The log the current attempt's report carried, until the attempt's
     /// record is written.
     log: Option<AttemptLog>,
@@ -453,16 +467,34 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         );
     }
 
+    /// Queues a task at the back of its batch's queue.
     fn push_ready(&mut self, id: TaskId) {
+        let Some(t) = self.tasks.get(&id) else { return };
+        let Some(b) = self.batches.get_mut(&t.batch) else {
+            return;
+        };
+        let seq = b.next_ready;
+        b.next_ready += 1;
+        self.tasks.get_mut(&id).expect("checked").ready_seq = seq;
+        self.queue(id, false);
+    }
+
+    /// Puts a task in its batch's queue at its `ready_seq`: at the back
+    /// when it was just given one, else back where it was.
+    fn queue(&mut self, id: TaskId, put_back: bool) {
         let Some(t) = self.tasks.get(&id) else { return };
         let entry = Ready {
             priority: t.priority,
             cost: t.cost,
             task: id,
+            seq: t.ready_seq,
         };
         let batch = t.batch;
         if let Some(b) = self.batches.get_mut(&batch) {
-            b.ready.push(entry);
+            match put_back {
+                true => b.ready.put_back(entry),
+                false => b.ready.push(entry),
+            }
             if !b.in_ready_list {
                 b.in_ready_list = true;
                 self.ready_batches.push(batch);
@@ -517,6 +549,7 @@ impl<P: Clone, O: Clone> Inner<P, O> {
                 upstream,
                 dependents: Vec::new(),
                 started_at: Timestamp::EPOCH,
+                ready_seq: 0,
                 log: None,
                 attempts: Vec::new(),
             },
@@ -827,6 +860,29 @@ impl<P: Clone, O: Clone> Inner<P, O> {
         t.attempts.push(ended);
     }
 
+    /// Gives back a claim whose attempt never started: the task takes its
+    /// place in its batch's queue again, with its attempt number, or ends
+    /// cancelled if the store had asked for that. Returns the state it entered.
+    fn release(&mut self, id: TaskId, now: Timestamp) -> TaskState {
+        let t = &self.tasks[&id];
+        if let Some((_, reason)) = t.cancel {
+            self.finish(id, TaskState::Cancelled, Some(reason), None, now);
+            return TaskState::Cancelled;
+        }
+        let (batch, cost) = (t.batch, t.cost);
+        if let Some(b) = self.batches.get_mut(&batch) {
+            b.running_cost -= cost;
+        }
+        // The transition belongs to the attempt given back.
+        self.move_task(id, TaskState::Queued, None, now);
+        let t = self.tasks.get_mut(&id).expect("checked");
+        t.attempt = Attempt(t.attempt.0 - 1);
+        t.worker = None;
+        t.lease_until = Timestamp::EPOCH;
+        self.queue(id, true);
+        TaskState::Queued
+    }
+
     /// Ends running attempts as lost, as if their leases had expired at
     /// `now`: requeued, or failed once the batch's `lost` budget is spent.
     fn lose(&mut self, mut ids: Vec<TaskId>, message: &str, now: Timestamp) {
@@ -999,6 +1055,7 @@ where
                 failed_by_policy: false,
                 last_served: 0,
                 next_index: 0,
+                next_ready: 0,
                 durations: DurationHistogram::default(),
                 created_at: now,
                 started_at: None,
@@ -1284,8 +1341,15 @@ where
                 results.push(Err(Stale(fence)));
                 continue;
             }
+            if matches!(c.outcome, AttemptOutcome::Released) {
+                results.push(Ok(inner.release(fence.task, now)));
+                continue;
+            }
             let t = inner.tasks.get_mut(&fence.task).expect("checked");
             t.log = c.log;
+            // The attempt started at the worker `duration` ago, maybe well
+            // after its claim (a task held ready to start).
+            t.started_at = t.started_at.max(now.minus(c.duration));
             let batch = t.batch;
             let b = inner.batches.get_mut(&batch).expect("tasks have batches");
             b.durations.record(c.duration);
@@ -1315,6 +1379,7 @@ where
                     inner.finish(fence.task, TaskState::Cancelled, Some(reason), None, now);
                     TaskState::Cancelled
                 }
+                AttemptOutcome::Released => unreachable!("handled above"),
             };
             results.push(Ok(entered));
         }

@@ -161,6 +161,13 @@ pub enum AttemptOutcome<O> {
         /// Why.
         reason: Reason,
     },
+    /// It never started: the worker gives the claim back (a task it held
+    /// ready to start, when it stops). The task goes back to its place in
+    /// its batch's queue and its attempt number is given back, so nothing
+    /// counts against it: no attempt is recorded, no retry, no `lost`. A
+    /// task the store had asked to cancel ends cancelled instead, with that
+    /// reason.
+    Released,
 }
 
 /// A finished attempt, reported by the worker that ran it.
@@ -170,7 +177,9 @@ pub struct Completion<O> {
     pub fence: Fence,
     /// How it ended.
     pub outcome: AttemptOutcome<O>,
-    /// How long it ran.
+    /// How long it ran, from its start at the worker. The attempt's record
+    /// starts this long before the report (but never before the claim), so
+    /// that a task claimed ahead and started later shows when it ran.
     pub duration: Duration,
     /// What it left behind for people (a process's exit code and output tails).
     pub log: Option<AttemptLog>,
