@@ -232,7 +232,10 @@ fn plan(args: &RunArgs) -> Result<Plan, CliError> {
     let mut spec = BatchSpec::new(FLOW);
     spec.name = args.name.clone();
     spec.priority = priority;
-    spec.concurrency = jobs;
+    // `--jobs` commands run at once (the worker's slots); the batch lets
+    // the worker hold as many more claimed, ready to start (docs/design/
+    // cli.md, "Claiming ahead").
+    spec.concurrency = jobs.saturating_mul(2);
     spec.policy.retry = retry;
     spec.policy.timeout = timeout;
     spec.policy.grace = grace;
@@ -427,6 +430,7 @@ where
         clock.clone(),
         WorkerConfig {
             slots: settings.jobs.max(1),
+            ahead: settings.jobs.max(1),
             host: hostname(),
             batch: Some(batch),
             ..WorkerConfig::default()

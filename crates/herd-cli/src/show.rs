@@ -268,6 +268,8 @@ impl Progress {
             self.running_since.insert(task, (index, event.at));
         } else if from == Some(TaskState::Running)
             && let Some((index, since)) = self.running_since.remove(&task)
+            // A claim given back unstarted ran no time.
+            && to != TaskState::Queued
         {
             self.record(event.at.since(since), index + 1);
         }

@@ -1159,3 +1159,221 @@ async fn until_started(gate: &Gate, n: u32) {
     }
     panic!("{n} attempts did not start");
 }
+
+// ---------------------------------------------------------------------------
+// Tasks held ahead (`WorkerConfig::ahead`).
+// ---------------------------------------------------------------------------
+
+/// A worker with one slot, holding two tasks ahead, over a batch of six
+/// tasks waiting at `gate`: the store, the gate, the batch and the worker.
+async fn holding_worker(
+    gate: &Arc<Gate>,
+) -> (
+    Arc<MemoryStore<String, String>>,
+    BatchId,
+    Vec<TaskId>,
+    WorkerHandle,
+) {
+    let store = Arc::new(MemoryStore::<String, String>::retaining());
+    let router = Arc::new(Router::new());
+    router
+        .lock()
+        .await
+        .add_flow(Arc::from("gate"), gate.clone());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut spec = BatchSpec::new("gate");
+    // The slot and the tasks held.
+    spec.concurrency = 3;
+    spec.tasks = ["a", "b", "c", "d", "e", "f"]
+        .map(|key| TaskSpec::new(key.to_string()))
+        .to_vec();
+    let inserted = store.batch_insert(spec, clock.now()).await.unwrap();
+    let worker = spawn_worker(
+        store.clone(),
+        router,
+        clock,
+        WorkerConfig {
+            slots: 1,
+            ahead: 2,
+            ..WorkerConfig::default()
+        },
+    );
+    (store, inserted.batch, inserted.tasks, worker)
+}
+
+/// Yields until `batch` has `n` tasks running in the store.
+async fn until_claimed(store: &MemoryStore<String, String>, batch: BatchId, n: u64) {
+    for _ in 0..10_000 {
+        if store.batch_get(batch).await.unwrap().counts.running == n {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{batch} never had {n} tasks running");
+}
+
+/// Once attempts are short, a worker claims tasks beyond its slots and
+/// holds them: one runs at a time (its one slot), two more are claimed, and
+/// when the running one ends the next held one starts while the report and
+/// the next claim are on their way. Stopped, it gives back the tasks it
+/// held: queued again, attempt 0, nothing counted, never run.
+#[tokio::test]
+async fn a_worker_holds_tasks_ahead_and_gives_them_back_when_it_stops() {
+    let gate = Arc::new(Gate {
+        open: Arc::new(tokio::sync::Semaphore::new(0)),
+        starts: AtomicU32::new(0),
+    });
+    let (store, batch, tasks, mut worker) = holding_worker(&gate).await;
+    until_started(&gate, 1).await;
+    assert_eq!(
+        store.batch_get(batch).await.unwrap().counts.running,
+        1,
+        "nothing held before an attempt has shown how long attempts take"
+    );
+    gate.open.add_permits(1);
+    until_claimed(&store, batch, 3).await;
+    until_started(&gate, 2).await;
+    gate.open.add_permits(1);
+    until_started(&gate, 3).await;
+    until_claimed(&store, batch, 3).await;
+    assert_eq!(gate.starts.load(SeqCst), 3, "one at a time");
+
+    worker.stop();
+    gate.open.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), worker.join())
+        .await
+        .expect("the worker ends once its attempt has")
+        .unwrap();
+    assert_eq!(gate.starts.load(SeqCst), 3, "the held tasks never ran");
+    let info = store.batch_get(batch).await.unwrap();
+    assert_eq!(
+        (
+            info.counts.succeeded,
+            info.counts.queued,
+            info.counts.running
+        ),
+        (3, 3, 0)
+    );
+    assert_eq!(info.retries, 0);
+    for &task in &tasks[3..] {
+        let t = store.task_get(task).await.unwrap();
+        assert_eq!((t.state, t.attempt.0, t.lost), (TaskState::Queued, 0, 0));
+        assert!(store.task_attempts(task).await.unwrap().is_empty());
+    }
+}
+
+/// Tasks held when their batch is cancelled end cancelled without running.
+#[tokio::test]
+async fn held_tasks_of_a_cancelled_batch_never_run() {
+    let gate = Arc::new(Gate {
+        open: Arc::new(tokio::sync::Semaphore::new(0)),
+        starts: AtomicU32::new(0),
+    });
+    let (store, batch, tasks, worker) = holding_worker(&gate).await;
+    until_started(&gate, 1).await;
+    gate.open.add_permits(1);
+    until_claimed(&store, batch, 3).await;
+    until_started(&gate, 2).await;
+    store
+        .batch_cancel(batch, CancelMode::Forced, SystemClock.now())
+        .await
+        .unwrap();
+    let info = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let info = store.batch_get(batch).await.unwrap();
+            if info.state.is_terminal() {
+                return info;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the batch ends at once");
+    assert_eq!(info.state, BatchState::Cancelled);
+    assert_eq!((info.counts.succeeded, info.counts.cancelled), (1, 5));
+    assert_eq!(gate.starts.load(SeqCst), 2, "the held tasks never ran");
+    for &task in &tasks[2..4] {
+        let t = store.task_get(task).await.unwrap();
+        assert_eq!(
+            (t.state, t.reason),
+            (TaskState::Cancelled, Some(Reason::ByUser))
+        );
+    }
+    worker.shutdown().await.unwrap();
+}
+
+/// The most tasks the store had running for a worker with one slot that
+/// may hold two ahead, over tasks that each take `takes` (paused time).
+async fn most_claimed_at_once(takes: Duration) -> u64 {
+    let store = Arc::new(MemoryStore::<String, String>::new());
+    let router = Arc::new(Router::new());
+    router
+        .lock()
+        .await
+        .add_flow(Arc::from("sleep"), Arc::new(Sleep(takes)));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let mut events = store.events();
+    let mut spec = BatchSpec::new("sleep");
+    spec.concurrency = 3;
+    spec.tasks = (0..8).map(|i| TaskSpec::new(i.to_string())).collect();
+    let batch = store.batch_insert(spec, clock.now()).await.unwrap().batch;
+    let worker = spawn_worker(
+        store.clone(),
+        router,
+        clock,
+        WorkerConfig {
+            slots: 1,
+            ahead: 2,
+            ..WorkerConfig::default()
+        },
+    );
+    let (mut running, mut most) = (0i64, 0i64);
+    loop {
+        let group = events.recv().await.unwrap();
+        for e in group.iter() {
+            match e.kind {
+                herd_core::EventKind::Task { from, to, .. } => {
+                    running += i64::from(to == TaskState::Running);
+                    running -= i64::from(from == Some(TaskState::Running));
+                    most = most.max(running);
+                }
+                herd_core::EventKind::Batch { to, .. } if to.is_terminal() => {
+                    assert_eq!(e.batch, batch);
+                    worker.shutdown().await.unwrap();
+                    return most as u64;
+                }
+                herd_core::EventKind::Batch { .. } => {}
+            }
+        }
+    }
+}
+
+/// Runs every task for a fixed time.
+struct Sleep(Duration);
+
+impl<S: Store<Payload = String, Output = String>> Runner<S> for Sleep {
+    fn start(
+        &self,
+        _task: ClaimedTask<String, String>,
+        _cancel: Cancellation,
+    ) -> BoxFuture<'static, AttemptReport<String>> {
+        let takes = self.0;
+        Box::pin(async move {
+            tokio::time::sleep(takes).await;
+            AttemptReport::succeeded()
+        })
+    }
+
+    fn deliver(&self, _end: TaskEnd, _delivery: Option<Box<dyn Any + Send>>) {}
+}
+
+/// A worker holds tasks ahead only while attempts are short: a task held
+/// behind long ones would wait long, leased, where another worker could
+/// run it.
+#[tokio::test(start_paused = true)]
+async fn a_worker_holds_tasks_only_while_attempts_are_short() {
+    let short = WorkerConfig::HOLD_WHILE_UNDER / 10;
+    assert_eq!(most_claimed_at_once(short).await, 3, "1 running, 2 held");
+    let long = WorkerConfig::HOLD_WHILE_UNDER * 2;
+    assert_eq!(most_claimed_at_once(long).await, 1, "none held");
+}

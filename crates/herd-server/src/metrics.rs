@@ -54,13 +54,17 @@ impl Metrics {
     pub fn observe(&self, events: &[Event]) {
         let mut c = self.lock();
         for e in events {
-            let EventKind::Task { task, to, .. } = e.kind else {
+            let EventKind::Task { task, from, to, .. } = e.kind else {
                 continue;
             };
             *c.entered.entry(to.as_str()).or_default() += 1;
             if to == TaskState::Running {
                 c.attempts += 1;
                 c.running_since.insert(task, e.at);
+            } else if from == Some(TaskState::Running) && to == TaskState::Queued {
+                // A claim given back unstarted ran no time. (It stays
+                // counted among attempts: a counter never goes down.)
+                c.running_since.remove(&task);
             } else if let Some(start) = c.running_since.remove(&task) {
                 let secs = e.at.since(start).as_secs_f64();
                 let bucket = BUCKETS

@@ -221,6 +221,9 @@ impl ExecutorBuilder {
                         spawn_attempts: self.spawn,
                         pool: Some(pool.clone()),
                         batch: None,
+                        // In memory a report and a claim cost no wait
+                        // worth hiding.
+                        ahead: 0,
                     },
                 )
             })

@@ -58,6 +58,22 @@ pub struct WorkerConfig {
     pub pool: Option<Arc<SlotPool>>,
     /// Claim tasks only from this batch; `None`: from any batch.
     pub batch: Option<BatchId>,
+    /// Cost units of tasks it may hold claimed beyond its slots, ready to
+    /// start the moment a slot frees, so that a slot does not wait for the
+    /// store call that reports its last attempt and claims the next (0:
+    /// none). It holds tasks only while its attempts are short (under
+    /// [`WorkerConfig::HOLD_WHILE_UNDER`] on average): a task held is
+    /// leased, counts against its batch's concurrency, and waits; long
+    /// attempts would leave it waiting long, where another worker could
+    /// run it. A stopping worker gives the tasks it holds back
+    /// ([`AttemptOutcome::Released`]).
+    pub ahead: u32,
+}
+
+impl WorkerConfig {
+    /// How short attempts must be, on average, for a worker to hold tasks
+    /// ahead ([`WorkerConfig::ahead`]).
+    pub const HOLD_WHILE_UNDER: Duration = Duration::from_millis(50);
 }
 
 impl Default for WorkerConfig {
@@ -70,6 +86,7 @@ impl Default for WorkerConfig {
             spawn_attempts: false,
             pool: None,
             batch: None,
+            ahead: 0,
         }
     }
 }
@@ -190,7 +207,7 @@ struct Claimed<S: Store> {
     tasks: Vec<ClaimedTask<S::Payload, S::Output>>,
     next_due: Option<Timestamp>,
     blocked_by: Option<u32>,
-    /// The slots asked for.
+    /// The cost units asked for.
     asked: u32,
 }
 
@@ -206,6 +223,29 @@ struct LoopState<S: Store> {
     /// One per completion, in the same order.
     deliveries: Vec<Option<Delivery<S>>>,
     runner_cache: Option<(Arc<BatchPolicy>, Arc<dyn Runner<S>>)>,
+    /// Tasks claimed and held, ready to start when slots free (see
+    /// [`WorkerConfig::ahead`]), in claim order; they hold no slots.
+    in_hand: std::collections::VecDeque<ClaimedTask<S::Payload, S::Output>>,
+    /// The cost units of `in_hand`.
+    in_hand_cost: u32,
+    /// How long attempts run here: a moving average, `None` before the
+    /// first ends.
+    pace: Option<Duration>,
+}
+
+impl<S: Store> LoopState<S> {
+    /// Whether attempts are short enough to hold tasks ahead.
+    fn short_attempts(&self) -> bool {
+        self.pace
+            .is_some_and(|pace| pace < WorkerConfig::HOLD_WHILE_UNDER)
+    }
+
+    fn take_in_hand(&mut self, task: TaskId) -> Option<ClaimedTask<S::Payload, S::Output>> {
+        let at = self.in_hand.iter().position(|t| t.id == task)?;
+        let task = self.in_hand.remove(at)?;
+        self.in_hand_cost -= task.cost;
+        Some(task)
+    }
 }
 
 /// Where the end of a reported attempt goes, should the store accept it as the last.
@@ -324,6 +364,9 @@ impl<S: Store> Worker<S> {
             completions: Vec::new(),
             deliveries: Vec::new(),
             runner_cache: None,
+            in_hand: Default::default(),
+            in_hand_cost: 0,
+            pace: None,
         };
         let mut next_heartbeat = Instant::now() + self.config.heartbeat;
         let mut next_due: Option<Timestamp> = None;
@@ -443,7 +486,6 @@ impl<S: Store> Worker<S> {
             if state.freed > 0 {
                 pool.release(std::mem::take(&mut state.freed));
             }
-
             let work = store.signals().work.notified();
             let cancel = store.signals().control.notified();
             let returned = pool.returned();
@@ -456,28 +498,50 @@ impl<S: Store> Worker<S> {
             // same wake-up, and the biased select took that first) must
             // still stop the next claim.
             stopping |= self.stop.is_cancelled();
+            if stopping && !state.in_hand.is_empty() {
+                self.give_back(&mut state).await;
+            }
+            // Tasks held ahead start in the slots that freed, before the
+            // store call that reports what ended and claims the next.
+            while let Some(next) = state.in_hand.front() {
+                let cost = next.cost;
+                let fits = state.held == 0 || state.held + cost <= pool.share();
+                if !fits || !pool.take_exactly(cost) {
+                    break;
+                }
+                let task = state.in_hand.pop_front().expect("checked");
+                state.in_hand_cost -= cost;
+                state.held += cost;
+                unstarted.push(task);
+            }
+
             let mut claimed_all = false;
             let room = pool.share().saturating_sub(state.held);
             let want = match !stopping && room > 0 {
                 true => pool.take_up_to(room),
                 false => 0,
             };
+            // Beyond the slots taken, tasks to hold ahead.
+            let hold = match !stopping && state.short_attempts() {
+                true => self.config.ahead.saturating_sub(state.in_hand_cost),
+                false => 0,
+            };
             let mut claim = None;
-            if want > 0 && state.completions.is_empty() {
-                let op = store.task_claim(self.request(id, want), self.clock.now());
+            if want + hold > 0 && state.completions.is_empty() {
+                let op = store.task_claim(self.request(id, want + hold), self.clock.now());
                 let out = store_call!(op);
                 claim = Some(store_op!(
                     Op::Claim,
-                    self.claimed_or_not(&mut state, out, want).await
+                    self.claimed_or_not(&mut state, out, want, hold).await
                 ));
-            } else if want > 0 {
+            } else if want + hold > 0 {
                 // One store call, one commit, for the reports and the claim.
                 let (completions, ends) = take_completions(&mut state);
-                let request = self.request(id, want);
+                let request = self.request(id, want + hold);
                 let op = store.task_complete_and_claim(id, completions, request, self.clock.now());
                 let out = store_call!(op);
                 claim = Some(store_op!(both
-                    self.reported_and_claimed(&mut state, ends, out, want).await
+                    self.reported_and_claimed(&mut state, ends, out, want, hold).await
                 ));
             } else if !state.completions.is_empty() {
                 let (completions, ends) = take_completions(&mut state);
@@ -496,7 +560,7 @@ impl<S: Store> Worker<S> {
                 let out = store_call!(op);
                 claim = Some(store_op!(
                     Op::Claim,
-                    self.claimed_or_not(&mut state, out, cost).await
+                    self.claimed_or_not(&mut state, out, cost, 0).await
                 ));
             }
             if let Some(claim) = claim {
@@ -516,7 +580,11 @@ impl<S: Store> Worker<S> {
             if !again(&state) || stopping {
                 start_unstarted!();
             }
-            if stopping && state.running.is_empty() && state.completions.is_empty() {
+            if stopping
+                && state.running.is_empty()
+                && state.completions.is_empty()
+                && state.in_hand.is_empty()
+            {
                 return Ok(());
             }
             if again(&state) {
@@ -552,7 +620,7 @@ impl<S: Store> Worker<S> {
         }
         // With attempts running, never longer than a heartbeat: their leases
         // must be renewed in time, or they are rescued and run again.
-        let delay = if state.running.is_empty() {
+        let delay = if state.running.is_empty() && state.in_hand.is_empty() {
             delay
         } else {
             delay.min(self.config.heartbeat)
@@ -573,16 +641,18 @@ impl<S: Store> Worker<S> {
         Ok(())
     }
 
-    /// What a claim of `slots` slots came to: the tasks (their slots kept,
-    /// the rest given back to the pool), or its failure (all given back).
+    /// What a claim of `slots` slots (taken from the pool) and `hold` cost
+    /// units to hold ahead came to: the tasks (their slots kept, the rest
+    /// given back to the pool), or its failure (all given back).
     async fn claimed_or_not(
         &self,
         state: &mut LoopState<S>,
         claim: Result<Claim<S::Payload, S::Output>, StoreError>,
         slots: u32,
+        hold: u32,
     ) -> Result<Claimed<S>, StoreError> {
         match claim {
-            Ok(claim) => Ok(self.claimed(state, claim, slots).await),
+            Ok(claim) => Ok(self.claimed(state, claim, slots, hold).await),
             Err(error) => {
                 self.pool().untake(slots);
                 Err(error)
@@ -601,6 +671,7 @@ impl<S: Store> Worker<S> {
         ends: Ends,
         out: CompleteAndClaim<S::Payload, S::Output>,
         slots: u32,
+        hold: u32,
     ) -> Result<Claimed<S>, (Op, StoreError)> {
         let (applied, claim) = match out {
             Ok(both) => both,
@@ -611,7 +682,7 @@ impl<S: Store> Worker<S> {
             }
         };
         self.deliver(state, ends, &applied).await;
-        self.claimed_or_not(state, claim, slots)
+        self.claimed_or_not(state, claim, slots, hold)
             .await
             .map_err(|error| (Op::Claim, error))
     }
@@ -649,24 +720,73 @@ impl<S: Store> Worker<S> {
         }
     }
 
-    /// Takes what a claim of `slots` slots handed out: keeps the slots its
-    /// tasks took, gives the rest back to the pool, routes its events.
+    /// Takes what a claim of `slots` slots and `hold` units ahead handed
+    /// out: the tasks that fit the slots, in claim order, are to start (the
+    /// slots they take kept, the rest given back to the pool); the others
+    /// are held. Routes its events.
     async fn claimed(
         &self,
         state: &mut LoopState<S>,
         claim: Claim<S::Payload, S::Output>,
         slots: u32,
+        hold: u32,
     ) -> Claimed<S> {
         self.router.route(&claim.events, &[]).await;
-        let used: u32 = claim.tasks.iter().map(|t| t.cost).sum();
+        let mut used = 0;
+        let mut start = Vec::with_capacity(claim.tasks.len());
+        for task in claim.tasks {
+            // Tasks held earlier start first.
+            if state.in_hand.is_empty() && used + task.cost <= slots {
+                used += task.cost;
+                start.push(task);
+            } else {
+                state.in_hand_cost += task.cost;
+                state.in_hand.push_back(task);
+            }
+        }
         state.held += used;
         self.pool().untake(slots - used);
         Claimed {
-            tasks: claim.tasks,
+            tasks: start,
             next_due: claim.next_due,
             blocked_by: claim.blocked_by,
-            asked: slots,
+            asked: slots + hold,
         }
+    }
+
+    /// Gives back the tasks held ahead, unstarted: reported as released
+    /// with the next report.
+    async fn give_back(&self, state: &mut LoopState<S>) {
+        while let Some(task) = state.in_hand.pop_front() {
+            state.in_hand_cost -= task.cost;
+            let delivery = self.delivery_of(state, &task).await;
+            state.completions.push(Completion {
+                fence: Fence {
+                    task: task.id,
+                    attempt: task.attempt,
+                },
+                outcome: AttemptOutcome::Released,
+                duration: Duration::ZERO,
+                log: None,
+            });
+            // Delivered only if the store ends it (it was being cancelled).
+            state.deliveries.push(delivery);
+        }
+    }
+
+    /// Where the end of a task that never started goes.
+    async fn delivery_of(
+        &self,
+        state: &mut LoopState<S>,
+        task: &ClaimedTask<S::Payload, S::Output>,
+    ) -> Option<Delivery<S>> {
+        let runner = self.runner_for(state, &task.policy).await?;
+        Some(Delivery {
+            runner,
+            batch: task.batch,
+            index: task.index,
+            payload: None,
+        })
     }
 
     fn pool(&self) -> &SlotPool {
@@ -911,6 +1031,10 @@ impl<S: Store> Worker<S> {
             let run = state.running.remove(&done.fence.task).expect("checked");
             state.held -= run.cost;
             state.freed += run.cost;
+            state.pace = Some(match state.pace {
+                Some(pace) => (pace * 7 + done.duration) / 8,
+                None => done.duration,
+            });
             let (outcome, delivery, log) = match done.ended {
                 Ended::Report(report) => {
                     let AttemptReport {
@@ -1039,6 +1163,10 @@ impl<S: Store> Worker<S> {
                 task: *task,
                 attempt: run.attempt,
             })
+            .chain(state.in_hand.iter().map(|t| Fence {
+                task: t.id,
+                attempt: t.attempt,
+            }))
             .collect();
         let now = self.clock.now();
         if !fences.is_empty() {
@@ -1048,6 +1176,7 @@ impl<S: Store> Worker<S> {
             let renewal = drive(attempts, &mut state.finished, op).await?;
             for fence in renewal.lost {
                 // Someone else owns the task now; our report would be refused.
+                state.take_in_hand(fence.task);
                 if let Some(run) = state.running.remove(&fence.task) {
                     run.cancel.force();
                     state.held -= run.cost;
@@ -1055,6 +1184,20 @@ impl<S: Store> Worker<S> {
                 }
             }
             for request in renewal.cancel {
+                if let Some(task) = state.take_in_hand(request.fence.task) {
+                    // Never started: it ends cancelled now, whatever the mode.
+                    let delivery = self.delivery_of(state, &task).await;
+                    state.completions.push(Completion {
+                        fence: request.fence,
+                        outcome: AttemptOutcome::Cancelled {
+                            reason: request.reason,
+                        },
+                        duration: Duration::ZERO,
+                        log: None,
+                    });
+                    state.deliveries.push(delivery);
+                    continue;
+                }
                 let Some(run) = state.running.get_mut(&request.fence.task) else {
                     continue;
                 };
@@ -1113,7 +1256,7 @@ fn take_completions<S: Store>(state: &mut LoopState<S>) -> (Vec<Completion<S::Ou
 /// The reason a completion's task ends with, should it end.
 fn reason_of<O>(outcome: &AttemptOutcome<O>) -> Option<Reason> {
     match outcome {
-        AttemptOutcome::Succeeded { .. } => None,
+        AttemptOutcome::Succeeded { .. } | AttemptOutcome::Released => None,
         AttemptOutcome::Failed { reason, .. } | AttemptOutcome::Cancelled { reason } => {
             Some(*reason)
         }
