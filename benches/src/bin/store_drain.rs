@@ -25,11 +25,12 @@
 //! where herd's time goes.
 //!
 //! ```text
-//! cargo run --release -p herd-benches --bin store_drain -- [sqlite|postgres|both] [turns|loop|submit|many]
+//! cargo run --release -p herd-benches --bin store_drain -- [sqlite|postgres|both] [drain|turns|loop|submit|many]
 //! ```
 //!
-//! With `turns`, `loop` or `submit`, only that is measured (for a profiler):
-//! the turns of a worker with two slots, the worker loop, or the large submit.
+//! With `drain`, `turns`, `loop` or `submit`, only that is measured (for a
+//! profiler): the drain at 100 per transaction, the turns of a worker with
+//! two slots, the worker loop, or the large submit.
 //! `many` measures only a claim's cost among many live batches (what `herd
 //! serve` sees when clients create small batches): `HERD_BENCH_BATCHES`
 //! batches of two no-op tasks, concurrency 1, then `HERD_BENCH_CLAIMS` claims
@@ -115,6 +116,18 @@ async fn main() -> Result<()> {
 /// One measure alone, printed on one line.
 async fn run_only<B: Bench>(bench: &mut B, options: &Options, only: Only) -> Result<()> {
     match only {
+        Only::Drain => {
+            let drained = store_drain(bench, options.tasks, 100).await?;
+            println!(
+                "{}: drain of {} tasks, 100 per transaction: {}/s \
+                 ({:.3} ms per claim, {:.3} ms per completion)",
+                B::NAME,
+                count(options.tasks),
+                si(drained.rate),
+                drained.claim.mean_ms(),
+                drained.complete.mean_ms()
+            );
+        }
         Only::Turns => print_turns::<B>(turn_drain(bench, options.single_tasks).await?),
         Only::Loop => {
             let rate = worker_drain(bench, options.tasks).await?;
@@ -169,6 +182,8 @@ struct Options {
 /// The measures that can run alone.
 #[derive(Clone, Copy)]
 enum Only {
+    /// The drain at 100 tasks per transaction.
+    Drain,
     /// The turns of a worker with two slots.
     Turns,
     /// The worker loop with [`SLOTS`] slots.
@@ -187,20 +202,21 @@ impl Options {
             Some("postgres") => (false, true),
             Some(other) => {
                 return Err(format!(
-                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit|many] (got {other:?})"
+                    "usage: store_drain [sqlite|postgres|both] [drain|turns|loop|submit|many] (got {other:?})"
                 )
                 .into());
             }
         };
         let only = match std::env::args().nth(2).as_deref() {
             None => None,
+            Some("drain") => Some(Only::Drain),
             Some("turns") => Some(Only::Turns),
             Some("loop") => Some(Only::Loop),
             Some("submit") => Some(Only::Submit),
             Some("many") => Some(Only::Many),
             Some(other) => {
                 return Err(format!(
-                    "usage: store_drain [sqlite|postgres|both] [turns|loop|submit|many] (got {other:?})"
+                    "usage: store_drain [sqlite|postgres|both] [drain|turns|loop|submit|many] (got {other:?})"
                 )
                 .into());
             }

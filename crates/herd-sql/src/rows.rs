@@ -20,6 +20,19 @@ pub(crate) const TASK_COLUMNS: &str = "t.id, t.batch_id, t.idx, t.key, t.priorit
      t.cancel_mode, t.cancel_reason, t.run_at, t.ready_seq, t.deps_left, t.rule, t.n_dependents, \
      t.n_upstream";
 
+/// [`TASK_COLUMNS`] as the SQLite dialect's hot reads take them (a
+/// claim's heads, a completion's tasks, dependents): every field but the
+/// key and the message, which are free text, packed into one text `p` of
+/// fields separated by spaces (NULL: empty), decoded by
+/// [`packed_task_row`]. sqlx copies every value of every row it reads out
+/// of SQLite, with two allocations and two frees each, and a task row was
+/// 23 values (docs/design/stores.md, "SQLite: two round trips").
+pub(crate) const TASK_PACKED: &str = "printf('%s %s %s %s %s %s %s %s %s %s %s %s %s %s %s \
+     %s %s %s %s %s %s', t.id, t.batch_id, t.idx, t.priority, t.cost, t.state, t.reason, \
+     t.attempt, t.first_attempt, t.lost, t.worker_id, t.lease_until, t.started_at, t.cancel_mode, \
+     t.cancel_reason, t.run_at, t.ready_seq, t.deps_left, t.rule, t.n_dependents, t.n_upstream) \
+     AS p, t.key, t.message";
+
 /// The columns [`batch_row`] reads.
 pub(crate) const BATCH_COLUMNS: &str = "id, name, state, priority, concurrency, policy, \
      error_policy, deadline, open, paused, stopped, cancelled, failed_by_policy, running_cost, \
@@ -185,6 +198,83 @@ pub(crate) fn task_row(r: &impl SqlRow) -> Result<TaskRow> {
         rule: parse_rule(&rule).ok_or_else(|| corrupt("rule", &rule))?,
         dependents: r.unsigned("n_dependents")?,
         upstream: r.unsigned("n_upstream")?,
+    })
+}
+
+/// A task row read with [`TASK_PACKED`].
+pub(crate) fn packed_task_row(r: &impl SqlRow) -> Result<TaskRow> {
+    let key = r.opt_text("key")?.map(Arc::from);
+    let message = r.opt_text("message")?;
+    r.with_text("p", |p| unpack_task(p, key, message))?
+}
+
+fn unpack_task(p: &str, key: Option<Arc<str>>, message: Option<String>) -> Result<TaskRow> {
+    let mut fields = p.split(' ');
+    let mut next = |column: &'static str| fields.next().ok_or_else(|| corrupt(column, p));
+    fn opt<T: std::str::FromStr>(column: &'static str, field: &str) -> Result<Option<T>> {
+        match field {
+            "" => Ok(None),
+            _ => field.parse().map(Some).map_err(|_| corrupt(column, field)),
+        }
+    }
+    fn one<T: std::str::FromStr>(column: &'static str, field: &str) -> Result<T> {
+        opt(column, field)?.ok_or_else(|| corrupt(column, field))
+    }
+    let id = TaskId(one("id", next("id")?)?);
+    let batch = BatchId(one("batch_id", next("batch_id")?)?);
+    let index = one("idx", next("idx")?)?;
+    let priority = Priority(one("priority", next("priority")?)?);
+    let cost = one("cost", next("cost")?)?;
+    let state = one("state", next("state")?)?;
+    let reason = opt("reason", next("reason")?)?;
+    let attempt = Attempt(one("attempt", next("attempt")?)?);
+    let first_attempt = Attempt(one("first_attempt", next("first_attempt")?)?);
+    let lost = one("lost", next("lost")?)?;
+    let worker = opt("worker_id", next("worker_id")?)?.map(WorkerId);
+    let lease_until = opt("lease_until", next("lease_until")?)?.map(Timestamp);
+    let started_at = opt("started_at", next("started_at")?)?.map(Timestamp);
+    let cancel_mode = next("cancel_mode")?;
+    let cancel_reason = next("cancel_reason")?;
+    let cancel = match cancel_mode {
+        "" => None,
+        mode => Some((
+            parse_cancel_mode(mode).ok_or_else(|| corrupt("cancel_mode", mode))?,
+            one("cancel_reason", cancel_reason)?,
+        )),
+    };
+    let run_at = opt("run_at", next("run_at")?)?.map(Timestamp);
+    let ready_seq = opt("ready_seq", next("ready_seq")?)?;
+    let deps_left = one("deps_left", next("deps_left")?)?;
+    let rule = next("rule")?;
+    let rule = parse_rule(rule).ok_or_else(|| corrupt("rule", rule))?;
+    let dependents = one("n_dependents", next("n_dependents")?)?;
+    let upstream = one("n_upstream", next("n_upstream")?)?;
+    if fields.next().is_some() {
+        return Err(corrupt("p", p));
+    }
+    Ok(TaskRow {
+        id,
+        batch,
+        index,
+        key,
+        priority,
+        cost,
+        state,
+        reason,
+        message,
+        attempt,
+        first_attempt,
+        lost,
+        worker,
+        lease_until,
+        started_at,
+        cancel,
+        run_at,
+        ready_seq,
+        deps_left,
+        rule,
+        dependents,
+        upstream,
     })
 }
 

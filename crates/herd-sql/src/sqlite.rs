@@ -36,8 +36,8 @@ use crate::logic::{
     TaskRow, TaskWrite, Tx, UpstreamRow, WriteSet, backend,
 };
 use crate::rows::{
-    BATCH_COLUMNS, ListedTask, SqlRow, TASK_COLUMNS, attempt_row, batch_row, listed_task, task_row,
-    upstream_row, worker_row,
+    BATCH_COLUMNS, ListedTask, SqlRow, TASK_PACKED, attempt_row, batch_row, listed_task,
+    packed_task_row, task_row, upstream_row, worker_row,
 };
 use crate::statements::{self, bind_batch_row};
 use crate::store::{Dialect, SqlStore};
@@ -377,7 +377,7 @@ static CLAIM_BATCHES: LazyLock<[String; 2]> = LazyLock::new(|| {
 /// the index `tasks_ready`).
 static HEADS_OF: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {TASK_COLUMNS}, t.payload FROM tasks t \
+        "SELECT {TASK_PACKED}, t.payload FROM tasks t \
          WHERE t.batch_id = $1 AND t.state = 'queued' \
          ORDER BY t.priority DESC, t.ready_seq LIMIT $2"
     )
@@ -391,7 +391,7 @@ static HEADS_OF: LazyLock<String> = LazyLock::new(|| {
 /// reads no other batch. Not in order: [`sorted_heads`] sorts them.
 static HEADS_AHEAD: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {TASK_COLUMNS}, t.payload FROM batches b JOIN tasks t ON t.id IN ( \
+        "SELECT {TASK_PACKED}, t.payload FROM batches b JOIN tasks t ON t.id IN ( \
            SELECT q.id FROM tasks q WHERE q.batch_id = b.id AND q.state = 'queued' \
            ORDER BY q.priority DESC, q.ready_seq LIMIT $2) \
          WHERE b.id IN (SELECT c.id FROM ({}) c \
@@ -409,12 +409,12 @@ const SERVED_AND_DUE: &str = "SELECT (SELECT COALESCE(MAX(last_served), 0) FROM 
        SELECT MIN(deadline) FROM batches WHERE deadline IS NOT NULL AND finished_at IS NULL))";
 
 static TASKS_GET: LazyLock<String> = LazyLock::new(|| {
-    format!("SELECT {TASK_COLUMNS} FROM json_each($1) j CROSS JOIN tasks t ON t.id = j.value")
+    format!("SELECT {TASK_PACKED} FROM json_each($1) j CROSS JOIN tasks t ON t.id = j.value")
 });
 
 static TASKS_DEPENDENTS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT d.upstream_id AS upstream, {TASK_COLUMNS} FROM json_each($1) j \
+        "SELECT d.upstream_id AS upstream, {TASK_PACKED} FROM json_each($1) j \
          CROSS JOIN task_deps d ON d.upstream_id = j.value CROSS JOIN tasks t ON t.id = d.task_id \
          WHERE t.state = 'pending'"
     )
@@ -1102,7 +1102,10 @@ impl Tx for SqliteTx {
         };
         let batch_rows = next()?;
         let task_rows = if has_tasks { next()? } else { Vec::new() };
-        let tasks = task_rows.iter().map(task_row).collect::<Result<_>>()?;
+        let tasks = task_rows
+            .iter()
+            .map(packed_task_row)
+            .collect::<Result<_>>()?;
         if claim.is_none() {
             return Ok(Opened {
                 scan: None,
@@ -1163,7 +1166,7 @@ impl Tx for SqliteTx {
         let heads = groups
             .iter()
             .flatten()
-            .map(|r| Ok((task_row(r)?, r.text("payload")?)))
+            .map(|r| Ok((packed_task_row(r)?, r.text("payload")?)))
             .collect::<Result<_>>()?;
         Ok(Heads { heads, served, due })
     }
@@ -1329,7 +1332,7 @@ impl Tx for SqliteTx {
         let rows = self
             .read_one(|s| s.shared(&TASKS_GET).bind(ids).done())
             .await?;
-        rows.iter().map(task_row).collect()
+        rows.iter().map(packed_task_row).collect()
     }
 
     async fn tasks_live(&mut self, batch: BatchId) -> Result<Vec<TaskRow>> {
@@ -1355,7 +1358,7 @@ impl Tx for SqliteTx {
             .read_one(|s| s.shared(&TASKS_DEPENDENTS).bind(ids).done())
             .await?;
         rows.iter()
-            .map(|r| Ok((TaskId(r.int("upstream")?), task_row(r)?)))
+            .map(|r| Ok((TaskId(r.int("upstream")?), packed_task_row(r)?)))
             .collect()
     }
 
@@ -1376,7 +1379,7 @@ impl Tx for SqliteTx {
         groups
             .iter()
             .flatten()
-            .map(|r| Ok((task_row(r)?, r.text("payload")?)))
+            .map(|r| Ok((packed_task_row(r)?, r.text("payload")?)))
             .collect()
     }
 
@@ -1595,7 +1598,7 @@ fn distinct_batches(rows: &[SqliteRow]) -> Result<BTreeMap<BatchId, BatchRow>> {
 fn sorted_heads(rows: &[SqliteRow]) -> Result<Vec<(TaskRow, String)>> {
     let mut heads = rows
         .iter()
-        .map(|r| Ok((task_row(r)?, r.text("payload")?)))
+        .map(|r| Ok((packed_task_row(r)?, r.text("payload")?)))
         .collect::<Result<Vec<_>>>()?;
     heads.sort_by_key(|(t, _)| (t.batch, std::cmp::Reverse(t.priority), t.ready_seq));
     Ok(heads)
@@ -1774,5 +1777,80 @@ mod tests {
             after_large < after_small,
             "{after_large} statements cached after a large submit, {after_small} after a small one"
         );
+    }
+
+    /// A task row packed into one text ([`TASK_PACKED`]) reads back as
+    /// the same row as its 23 columns do, every field set or none that
+    /// may be missing; a packed text with a field too many or too few, or
+    /// one that does not parse, is reported as corrupt, not misread.
+    #[tokio::test]
+    async fn packed_task_rows_read_as_their_columns() {
+        use herd_core::model::{BatchSpec, TaskSpec};
+        use herd_core::store::Store;
+
+        let dir = tempfile::tempdir().unwrap();
+        let location = format!("sqlite:{}", dir.path().join("packed.db").display());
+        let store = SqliteStore::<String, String>::open(&location)
+            .await
+            .unwrap();
+        let mut spec = BatchSpec::new("f");
+        let key = TaskSpec {
+            key: Some("a key, with spaces".to_string()),
+            ..TaskSpec::new("x".to_string())
+        };
+        spec.tasks = vec![key, TaskSpec::new("y".to_string())];
+        store.batch_insert(spec, Timestamp(1)).await.unwrap();
+        sqlx::query(
+            "UPDATE tasks SET state = 'running', reason = 'exit_code(-3)', \
+             message = 'it said: no', attempt = 4, first_attempt = 2, lost = 1, \
+             worker_id = 7, lease_until = 99, started_at = -5, cancel_mode = 'graceful', \
+             cancel_reason = 'by_user', run_at = 12, ready_seq = 3, priority = -2, cost = 6 \
+             WHERE idx = 0",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        let by_columns = sqlx::query(&format!(
+            "SELECT {} FROM tasks t ORDER BY t.id",
+            crate::rows::TASK_COLUMNS
+        ))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let packed = sqlx::query(&format!("SELECT {TASK_PACKED} FROM tasks t ORDER BY t.id"))
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        assert_eq!(packed.len(), 2);
+        for (columns, packed) in by_columns.iter().zip(&packed) {
+            let want = task_row(columns).unwrap();
+            let got = packed_task_row(packed).unwrap();
+            assert_eq!(format!("{got:?}"), format!("{want:?}"));
+        }
+        assert!(
+            format!("{:?}", packed_task_row(&packed[0]).unwrap()).contains("ByUser"),
+            "the first row has every field set"
+        );
+
+        let good: String = packed[1].get("p");
+        let short = good.rsplit_once(' ').unwrap().0.to_owned();
+        for bad in [
+            format!("{good} 9"),
+            short,
+            good.replacen("queued", "queue", 1),
+        ] {
+            let row = sqlx::query(&format!(
+                "SELECT '{bad}' AS p, NULL AS key, NULL AS message"
+            ))
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            let err = packed_task_row(&row).unwrap_err();
+            let source = std::error::Error::source(&err).map(|e| e.to_string());
+            assert!(
+                source.as_deref().is_some_and(|s| s.contains("cannot read")),
+                "{bad:?}: {err}: {source:?}"
+            );
+        }
     }
 }
