@@ -11,10 +11,13 @@
 //! Every measure starts from an empty store (a fresh file, or the schema
 //! dropped and created again).
 //!
-//! The turns of a worker with two slots (`herd run -j2`) are measured
-//! apart: each reports one task and claims the next in one call
-//! (`task_complete_and_claim`), with one other task running meanwhile; the
-//! time per turn is what the store adds to each task.
+//! Turns, as a worker takes tasks, are measured apart: each reports what
+//! ended and claims the next in one call (`task_complete_and_claim`), so
+//! one transaction per turn. With 100 slots each turn reports 100 and
+//! claims 100 (the bare loop also claims and completes 100 per
+//! transaction); with two slots (`herd run -j2`) each reports one task and
+//! claims the next, with one other task running meanwhile, and the time per
+//! turn is what the store adds to each task.
 //!
 //! Enqueue-to-start latency is measured twice: submitting through the
 //! worker's own store handle (woken in-process), and through another handle
@@ -128,7 +131,7 @@ async fn run_only<B: Bench>(bench: &mut B, options: &Options, only: Only) -> Res
                 drained.complete.mean_ms()
             );
         }
-        Only::Turns => print_turns::<B>(turn_drain(bench, options.single_tasks).await?),
+        Only::Turns => print_turns::<B>(turn_drain(bench, options.single_tasks, 2, 1).await?),
         Only::Loop => {
             let rate = worker_drain(bench, options.tasks).await?;
             println!(
@@ -592,12 +595,28 @@ async fn run<B: Bench>(
 
     progress(
         name,
+        &format!("turns of 100 reports + 100 claims, {} tasks", options.tasks),
+    );
+    let turns = turn_drain(bench, options.tasks, 100, 100).await?;
+    let ratio = turns.rate / bare_hundred;
+    rows.push(row(
+        "turns, report + claim of 100".to_owned(),
+        Figure::Rate(turns.rate),
+        Some(Figure::Rate(bare_hundred)),
+        Some((
+            format!("{}, >= 0.5x", rate_goal()),
+            turns.rate >= B::GOAL_RATE && ratio >= 0.5,
+        )),
+    ));
+
+    progress(
+        name,
         &format!(
             "turns of a worker with 2 slots, {} tasks",
             options.single_tasks
         ),
     );
-    let turns = turn_drain(bench, options.single_tasks).await?;
+    let turns = turn_drain(bench, options.single_tasks, 2, 1).await?;
     rows.push(row(
         "turns, 2 slots, report + claim of 1".to_owned(),
         Figure::Rate(turns.rate),
@@ -771,14 +790,14 @@ struct Turns {
 /// `n` no-op tasks through the turns of a worker with two slots, as `herd
 /// run -j2` takes them: two claimed, then each turn reports the older one
 /// and claims the next in one call.
-async fn turn_drain<B: Bench>(bench: &mut B, n: usize) -> Result<Turns> {
+async fn turn_drain<B: Bench>(bench: &mut B, n: usize, slots: u32, per: usize) -> Result<Turns> {
     let store = bench.fresh().await?;
     let clock = SystemClock;
     let worker = store
         .worker_register("bench", std::process::id(), clock.now())
         .await?;
     let mut spec = noop_batch((0..n).map(|_| String::new()));
-    spec.concurrency = 2;
+    spec.concurrency = slots;
     let inserted = store.batch_insert(spec, clock.now()).await?;
     let request = |slots: u32| ClaimRequest {
         worker,
@@ -789,15 +808,19 @@ async fn turn_drain<B: Bench>(bench: &mut B, n: usize) -> Result<Turns> {
     };
     let start = Instant::now();
     let mut running: std::collections::VecDeque<ClaimedTask<String, String>> = store
-        .task_claim(request(2), clock.now())
+        .task_claim(request(slots), clock.now())
         .await?
         .tasks
         .into();
     let mut turn = Timing::default();
-    while let Some(done) = running.pop_front() {
+    while !running.is_empty() {
+        let done: Vec<_> = running
+            .drain(..per.min(running.len()))
+            .map(|t| succeeded(&t))
+            .collect();
         let step = Instant::now();
         let (_, claim) = store
-            .task_complete_and_claim(worker, vec![succeeded(&done)], request(1), clock.now())
+            .task_complete_and_claim(worker, done, request(per as u32), clock.now())
             .await?;
         turn.add(step.elapsed());
         running.extend(claim?.tasks);

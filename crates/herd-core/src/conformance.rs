@@ -4172,6 +4172,25 @@ pub mod cases {
         let page = h.store.event_list(list(after, None, 2)).await.unwrap();
         assert_eq!(page, all[3..5], "at most the limit");
 
+        // From every cursor, among one operation's events too, and up to
+        // a limit that ends anywhere; of every batch, and of each.
+        for (i, e) in all.iter().enumerate() {
+            let page = h.store.event_list(list(e.seq, None, 3)).await.unwrap();
+            assert_eq!(page, all[i + 1..(i + 4).min(all.len())], "after {}", e.seq);
+            let of_batch = h
+                .store
+                .event_list(list(e.seq, Some(e.batch), 2))
+                .await
+                .unwrap();
+            let want: Vec<Event> = all[i + 1..]
+                .iter()
+                .filter(|later| later.batch == e.batch)
+                .take(2)
+                .cloned()
+                .collect();
+            assert_eq!(of_batch, want, "after {} of {}", e.seq, e.batch);
+        }
+
         let of_b = h
             .store
             .event_list(list(0, Some(b.batch), 1000))

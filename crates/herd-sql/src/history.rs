@@ -21,58 +21,76 @@ use crate::{Postgres, Sqlite};
 /// States a batch can be purged in.
 const FINISHED: &str = "('succeeded', 'partial', 'failed', 'cancelled')";
 
-/// An event row: seq, at, batch, kind, task, index, attempt, from, to, reason.
-type EventRow = (
-    i64,
-    i64,
-    i64,
-    String,
-    Option<i64>,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    String,
-    Option<String>,
-);
+/// An event row (schema version 5, `logic::EventWrite`): the first and
+/// last seq of a run of one operation's events of one batch, their time,
+/// the batch, and one line per event.
+type EventRow = (i64, i64, i64, i64, String);
 
-/// The event a row records.
-fn event(row: EventRow) -> Result<Event> {
-    let (seq, at, batch, kind, task, index, attempt, from, to, reason) = row;
-    let bad = |what: &str| backend(std::io::Error::other(format!("event {seq}: bad {what}")));
-    let kind = match kind.as_str() {
-        "task" => EventKind::Task {
-            task: TaskId(task.ok_or_else(|| bad("task id"))?),
-            index: index.ok_or_else(|| bad("index"))? as u64,
-            attempt: Attempt(attempt.ok_or_else(|| bad("attempt"))? as u32),
-            from: from
-                .map(|s| s.parse::<TaskState>())
+const EVENT_COLUMNS: &str = "seq, last_seq, at, batch_id, body";
+
+/// The events of `rows` numbered above `after`, at most `limit`.
+fn events_of(rows: Vec<EventRow>, after: i64, limit: i64) -> Result<Vec<Event>> {
+    let mut events = Vec::new();
+    for (first, last, at, batch, body) in rows {
+        let mut lines = body.split('\n');
+        for seq in first..=last {
+            let line = lines.next().ok_or_else(|| bad_event(seq, "missing"))?;
+            if seq > after && (events.len() as i64) < limit {
+                events.push(Event {
+                    seq: seq as u64,
+                    at: Timestamp(at),
+                    batch: BatchId(batch),
+                    kind: event_kind(seq, line)?,
+                });
+            }
+        }
+        if lines.next().is_some() {
+            return Err(bad_event(last, "an event too many"));
+        }
+    }
+    Ok(events)
+}
+
+fn bad_event(seq: i64, what: &str) -> StoreError {
+    backend(std::io::Error::other(format!(
+        "event {seq} cannot be read ({what}): the store was changed outside herd or by a newer herd"
+    )))
+}
+
+/// One line of an event row's body (`logic::event_line`).
+fn event_kind(seq: i64, line: &str) -> Result<EventKind> {
+    let bad = |what: &str| bad_event(seq, what);
+    let mut fields = line.split(' ');
+    let mut next = |what: &'static str| fields.next().ok_or_else(|| bad(what));
+    fn opt<T: std::str::FromStr>(field: &str) -> Option<std::result::Result<T, T::Err>> {
+        (field != "-").then(|| field.parse())
+    }
+    let kind = match next("kind")? {
+        "t" => EventKind::Task {
+            task: TaskId(next("task")?.parse().map_err(|_| bad("task"))?),
+            index: next("index")?.parse().map_err(|_| bad("index"))?,
+            attempt: Attempt(next("attempt")?.parse().map_err(|_| bad("attempt"))?),
+            from: opt::<TaskState>(next("from")?)
                 .transpose()
-                .map_err(backend)?,
-            to: to.parse::<TaskState>().map_err(backend)?,
-            reason: reason
-                .map(|s| s.parse::<Reason>())
+                .map_err(|_| bad("from"))?,
+            to: next("to")?.parse().map_err(|_| bad("to"))?,
+            reason: opt::<Reason>(next("reason")?)
                 .transpose()
-                .map_err(backend)?,
+                .map_err(|_| bad("reason"))?,
         },
-        "batch" => EventKind::Batch {
-            from: from
-                .map(|s| s.parse::<BatchState>())
+        "b" => EventKind::Batch {
+            from: opt::<BatchState>(next("from")?)
                 .transpose()
-                .map_err(backend)?,
-            to: to.parse::<BatchState>().map_err(backend)?,
+                .map_err(|_| bad("from"))?,
+            to: next("to")?.parse().map_err(|_| bad("to"))?,
         },
         _ => return Err(bad("kind")),
     };
-    Ok(Event {
-        seq: seq as u64,
-        at: Timestamp(at),
-        batch: BatchId(batch),
-        kind,
-    })
+    match fields.next() {
+        Some(_) => Err(bad("a field too many")),
+        None => Ok(kind),
+    }
 }
-
-const EVENT_COLUMNS: &str =
-    "seq, at, batch_id, kind, task_id, idx, attempt, from_state, to_state, reason";
 
 /// What a store keeps of its history, per dialect.
 pub(crate) trait History {
@@ -90,17 +108,25 @@ fn not_purged(batch: BatchId, exists: bool) -> StoreError {
     }
 }
 
-/// The events after `$N` (of the batch `$1` first, when one is asked for),
-/// at most `$N+1`: two statements, so that each uses its index,
-/// `(batch_id, seq)` or `seq`. Placeholders in order of appearance, as
-/// SQLite numbers them.
+/// The event rows holding events after `$N` (of the batch `$1` first,
+/// when one is asked for), at most `$N+1` rows (each holds one event after
+/// `$N` at least): the row holding `$N`, if it holds later ones too, and
+/// every later row. Each statement reads its index, `(batch_id, seq)` or
+/// `seq`. Placeholders in order of first appearance, as SQLite numbers
+/// them.
 fn events_select(of_batch: bool) -> String {
     match of_batch {
         true => format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE batch_id = $1 AND seq > $2 \
-             ORDER BY seq LIMIT $3"
+            "SELECT {EVENT_COLUMNS} FROM events WHERE batch_id = $1 \
+             AND seq >= COALESCE((SELECT MAX(seq) FROM events WHERE batch_id = $1 \
+               AND seq <= $2), 0) \
+             AND last_seq > $2 ORDER BY seq LIMIT $3"
         ),
-        false => format!("SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"),
+        false => format!(
+            "SELECT {EVENT_COLUMNS} FROM events \
+             WHERE seq >= COALESCE((SELECT MAX(seq) FROM events WHERE seq <= $1), 0) \
+             AND last_seq > $1 ORDER BY seq LIMIT $2"
+        ),
     }
 }
 
@@ -147,7 +173,7 @@ impl<P, O> History for SqlStore<Sqlite, P, O> {
             .fetch_all(self.pool())
             .await
             .map_err(backend)?;
-        rows.into_iter().map(event).collect()
+        events_of(rows, after, limit)
     }
 
     async fn history_purge(&self, batch: BatchId) -> Result<()> {
@@ -204,7 +230,7 @@ impl<P, O> History for SqlStore<Postgres, P, O> {
             .fetch_all(self.pool())
             .await
             .map_err(backend)?;
-        rows.into_iter().map(event).collect()
+        events_of(rows, after, limit)
     }
 
     async fn history_purge(&self, batch: BatchId) -> Result<()> {
@@ -235,5 +261,62 @@ impl<P, O> History for SqlStore<Postgres, P, O> {
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logic::event_line;
+
+    /// Every kind of event reads back from its line; a line with a field
+    /// too many or too few, or one that does not parse, is an error.
+    #[test]
+    fn event_lines_read_back() {
+        let kinds = [
+            EventKind::Task {
+                task: TaskId(7),
+                index: 3,
+                attempt: Attempt(2),
+                from: Some(TaskState::Running),
+                to: TaskState::Failed,
+                reason: Some(Reason::Signal(9)),
+            },
+            EventKind::Task {
+                task: TaskId(1),
+                index: 0,
+                attempt: Attempt(0),
+                from: None,
+                to: TaskState::Pending,
+                reason: None,
+            },
+            EventKind::Batch {
+                from: None,
+                to: BatchState::Queued,
+            },
+            EventKind::Batch {
+                from: Some(BatchState::Running),
+                to: BatchState::Partial,
+            },
+        ];
+        let mut body = String::new();
+        for kind in &kinds {
+            body.clear();
+            event_line(&mut body, kind);
+            assert_eq!(&event_kind(1, &body).unwrap(), kind, "{body:?}");
+        }
+        for bad in [
+            "t 1 0 0 - pending",
+            "t 1 0 0 - pending - x",
+            "b - sleeping",
+            "x",
+        ] {
+            assert!(event_kind(1, bad).is_err(), "{bad:?}");
+        }
+        let rows = vec![(5, 6, 1, 2, "b - queued".to_string())];
+        assert!(
+            events_of(rows, 0, 10).is_err(),
+            "a row holds each of its events"
+        );
     }
 }

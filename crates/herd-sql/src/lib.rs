@@ -29,7 +29,7 @@ pub use sqlite::{Sqlite, SqliteStore};
 pub use store::SqlStore;
 
 /// The newest schema version this build knows.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// Why a store could not be opened. Nothing was written to it.
 #[derive(Debug, thiserror::Error)]

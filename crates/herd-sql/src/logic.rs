@@ -237,57 +237,80 @@ pub(crate) struct AttemptEnd {
     pub et: Option<i64>,
 }
 
-/// An event row.
+/// An event row: a run of one operation's events of one batch, with
+/// consecutive numbers (schema version 5). A claim or a completion of a
+/// hundred tasks of one batch is one row, not a hundred: the events were a
+/// fifth of the instructions of a SQLite drain, and their rows and index
+/// entries a fifth of PostgreSQL's write-ahead log. `body` holds one line
+/// per event ([`event_line`]); readers take the events apart
+/// (`history.rs`).
 #[derive(serde::Serialize)]
 pub(crate) struct EventWrite {
+    /// The first event's offset in its transaction, until
+    /// [`Tx::write_all`] knows the first number.
     pub seq: i64,
+    /// How many events.
+    pub n: i64,
     pub at: i64,
     pub b: i64,
-    pub k: &'static str,
-    pub t: Option<i64>,
-    pub i: Option<u64>,
-    pub a: Option<u32>,
-    pub f: Option<&'static str>,
-    pub to: &'static str,
-    pub r: Option<String>,
+    pub body: String,
 }
 
 impl EventWrite {
-    /// The row of `e`, `offset`-th event of its transaction: `seq` holds the
-    /// offset until [`Tx::write_all`] knows the first number.
-    pub fn from_event(e: &Event, offset: i64) -> EventWrite {
-        match &e.kind {
-            EventKind::Task {
-                task,
-                index,
-                attempt,
-                from,
-                to,
-                reason,
-            } => EventWrite {
-                seq: offset,
-                at: e.at.0,
-                b: e.batch.0,
-                k: "task",
-                t: Some(task.0),
-                i: Some(*index),
-                a: Some(attempt.0),
-                f: from.map(TaskState::as_str),
-                to: to.as_str(),
-                r: reason.map(|r| r.to_string()),
-            },
-            EventKind::Batch { from, to } => EventWrite {
-                seq: offset,
-                at: e.at.0,
-                b: e.batch.0,
-                k: "batch",
-                t: None,
-                i: None,
-                a: None,
-                f: from.map(BatchState::as_str),
-                to: to.as_str(),
-                r: None,
-            },
+    /// The rows of a transaction's `events`, in order: one per run of
+    /// events of one batch at one time.
+    pub fn group(events: &[Event]) -> Vec<EventWrite> {
+        let mut rows: Vec<EventWrite> = Vec::new();
+        for (offset, e) in events.iter().enumerate() {
+            match rows.last_mut() {
+                Some(row) if row.b == e.batch.0 && row.at == e.at.0 => {
+                    row.n += 1;
+                    row.body.push('\n');
+                    event_line(&mut row.body, &e.kind);
+                }
+                _ => {
+                    let mut body = String::with_capacity(48);
+                    event_line(&mut body, &e.kind);
+                    rows.push(EventWrite {
+                        seq: offset as i64,
+                        n: 1,
+                        at: e.at.0,
+                        b: e.batch.0,
+                        body,
+                    });
+                }
+            }
+        }
+        rows
+    }
+}
+
+/// One event as a line of an event row's body: `t TASK INDEX ATTEMPT FROM
+/// TO REASON` or `b FROM TO`, `-` for a missing state or reason (the
+/// schema's migration 5 writes the same).
+pub(crate) fn event_line(out: &mut String, kind: &EventKind) {
+    use std::fmt::Write;
+    match kind {
+        EventKind::Task {
+            task,
+            index,
+            attempt,
+            from,
+            to,
+            reason,
+        } => {
+            let from = from.map_or("-", TaskState::as_str);
+            let _ = write!(out, "t {} {index} {} {from} {to} ", task.0, attempt.0);
+            match reason {
+                Some(reason) => {
+                    let _ = write!(out, "{reason}");
+                }
+                None => out.push('-'),
+            }
+        }
+        EventKind::Batch { from, to } => {
+            let from = from.map_or("-", BatchState::as_str);
+            let _ = write!(out, "b {from} {to}");
         }
     }
 }
@@ -299,8 +322,10 @@ pub(crate) struct WriteSet<'a> {
     pub attempts_ended: &'a [AttemptEnd],
     /// Also in `tasks` (`TaskWrite::o`).
     pub outputs: &'a [(TaskId, String)],
-    /// `seq` holds each event's offset in the transaction.
+    /// `seq` holds each row's first offset in the transaction.
     pub events: Vec<EventWrite>,
+    /// How many events the rows hold.
+    pub event_count: usize,
     pub notify_work: bool,
     pub notify_control: bool,
 }
@@ -1344,12 +1369,8 @@ impl Work {
             batches: dirty_batches.iter().map(|id| &self.batches[id]).collect(),
             attempts_ended: &self.attempts_ended,
             outputs: &self.outputs,
-            events: self
-                .events
-                .iter()
-                .enumerate()
-                .map(|(i, e)| EventWrite::from_event(e, i as i64))
-                .collect(),
+            events: EventWrite::group(&self.events),
+            event_count: self.events.len(),
             notify_work: self.work_ready,
             notify_control: self.control_pending,
         };

@@ -602,11 +602,10 @@ mod sql {
           UPDATE herd_meta SET next_seq = next_seq + $5 WHERE id = 1 AND $5 > 0 \
           RETURNING next_seq - $5 AS first), \
         ev AS ( \
-          INSERT INTO events (seq, at, batch_id, kind, task_id, idx, attempt, from_state, \
-            to_state, reason) \
-          SELECT seq.first + j.seq, j.at, j.b, j.k, j.t, j.i, j.a, j.f, j.\"to\", j.r \
-          FROM seq, jsonb_to_recordset($4::jsonb) AS j(seq bigint, at bigint, b bigint, \
-            k text, t bigint, i bigint, a bigint, f text, \"to\" text, r text) RETURNING 1), \
+          INSERT INTO events (seq, last_seq, at, batch_id, body) \
+          SELECT seq.first + j.seq, seq.first + j.seq + j.n - 1, j.at, j.b, j.body \
+          FROM seq, jsonb_to_recordset($4::jsonb) AS j(seq bigint, n bigint, at bigint, \
+            b bigint, body text) RETURNING 1), \
         woke AS (SELECT pg_notify(c, '') FROM unnest(ARRAY[$6, $7]::text[]) AS c \
           WHERE c IS NOT NULL) \
         SELECT (SELECT first FROM seq) WHERE (SELECT count(*) FROM woke) >= 0";
@@ -1119,7 +1118,7 @@ impl Tx for PgTx {
             .bind(json(&batches)?)
             .bind(json(&set.attempts_ended)?)
             .bind(json(&set.events)?)
-            .bind(set.events.len() as i64)
+            .bind(set.event_count as i64)
             .bind(set.notify_work.then_some(self.work_channel.as_str()))
             .bind(set.notify_control.then_some(self.control_channel.as_str()))
             .fetch_one(&mut *self.tx)

@@ -1550,30 +1550,23 @@ impl Tx for SqliteTx {
         if set.events.is_empty() {
             return Ok(Some(0));
         }
-        let n = set.events.len();
+        let n = set.event_count;
         self.pending.shared(SEQ_ADVANCE).bind(n as i64).done()?;
         // Numbered from the sequence just taken: its row is this
         // transaction's until the commit.
         let head = format!(
-            "INSERT INTO events (seq, at, batch_id, kind, task_id, idx, attempt, from_state, \
-             to_state, reason) SELECT (SELECT next_seq FROM herd_meta WHERE id = 1) - {n} \
-             + column1, column2, column3, column4, column5, column6, column7, column8, \
-             column9, column10 FROM ("
+            "INSERT INTO events (seq, last_seq, at, batch_id, body) \
+             SELECT (SELECT next_seq FROM herd_meta WHERE id = 1) - {n} + column1, \
+             (SELECT next_seq FROM herd_meta WHERE id = 1) - {n} + column1 + column2 - 1, \
+             column3, column4, column5 FROM ("
         );
-        self.values(&head, ")", &set.events, 10, |s, e| {
-            row!(s;
-                e.seq,
-                e.at,
-                e.b,
-                e.k,
-                e.t,
-                e.i.map(|i| i as i64),
-                e.a.map(i64::from),
-                e.f,
-                e.to,
-                e.r.clone(),
-            )
-        })
+        self.values(
+            &head,
+            ")",
+            &set.events,
+            5,
+            |s, e| row!(s; e.seq, e.n, e.at, e.b, e.body.as_str()),
+        )
         .await?;
         // The first number, read back with the commit.
         self.seq_at = Some((self.pending.statements, n));

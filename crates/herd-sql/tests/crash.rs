@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use herd_core::scheduler::{
     AttemptReport, Cancellation, Router, Runner, TaskEnd, WorkerConfig, spawn_worker,
 };
-use herd_core::store::{ClaimedTask, Store};
+use herd_core::store::{ClaimedTask, EventQuery, Store};
 use herd_core::{
-    BatchId, BatchInfo, BatchSpec, BatchState, Clock, RetryPolicy, SystemClock, TaskSpec,
+    BatchId, BatchInfo, BatchSpec, BatchState, Clock, EventKind, RetryPolicy, SystemClock, TaskSpec,
 };
 use herd_sql::{PgStore, SqliteStore};
 
@@ -407,27 +407,29 @@ macro_rules! impl_probe {
             }
 
             async fn tasks_ended_not_once(&self, batch: BatchId) -> Vec<i64> {
-                sqlx::query_scalar(
-                    "SELECT task_id FROM events WHERE batch_id = $1 AND kind = 'task' \
-                     AND to_state IN ('succeeded', 'failed', 'cancelled', 'skipped') \
-                     GROUP BY task_id HAVING COUNT(*) <> 1",
-                )
-                .bind(batch.0)
-                .fetch_all(self.pool())
-                .await
-                .expect("the ends are read")
+                let mut ends: HashMap<i64, usize> = HashMap::new();
+                for (task, _) in self.task_ends(batch).await {
+                    *ends.entry(task).or_default() += 1;
+                }
+                ends.into_iter().filter(|(_, n)| *n != 1).map(|(task, _)| task).collect()
             }
 
             async fn task_ends(&self, batch: BatchId) -> Vec<(i64, u32)> {
-                let ends: Vec<(i64, i64)> = sqlx::query_as(
-                    "SELECT task_id, attempt FROM events WHERE batch_id = $1 AND kind = 'task' \
-                     AND to_state IN ('succeeded', 'failed', 'cancelled', 'skipped')",
-                )
-                .bind(batch.0)
-                .fetch_all(self.pool())
-                .await
-                .expect("the ends are read");
-                ends.into_iter().map(|(task, attempt)| (task, to_attempt(attempt))).collect()
+                let mut ends = Vec::new();
+                let mut after = 0;
+                loop {
+                    let query = EventQuery { batch: Some(batch), after, limit: 10_000 };
+                    let page = self.event_list(query).await.expect("the events are read");
+                    let Some(last) = page.last() else { return ends };
+                    after = last.seq;
+                    for e in &page {
+                        if let EventKind::Task { task, attempt, to, .. } = e.kind
+                            && to.is_terminal()
+                        {
+                            ends.push((task.0, attempt.0));
+                        }
+                    }
+                }
             }
 
             async fn last_attempts(&self, batch: BatchId) -> HashMap<i64, u32> {

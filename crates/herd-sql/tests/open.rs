@@ -119,8 +119,9 @@ async fn a_version_1_file_is_migrated_keeping_its_attempts() {
 /// A version-2 file with live batches gets each batch's head on migration
 /// (version 3 ranks claims by it): a claim after the upgrade finds the
 /// queued tasks stored before it, best priority first, and skips the
-/// paused batch. The version-2 file is made from a current one, with
-/// versions 3 and 4 undone (4 changes nothing on SQLite).
+/// paused batch. Its events, one row each, read back as they were
+/// (version 5 stores runs of events). The version-2 file is made from a
+/// current one, with versions 3 to 5 undone (4 changes nothing on SQLite).
 #[tokio::test]
 async fn a_version_2_file_is_migrated_with_its_batch_heads() {
     use herd_core::model::Priority;
@@ -147,14 +148,27 @@ async fn a_version_2_file_is_migrated_with_its_batch_heads() {
     paused.paused = true;
     paused.tasks = vec![TaskSpec::new("paused".to_string())];
     store.batch_insert(paused, Timestamp(1)).await.unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
     for statement in [
         "DROP INDEX batches_ranked",
         "ALTER TABLE batches DROP COLUMN head_priority",
         "ALTER TABLE batches DROP COLUMN head_cost",
+        "DROP TABLE events",
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, \
+         batch_id INTEGER NOT NULL, kind TEXT NOT NULL, task_id INTEGER, idx INTEGER, \
+         attempt INTEGER, from_state TEXT, to_state TEXT NOT NULL, reason TEXT)",
+        "CREATE INDEX events_batch ON events (batch_id, seq)",
+        "INSERT INTO events VALUES (1, 1, 1, 'batch', NULL, NULL, NULL, NULL, 'queued', NULL), \
+         (2, 1, 1, 'task', 1, 0, 0, NULL, 'queued', NULL), \
+         (3, 7, 1, 'task', 2, 1, 3, 'running', 'retry_wait', 'exit_code(-2)'), \
+         (4, 8, 1, 'batch', NULL, NULL, NULL, 'queued', 'running', NULL)",
         "DELETE FROM _sqlx_migrations WHERE version >= 3",
     ] {
-        sqlx::query(statement).execute(store.pool()).await.unwrap();
+        // On one connection: a pooled one may not see the others' schema
+        // change in time.
+        sqlx::query(statement).execute(&mut *conn).await.unwrap();
     }
+    drop(conn);
     assert_eq!(store.schema_version().await.unwrap(), 2);
     store.pool().close().await;
 
@@ -166,6 +180,53 @@ async fn a_version_2_file_is_migrated_with_its_batch_heads() {
             .await
             .unwrap();
     assert_eq!(heads, [(Some(5), Some(2)), (Some(9), Some(1))]);
+    let events = store
+        .event_list(herd_core::store::EventQuery {
+            after: 1,
+            batch: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let task = |seq, at, task, index, attempt, from, to, reason| herd_core::Event {
+        seq,
+        at: Timestamp(at),
+        batch: herd_core::BatchId(1),
+        kind: herd_core::EventKind::Task {
+            task: herd_core::TaskId(task),
+            index,
+            attempt: herd_core::model::Attempt(attempt),
+            from,
+            to,
+            reason,
+        },
+    };
+    use herd_core::{BatchState, Reason, TaskState};
+    assert_eq!(
+        events,
+        [
+            task(2, 1, 1, 0, 0, None, TaskState::Queued, None),
+            task(
+                3,
+                7,
+                2,
+                1,
+                3,
+                Some(TaskState::Running),
+                TaskState::RetryWait,
+                Some(Reason::ExitCode(-2))
+            ),
+            herd_core::Event {
+                seq: 4,
+                at: Timestamp(8),
+                batch: herd_core::BatchId(1),
+                kind: herd_core::EventKind::Batch {
+                    from: Some(BatchState::Queued),
+                    to: BatchState::Running,
+                },
+            },
+        ]
+    );
     let worker = store.worker_register("h", 1, Timestamp(1)).await.unwrap();
     let request = ClaimRequest {
         worker,

@@ -224,3 +224,69 @@ async fn a_purge_takes_the_attempts_without_a_foreign_key() {
         "the other batch keeps its attempts"
     );
 }
+
+/// A version-4 schema's events, one row each, read back as they were once
+/// the schema is at version 5 (runs of events in one row). The version-4
+/// events table is made from a current schema, version 5 undone.
+#[tokio::test]
+async fn version_4_events_are_migrated() {
+    use herd_core::model::Attempt;
+    use herd_core::store::EventQuery;
+    use herd_core::{BatchId, BatchState, Event, EventKind, Reason, TaskId, TaskState};
+    let Some(url) = common::postgres_url() else {
+        return;
+    };
+    let store = common::fresh_postgres(&url, "open_events_v4").await;
+    for statement in [
+        "DROP TABLE events",
+        "CREATE TABLE events (seq BIGINT PRIMARY KEY, at BIGINT NOT NULL, \
+         batch_id BIGINT NOT NULL, kind TEXT NOT NULL, task_id BIGINT, idx BIGINT, \
+         attempt BIGINT, from_state TEXT, to_state TEXT NOT NULL, reason TEXT)",
+        "CREATE INDEX events_batch ON events (batch_id, seq)",
+        "INSERT INTO events VALUES (1, 1, 1, 'batch', NULL, NULL, NULL, NULL, 'queued', NULL), \
+         (2, 7, 1, 'task', 2, 1, 3, 'running', 'retry_wait', 'exit_code(-2)')",
+        "DELETE FROM _sqlx_migrations WHERE version >= 5",
+    ] {
+        sqlx::query(statement).execute(store.pool()).await.unwrap();
+    }
+    assert_eq!(store.schema_version().await.unwrap(), 4);
+    store.pool().close().await;
+
+    let store = Pg::connect_in_schema(&url, "open_events_v4").await.unwrap();
+    assert_eq!(store.schema_version().await.unwrap(), SCHEMA_VERSION);
+    let events = store
+        .event_list(EventQuery {
+            after: 0,
+            batch: Some(BatchId(1)),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        events,
+        [
+            Event {
+                seq: 1,
+                at: Timestamp(1),
+                batch: BatchId(1),
+                kind: EventKind::Batch {
+                    from: None,
+                    to: BatchState::Queued,
+                },
+            },
+            Event {
+                seq: 2,
+                at: Timestamp(7),
+                batch: BatchId(1),
+                kind: EventKind::Task {
+                    task: TaskId(2),
+                    index: 1,
+                    attempt: Attempt(3),
+                    from: Some(TaskState::Running),
+                    to: TaskState::RetryWait,
+                    reason: Some(Reason::ExitCode(-2)),
+                },
+            },
+        ]
+    );
+}
