@@ -257,13 +257,18 @@ pub(crate) struct EventWrite {
 }
 
 impl EventWrite {
+    /// The most events in one row: a reader resuming inside a run reads
+    /// the whole row (a large submit's creations would be one row of
+    /// megabytes).
+    pub const RUN: i64 = 1000;
+
     /// The rows of a transaction's `events`, in order: one per run of
-    /// events of one batch at one time.
+    /// events of one batch at one time, of at most [`Self::RUN`].
     pub fn group(events: &[Event]) -> Vec<EventWrite> {
         let mut rows: Vec<EventWrite> = Vec::new();
         for (offset, e) in events.iter().enumerate() {
             match rows.last_mut() {
-                Some(row) if row.b == e.batch.0 && row.at == e.at.0 => {
+                Some(row) if row.b == e.batch.0 && row.at == e.at.0 && row.n < Self::RUN => {
                     row.n += 1;
                     row.body.push('\n');
                     event_line(&mut row.body, &e.kind);
@@ -1462,4 +1467,40 @@ pub(crate) fn best_batch(
 /// Fences a renewal: which of `running` are this worker's current attempts.
 pub(crate) fn owns(t: &TaskRow, fence: Fence, worker: WorkerId) -> bool {
     t.state == TaskState::Running && t.attempt == fence.attempt && t.worker == Some(worker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An operation's events become one row per run of one batch's
+    /// events, each run at most `EventWrite::RUN` long, numbered by offset.
+    #[test]
+    fn events_are_grouped_in_runs() {
+        let event = |batch: i64| Event {
+            seq: 0,
+            at: Timestamp(5),
+            batch: BatchId(batch),
+            kind: EventKind::Batch {
+                from: None,
+                to: BatchState::Queued,
+            },
+        };
+        let mut events = vec![event(1), event(2), event(2), event(1)];
+        events.extend((0..2_500).map(|_| event(3)));
+        let rows = EventWrite::group(&events);
+        let shape: Vec<(i64, i64, i64)> = rows.iter().map(|r| (r.seq, r.n, r.b)).collect();
+        assert_eq!(
+            shape,
+            [
+                (0, 1, 1),
+                (1, 2, 2),
+                (3, 1, 1),
+                (4, 1000, 3),
+                (1004, 1000, 3),
+                (2004, 500, 3)
+            ]
+        );
+        assert_eq!(rows[1].body, "b - queued\nb - queued");
+    }
 }
