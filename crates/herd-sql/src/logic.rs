@@ -763,6 +763,11 @@ impl Work {
         Ok((opened.scan, opened.heads))
     }
 
+    /// Room for `n` more transitions (a submit knows how many it makes).
+    pub fn reserve_events(&mut self, n: usize) {
+        self.events.reserve_exact(n);
+    }
+
     /// The transitions recorded so far.
     pub fn event_count(&self) -> usize {
         self.events.len()

@@ -475,6 +475,12 @@ fn id_list<I: IntoIterator<Item = i64>>(ids: I) -> String {
 /// SQLite's limit on the parameters of one statement.
 const MAX_PARAMETERS: usize = 32_766;
 
+/// The most rows of one multi-row statement. Prepared, a statement takes
+/// some 15 times its text: a full statement of a large submit's tasks or
+/// events is held until the commit, so this bounds that memory (`herd
+/// run`'s peak RSS), while the rows still go a few hundred a round trip.
+const ROWS_PER_STATEMENT: usize = 250;
+
 /// Scripts longer than this are prepared for the one use: their text (row
 /// counts) rarely comes again, and the connection's cache keeps the rest.
 /// The turn of a worker with 100 slots (100 reports and 100 claims, some
@@ -863,19 +869,19 @@ impl SqliteTx {
     }
 
     /// Appends `head VALUES (…), (…) tail` over `rows`, `width` values a
-    /// row, as few statements as SQLite's limits allow. (Bound values, not
-    /// `json_each`: reading an object's fields from `json_each`
-    /// re-serialises the object for every field.)
+    /// row, in statements of at most `ROWS_PER_STATEMENT` rows. (Bound
+    /// values, not `json_each`: reading an object's fields from
+    /// `json_each` re-serialises the object for every field.)
     ///
     /// Rows that fill more than one statement (a large submit) are sent at
     /// once, a full statement at a time, each prepared once and kept by the
     /// connection (the text of a full statement is always the same): the
     /// bound values held at once stay bounded, and SQLite does not parse a
-    /// statement of a thousand rows again for every thousand rows. Only the
-    /// last, partial statement waits for the next round trip. The commit
-    /// lets them go: prepared, a full statement takes some 15 times its
-    /// text, over a megabyte for a submit's few, held for nothing until
-    /// the next large write (`herd run`'s peak RSS).
+    /// statement of hundreds of rows again for every few hundred rows. Only
+    /// the last, partial statement waits for the next round trip. The
+    /// commit lets them go: prepared, a full statement takes some 15 times
+    /// its text, held for nothing until the next large write (`herd run`'s
+    /// peak RSS).
     async fn values<T>(
         &mut self,
         head: &str,
@@ -884,7 +890,7 @@ impl SqliteTx {
         width: usize,
         mut bind: impl FnMut(&mut Script, &T) -> Result<()>,
     ) -> Result<()> {
-        let per_statement = (MAX_PARAMETERS / width).min(1_000);
+        let per_statement = (MAX_PARAMETERS / width).min(ROWS_PER_STATEMENT);
         let pieces = rows.len() > per_statement;
         for chunk in rows.chunks(per_statement) {
             let full = pieces && chunk.len() == per_statement;

@@ -547,6 +547,7 @@ where
         if !deps.is_empty() {
             tx.deps_insert(&deps).await?;
         }
+        work.reserve_events(created.len());
         for &(task, index, state) in &created {
             work.emit_created(batch, task, index, state);
         }
