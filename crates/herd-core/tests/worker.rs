@@ -1377,3 +1377,50 @@ async fn a_worker_holds_tasks_only_while_attempts_are_short() {
     let long = WorkerConfig::HOLD_WHILE_UNDER * 2;
     assert_eq!(most_claimed_at_once(long).await, 1, "none held");
 }
+
+/// With tasks held, a store call reports several ended attempts and
+/// claims as many: the hand is filled again once half of it has started,
+/// and reports wait for that call, so that short tasks do not cost a store
+/// call each. Once the batch runs dry the last reports go at once.
+#[tokio::test(start_paused = true)]
+async fn held_tasks_make_store_calls_report_several() {
+    let store = Arc::new(MemoryStore::<String, String>::new());
+    let router = Arc::new(Router::new());
+    router.lock().await.add_flow(
+        Arc::from("sleep"),
+        Arc::new(Sleep(Duration::from_millis(1))),
+    );
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let mut events = store.events();
+    let mut spec = BatchSpec::new("sleep");
+    spec.concurrency = 9;
+    spec.tasks = (0..60).map(|i| TaskSpec::new(i.to_string())).collect();
+    store.batch_insert(spec, clock.now()).await.unwrap();
+    let worker = spawn_worker(
+        store.clone(),
+        router,
+        clock,
+        WorkerConfig {
+            slots: 1,
+            ahead: 8,
+            ..WorkerConfig::default()
+        },
+    );
+    // Each operation's events come as one group: count the groups that
+    // record a task's end, and the ends.
+    let (mut reports, mut ended) = (0, 0);
+    while ended < 60 {
+        let group = events.recv().await.unwrap();
+        let ends = group
+            .iter()
+            .filter(|e| matches!(e.kind, herd_core::EventKind::Task { to, .. } if to.is_terminal()))
+            .count();
+        reports += usize::from(ends > 0);
+        ended += ends;
+    }
+    worker.shutdown().await.unwrap();
+    assert!(
+        reports <= 60 / 3,
+        "{reports} store calls reported the 60 ends"
+    );
+}

@@ -61,7 +61,10 @@ pub struct WorkerConfig {
     /// Cost units of tasks it may hold claimed beyond its slots, ready to
     /// start the moment a slot frees, so that a slot does not wait for the
     /// store call that reports its last attempt and claims the next (0:
-    /// none). It holds tasks only while its attempts are short (under
+    /// none). The hand is filled again once half of it has started, and
+    /// reports wait for that call while held tasks remain, so that one
+    /// store call reports and claims several tasks. It holds tasks only
+    /// while its attempts are short (under
     /// [`WorkerConfig::HOLD_WHILE_UNDER`] on average): a task held is
     /// leased, counts against its batch's concurrency, and waits; long
     /// attempts would leave it waiting long, where another worker could
@@ -231,6 +234,8 @@ struct LoopState<S: Store> {
     /// How long attempts run here: a moving average, `None` before the
     /// first ends.
     pace: Option<Duration>,
+    /// Attempts that ended, their slots freed, not yet turned into reports.
+    ended: Vec<(Done<S::Output>, Running<S>)>,
 }
 
 impl<S: Store> LoopState<S> {
@@ -367,6 +372,7 @@ impl<S: Store> Worker<S> {
             in_hand: Default::default(),
             in_hand_cost: 0,
             pace: None,
+            ended: Vec::new(),
         };
         let mut next_heartbeat = Instant::now() + self.config.heartbeat;
         let mut next_due: Option<Timestamp> = None;
@@ -389,10 +395,31 @@ impl<S: Store> Worker<S> {
                 }
             };
         }
+        // Moves tasks held ahead into free slots, to start; whether any moved.
+        macro_rules! promote {
+            () => {{
+                let mut promoted = false;
+                while let Some(next) = state.in_hand.front() {
+                    let cost = next.cost;
+                    let fits = state.held == 0 || state.held + cost <= pool.share();
+                    if !fits || !pool.take_exactly(cost) {
+                        break;
+                    }
+                    let task = state.in_hand.pop_front().expect("checked");
+                    state.in_hand_cost -= cost;
+                    state.held += cost;
+                    unstarted.push(task);
+                    promoted = true;
+                }
+                promoted
+            }};
+        }
         // Awaits a store call as `drive` does; the tasks the last claim
         // handed out start once the call's request is on its way (its first
         // poll), so that the store works while they start (a process spawn
-        // is a good part of a millisecond).
+        // is a good part of a millisecond). An attempt that ends meanwhile
+        // frees its slot at once for a task held ahead; its report waits
+        // for the next call.
         macro_rules! store_call {
             ($op:expr) => {{
                 let mut op = std::pin::pin!($op);
@@ -400,7 +427,22 @@ impl<S: Store> Worker<S> {
                 start_unstarted!();
                 match early {
                     std::task::Poll::Ready(out) => out,
-                    std::task::Poll::Pending => drive(&mut attempts, &mut state.finished, op).await,
+                    std::task::Poll::Pending => loop {
+                        tokio::select! {
+                            biased;
+                            out = &mut op => break out,
+                            Some(done) = attempts.next(), if !attempts.is_empty() => {
+                                state.finished.extend(done);
+                                if !state.in_hand.is_empty() {
+                                    self.free_finished(&mut state);
+                                    pool.release(std::mem::take(&mut state.freed));
+                                    if promote!() {
+                                        start_unstarted!();
+                                    }
+                                }
+                            }
+                        }
+                    },
                 }
             }};
         }
@@ -501,18 +543,11 @@ impl<S: Store> Worker<S> {
             if stopping && !state.in_hand.is_empty() {
                 self.give_back(&mut state).await;
             }
-            // Tasks held ahead start in the slots that freed, before the
-            // store call that reports what ended and claims the next.
-            while let Some(next) = state.in_hand.front() {
-                let cost = next.cost;
-                let fits = state.held == 0 || state.held + cost <= pool.share();
-                if !fits || !pool.take_exactly(cost) {
-                    break;
-                }
-                let task = state.in_hand.pop_front().expect("checked");
-                state.in_hand_cost -= cost;
-                state.held += cost;
-                unstarted.push(task);
+            // Tasks held ahead start in the slots that freed, at once:
+            // before the store call that reports what ended and claims the
+            // next is even built.
+            if promote!() {
+                start_unstarted!();
             }
 
             let mut claimed_all = false;
@@ -521,11 +556,18 @@ impl<S: Store> Worker<S> {
                 true => pool.take_up_to(room),
                 false => 0,
             };
-            // Beyond the slots taken, tasks to hold ahead.
-            let hold = match !stopping && state.short_attempts() {
-                true => self.config.ahead.saturating_sub(state.in_hand_cost),
+            // Beyond the slots taken, tasks to hold ahead: the hand is
+            // filled again once half of it has started, so that a turn
+            // reports and claims several tasks rather than one.
+            let holding = !stopping && state.short_attempts();
+            let refill = holding && state.in_hand_cost <= self.config.ahead / 2;
+            let hold = match refill {
+                true => self.config.ahead - state.in_hand_cost,
                 false => 0,
             };
+            // Reports wait for the refill while held tasks keep the slots
+            // busy.
+            let defer = holding && !refill && !state.in_hand.is_empty();
             let mut claim = None;
             if want + hold > 0 && state.completions.is_empty() {
                 let op = store.task_claim(self.request(id, want + hold), self.clock.now());
@@ -543,7 +585,7 @@ impl<S: Store> Worker<S> {
                 claim = Some(store_op!(both
                     self.reported_and_claimed(&mut state, ends, out, want, hold).await
                 ));
-            } else if !state.completions.is_empty() {
+            } else if !state.completions.is_empty() && !defer {
                 let (completions, ends) = take_completions(&mut state);
                 let op = store.task_complete(id, completions, self.clock.now());
                 let out = store_call!(op);
@@ -572,7 +614,8 @@ impl<S: Store> Worker<S> {
             let again = |state: &LoopState<S>| {
                 (claimed_all && state.held < pool.share())
                     || !state.finished.is_empty()
-                    || !state.completions.is_empty()
+                    || !state.ended.is_empty()
+                    || (!state.completions.is_empty() && !defer)
             };
             // Another store call follows at once: the tasks just claimed
             // start when its request is on its way. Otherwise now (and
@@ -582,6 +625,7 @@ impl<S: Store> Worker<S> {
             }
             if stopping
                 && state.running.is_empty()
+                && state.ended.is_empty()
                 && state.completions.is_empty()
                 && state.in_hand.is_empty()
             {
@@ -1014,14 +1058,11 @@ impl<S: Store> Worker<S> {
         Some(attempt)
     }
 
-    /// Turns finished attempts into completions, to report, and frees their slots.
-    fn take_reports(&self, state: &mut LoopState<S>) {
-        if state.finished.is_empty() {
-            return;
-        }
-        let now = self.clock.now();
-        let mut finished = std::mem::take(&mut state.finished);
-        for done in finished.drain(..) {
+    /// Frees the slots of finished attempts; their reports are made by
+    /// [`Worker::take_reports`]. Touches no report, so it may run while a
+    /// store call that carries earlier reports is in flight.
+    fn free_finished(&self, state: &mut LoopState<S>) {
+        for done in std::mem::take(&mut state.finished) {
             let Some(run) = state.running.get(&done.fence.task) else {
                 continue; // cancelled by force or lost: already accounted for
             };
@@ -1035,6 +1076,18 @@ impl<S: Store> Worker<S> {
                 Some(pace) => (pace * 7 + done.duration) / 8,
                 None => done.duration,
             });
+            state.ended.push((done, run));
+        }
+    }
+
+    /// Turns finished attempts into completions, to report, and frees their slots.
+    fn take_reports(&self, state: &mut LoopState<S>) {
+        self.free_finished(state);
+        if state.ended.is_empty() {
+            return;
+        }
+        let now = self.clock.now();
+        for (done, run) in std::mem::take(&mut state.ended) {
             let (outcome, delivery, log) = match done.ended {
                 Ended::Report(report) => {
                     let AttemptReport {
@@ -1083,7 +1136,6 @@ impl<S: Store> Worker<S> {
                 payload: delivery,
             }));
         }
-        state.finished = finished;
     }
 
     /// Sends pending completions to the store and delivers the ends it accepted.
