@@ -1424,3 +1424,70 @@ async fn held_tasks_make_store_calls_report_several() {
         "{reports} store calls reported the 60 ends"
     );
 }
+
+/// Runs the task whose payload is "long" for ten minutes, the others for
+/// a millisecond.
+struct OneLong;
+
+impl<S: Store<Payload = String, Output = String>> Runner<S> for OneLong {
+    fn start(
+        &self,
+        task: ClaimedTask<String, String>,
+        _cancel: Cancellation,
+    ) -> BoxFuture<'static, AttemptReport<String>> {
+        let takes = match task.payload.as_str() {
+            "long" => Duration::from_secs(600),
+            _ => Duration::from_millis(1),
+        };
+        Box::pin(async move {
+            tokio::time::sleep(takes).await;
+            AttemptReport::succeeded()
+        })
+    }
+
+    fn deliver(&self, _end: TaskEnd, _delivery: Option<Box<dyn Any + Send>>) {}
+}
+
+/// Reports wait for the hand's refill no longer than a short attempt: when
+/// a long task takes the only slot and the hand stays full, the tasks that
+/// ended before it are reported within that time, not when the long one
+/// ends (their attempts are no longer renewed: their leases would expire).
+#[tokio::test(start_paused = true)]
+async fn reports_wait_for_the_refill_only_briefly() {
+    let store = Arc::new(MemoryStore::<String, String>::new());
+    let router = Arc::new(Router::new());
+    router
+        .lock()
+        .await
+        .add_flow(Arc::from("one-long"), Arc::new(OneLong));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+    let mut spec = BatchSpec::new("one-long");
+    spec.concurrency = 9;
+    spec.tasks = (0..20)
+        .map(|i| {
+            TaskSpec::new(if i == 10 {
+                "long".into()
+            } else {
+                i.to_string()
+            })
+        })
+        .collect();
+    let batch = store.batch_insert(spec, clock.now()).await.unwrap().batch;
+    let worker = spawn_worker(
+        store.clone(),
+        router,
+        clock,
+        WorkerConfig {
+            slots: 1,
+            ahead: 8,
+            ..WorkerConfig::default()
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let info = store.batch_get(batch).await.unwrap();
+    assert_eq!(
+        info.counts.succeeded, 10,
+        "the ten tasks before the long one are reported while it runs"
+    );
+    worker.abort();
+}

@@ -236,6 +236,8 @@ struct LoopState<S: Store> {
     pace: Option<Duration>,
     /// Attempts that ended, their slots freed, not yet turned into reports.
     ended: Vec<(Done<S::Output>, Running<S>)>,
+    /// Since when `completions` has waited to be sent.
+    reports_since: Option<Instant>,
 }
 
 impl<S: Store> LoopState<S> {
@@ -373,6 +375,7 @@ impl<S: Store> Worker<S> {
             in_hand_cost: 0,
             pace: None,
             ended: Vec::new(),
+            reports_since: None,
         };
         let mut next_heartbeat = Instant::now() + self.config.heartbeat;
         let mut next_due: Option<Timestamp> = None;
@@ -566,8 +569,18 @@ impl<S: Store> Worker<S> {
                 false => 0,
             };
             // Reports wait for the refill while held tasks keep the slots
-            // busy.
-            let defer = holding && !refill && !state.in_hand.is_empty();
+            // busy, but no longer than a short attempt: an ended attempt
+            // is no longer renewed, and slots may stay busy for long.
+            if !state.completions.is_empty() && state.reports_since.is_none() {
+                state.reports_since = Some(Instant::now());
+            }
+            let report_by = state
+                .reports_since
+                .map(|since| since + WorkerConfig::HOLD_WHILE_UNDER);
+            let defer = holding
+                && !refill
+                && !state.in_hand.is_empty()
+                && report_by.is_some_and(|by| Instant::now() < by);
             let mut claim = None;
             if want + hold > 0 && state.completions.is_empty() {
                 let op = store.task_claim(self.request(id, want + hold), self.clock.now());
@@ -635,7 +648,10 @@ impl<S: Store> Worker<S> {
                 continue;
             }
 
-            let wake = self.wake_at(next_heartbeat, next_due);
+            let mut wake = self.wake_at(next_heartbeat, next_due);
+            if defer && let Some(by) = report_by {
+                wake = wake.min(by);
+            }
             tokio::select! {
                 biased;
                 Some(done) = attempts.next(), if !attempts.is_empty() => state.finished.extend(done),
@@ -1294,6 +1310,7 @@ type Ends = Vec<(Fence, Option<Reason>)>;
 
 /// The pending completions, to send, with what their deliveries need.
 fn take_completions<S: Store>(state: &mut LoopState<S>) -> (Vec<Completion<S::Output>>, Ends) {
+    state.reports_since = None;
     let completions = std::mem::replace(
         &mut state.completions,
         Vec::with_capacity(state.held as usize + 1),
