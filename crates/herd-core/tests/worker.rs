@@ -1302,20 +1302,31 @@ async fn held_tasks_of_a_cancelled_batch_never_run() {
     worker.shutdown().await.unwrap();
 }
 
-/// The most tasks the store had running for a worker with one slot that
-/// may hold two ahead, over tasks that each take `takes` (paused time).
-async fn most_claimed_at_once(takes: Duration) -> u64 {
+/// A worker with one slot that may hold `ahead` tasks, over a batch of
+/// `payloads` that `runner` runs (its concurrency the slot and the hand),
+/// on paused time: the store, a subscription taken before the batch, the
+/// batch and the worker.
+async fn one_slot_holding<R: Runner<MemoryStore<String, String>> + 'static>(
+    runner: R,
+    payloads: Vec<String>,
+    ahead: u32,
+) -> (
+    Arc<MemoryStore<String, String>>,
+    broadcast::Receiver<Events>,
+    BatchId,
+    WorkerHandle,
+) {
     let store = Arc::new(MemoryStore::<String, String>::new());
     let router = Arc::new(Router::new());
     router
         .lock()
         .await
-        .add_flow(Arc::from("sleep"), Arc::new(Sleep(takes)));
+        .add_flow(Arc::from("flow"), Arc::new(runner));
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let mut events = store.events();
-    let mut spec = BatchSpec::new("sleep");
-    spec.concurrency = 3;
-    spec.tasks = (0..8).map(|i| TaskSpec::new(i.to_string())).collect();
+    let events = store.events();
+    let mut spec = BatchSpec::new("flow");
+    spec.concurrency = 1 + ahead;
+    spec.tasks = payloads.into_iter().map(TaskSpec::new).collect();
     let batch = store.batch_insert(spec, clock.now()).await.unwrap().batch;
     let worker = spawn_worker(
         store.clone(),
@@ -1323,10 +1334,18 @@ async fn most_claimed_at_once(takes: Duration) -> u64 {
         clock,
         WorkerConfig {
             slots: 1,
-            ahead: 2,
+            ahead,
             ..WorkerConfig::default()
         },
     );
+    (store, events, batch, worker)
+}
+
+/// The most tasks the store had running for a worker with one slot that
+/// may hold two ahead, over tasks that each take `takes` (paused time).
+async fn most_claimed_at_once(takes: Duration) -> u64 {
+    let payloads = (0..8).map(|i| i.to_string()).collect();
+    let (_store, mut events, batch, worker) = one_slot_holding(Sleep(takes), payloads, 2).await;
     let (mut running, mut most) = (0i64, 0i64);
     loop {
         let group = events.recv().await.unwrap();
@@ -1384,28 +1403,9 @@ async fn a_worker_holds_tasks_only_while_attempts_are_short() {
 /// call each. Once the batch runs dry the last reports go at once.
 #[tokio::test(start_paused = true)]
 async fn held_tasks_make_store_calls_report_several() {
-    let store = Arc::new(MemoryStore::<String, String>::new());
-    let router = Arc::new(Router::new());
-    router.lock().await.add_flow(
-        Arc::from("sleep"),
-        Arc::new(Sleep(Duration::from_millis(1))),
-    );
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let mut events = store.events();
-    let mut spec = BatchSpec::new("sleep");
-    spec.concurrency = 9;
-    spec.tasks = (0..60).map(|i| TaskSpec::new(i.to_string())).collect();
-    store.batch_insert(spec, clock.now()).await.unwrap();
-    let worker = spawn_worker(
-        store.clone(),
-        router,
-        clock,
-        WorkerConfig {
-            slots: 1,
-            ahead: 8,
-            ..WorkerConfig::default()
-        },
-    );
+    let payloads = (0..60).map(|i| i.to_string()).collect();
+    let sleep = Sleep(Duration::from_millis(1));
+    let (_store, mut events, _batch, worker) = one_slot_holding(sleep, payloads, 8).await;
     // Each operation's events come as one group: count the groups that
     // record a task's end, and the ends.
     let (mut reports, mut ended) = (0, 0);
@@ -1454,35 +1454,16 @@ impl<S: Store<Payload = String, Output = String>> Runner<S> for OneLong {
 /// ends (their attempts are no longer renewed: their leases would expire).
 #[tokio::test(start_paused = true)]
 async fn reports_wait_for_the_refill_only_briefly() {
-    let store = Arc::new(MemoryStore::<String, String>::new());
-    let router = Arc::new(Router::new());
-    router
-        .lock()
-        .await
-        .add_flow(Arc::from("one-long"), Arc::new(OneLong));
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let mut spec = BatchSpec::new("one-long");
-    spec.concurrency = 9;
-    spec.tasks = (0..20)
+    let payloads = (0..20)
         .map(|i| {
-            TaskSpec::new(if i == 10 {
+            if i == 10 {
                 "long".into()
             } else {
                 i.to_string()
-            })
+            }
         })
         .collect();
-    let batch = store.batch_insert(spec, clock.now()).await.unwrap().batch;
-    let worker = spawn_worker(
-        store.clone(),
-        router,
-        clock,
-        WorkerConfig {
-            slots: 1,
-            ahead: 8,
-            ..WorkerConfig::default()
-        },
-    );
+    let (store, _events, batch, worker) = one_slot_holding(OneLong, payloads, 8).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let info = store.batch_get(batch).await.unwrap();
     assert_eq!(
