@@ -1367,16 +1367,20 @@ async fn most_claimed_at_once(takes: Duration) -> u64 {
     }
 }
 
-/// Runs every task for a fixed time.
+/// Runs every task for a fixed time, but one whose payload is "long" for
+/// ten minutes.
 struct Sleep(Duration);
 
 impl<S: Store<Payload = String, Output = String>> Runner<S> for Sleep {
     fn start(
         &self,
-        _task: ClaimedTask<String, String>,
+        task: ClaimedTask<String, String>,
         _cancel: Cancellation,
     ) -> BoxFuture<'static, AttemptReport<String>> {
-        let takes = self.0;
+        let takes = match task.payload.as_str() {
+            "long" => Duration::from_secs(600),
+            _ => self.0,
+        };
         Box::pin(async move {
             tokio::time::sleep(takes).await;
             AttemptReport::succeeded()
@@ -1425,29 +1429,6 @@ async fn held_tasks_make_store_calls_report_several() {
     );
 }
 
-/// Runs the task whose payload is "long" for ten minutes, the others for
-/// a millisecond.
-struct OneLong;
-
-impl<S: Store<Payload = String, Output = String>> Runner<S> for OneLong {
-    fn start(
-        &self,
-        task: ClaimedTask<String, String>,
-        _cancel: Cancellation,
-    ) -> BoxFuture<'static, AttemptReport<String>> {
-        let takes = match task.payload.as_str() {
-            "long" => Duration::from_secs(600),
-            _ => Duration::from_millis(1),
-        };
-        Box::pin(async move {
-            tokio::time::sleep(takes).await;
-            AttemptReport::succeeded()
-        })
-    }
-
-    fn deliver(&self, _end: TaskEnd, _delivery: Option<Box<dyn Any + Send>>) {}
-}
-
 /// Reports wait for the hand's refill no longer than a short attempt: when
 /// a long task takes the only slot and the hand stays full, the tasks that
 /// ended before it are reported within that time, not when the long one
@@ -1463,7 +1444,8 @@ async fn reports_wait_for_the_refill_only_briefly() {
             }
         })
         .collect();
-    let (store, _events, batch, worker) = one_slot_holding(OneLong, payloads, 8).await;
+    let (store, _events, batch, worker) =
+        one_slot_holding(Sleep(Duration::from_millis(1)), payloads, 8).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let info = store.batch_get(batch).await.unwrap();
     assert_eq!(
