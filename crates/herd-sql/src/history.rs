@@ -15,6 +15,7 @@ use std::sync::LazyLock;
 use herd_core::store::{EventQuery, StoreError};
 
 use crate::logic::{Result, backend};
+use crate::rows::corrupt;
 use crate::store::SqlStore;
 use crate::{Postgres, Sqlite};
 
@@ -51,10 +52,9 @@ fn events_of(rows: Vec<EventRow>, after: i64, limit: i64) -> Result<Vec<Event>> 
     Ok(events)
 }
 
+/// An event row herd cannot read: [`corrupt`], which says what to do.
 fn bad_event(seq: i64, what: &str) -> StoreError {
-    backend(std::io::Error::other(format!(
-        "event {seq} cannot be read ({what}): the store was changed outside herd or by a newer herd"
-    )))
+    corrupt("events.body", format_args!("event {seq}: {what}"))
 }
 
 /// One line of an event row's body (`logic::event_line`).
