@@ -311,7 +311,13 @@ mod tests {
             "b - sleeping",
             "x",
         ] {
-            assert!(event_kind(1, bad).is_err(), "{bad:?}");
+            let err = event_kind(1, bad).unwrap_err();
+            let why = std::error::Error::source(&err).map(|e| e.to_string());
+            assert!(
+                why.as_deref()
+                    .is_some_and(|w| w.contains("events.body") && w.contains("restore it")),
+                "{bad:?}: {why:?}"
+            );
         }
         let rows = vec![(5, 6, 1, 2, "b - queued".to_string())];
         assert!(
