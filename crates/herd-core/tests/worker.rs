@@ -1165,7 +1165,7 @@ async fn until_started(gate: &Gate, n: u32) {
 // ---------------------------------------------------------------------------
 
 /// A worker with one slot, holding two tasks ahead, over a batch of six
-/// tasks waiting at `gate`: the store, the gate, the batch and the worker.
+/// tasks waiting at `gate`: the store, the batch, its tasks and the worker.
 async fn holding_worker(
     gate: &Arc<Gate>,
 ) -> (
@@ -1175,29 +1175,10 @@ async fn holding_worker(
     WorkerHandle,
 ) {
     let store = Arc::new(MemoryStore::<String, String>::retaining());
-    let router = Arc::new(Router::new());
-    router
-        .lock()
-        .await
-        .add_flow(Arc::from("gate"), gate.clone());
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let mut spec = BatchSpec::new("gate");
-    // The slot and the tasks held.
-    spec.concurrency = 3;
-    spec.tasks = ["a", "b", "c", "d", "e", "f"]
-        .map(|key| TaskSpec::new(key.to_string()))
-        .to_vec();
-    let inserted = store.batch_insert(spec, clock.now()).await.unwrap();
-    let worker = spawn_worker(
-        store.clone(),
-        router,
-        clock,
-        WorkerConfig {
-            slots: 1,
-            ahead: 2,
-            ..WorkerConfig::default()
-        },
-    );
+    let payloads = ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec();
+    let clock = Arc::new(SystemClock);
+    let (_, inserted, worker) =
+        one_slot_holding(store.clone(), clock, gate.clone(), payloads, 2).await;
     (store, inserted.batch, inserted.tasks, worker)
 }
 
@@ -1302,12 +1283,41 @@ async fn held_tasks_of_a_cancelled_batch_never_run() {
     worker.shutdown().await.unwrap();
 }
 
-/// A worker with one slot that may hold `ahead` tasks, over a batch of
-/// `payloads` that `runner` runs (its concurrency the slot and the hand),
-/// on paused time: the store, a subscription taken before the batch, the
-/// batch and the worker.
+/// A worker with one slot that may hold `ahead` tasks, over a batch in
+/// `store` of `payloads` that `runner` runs (its concurrency the slot and
+/// the hand): a subscription taken before the batch, the batch as
+/// inserted, and the worker.
 async fn one_slot_holding<R: Runner<MemoryStore<String, String>> + 'static>(
-    runner: R,
+    store: Arc<MemoryStore<String, String>>,
+    clock: Arc<dyn Clock>,
+    runner: Arc<R>,
+    payloads: Vec<String>,
+    ahead: u32,
+) -> (broadcast::Receiver<Events>, Inserted, WorkerHandle) {
+    let router = Arc::new(Router::new());
+    router.lock().await.add_flow(Arc::from("flow"), runner);
+    let events = store.events();
+    let mut spec = BatchSpec::new("flow");
+    spec.concurrency = 1 + ahead;
+    spec.tasks = payloads.into_iter().map(TaskSpec::new).collect();
+    let inserted = store.batch_insert(spec, clock.now()).await.unwrap();
+    let worker = spawn_worker(
+        store,
+        router,
+        clock,
+        WorkerConfig {
+            slots: 1,
+            ahead,
+            ..WorkerConfig::default()
+        },
+    );
+    (events, inserted, worker)
+}
+
+/// [`one_slot_holding`] on a fresh memory store, in paused time, with every
+/// task sleeping `takes` (see [`Sleep`]).
+async fn one_slot_sleeping(
+    takes: Duration,
     payloads: Vec<String>,
     ahead: u32,
 ) -> (
@@ -1317,35 +1327,23 @@ async fn one_slot_holding<R: Runner<MemoryStore<String, String>> + 'static>(
     WorkerHandle,
 ) {
     let store = Arc::new(MemoryStore::<String, String>::new());
-    let router = Arc::new(Router::new());
-    router
-        .lock()
-        .await
-        .add_flow(Arc::from("flow"), Arc::new(runner));
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
-    let events = store.events();
-    let mut spec = BatchSpec::new("flow");
-    spec.concurrency = 1 + ahead;
-    spec.tasks = payloads.into_iter().map(TaskSpec::new).collect();
-    let batch = store.batch_insert(spec, clock.now()).await.unwrap().batch;
-    let worker = spawn_worker(
+    let clock = Arc::new(TokioClock::new());
+    let (events, inserted, worker) = one_slot_holding(
         store.clone(),
-        router,
         clock,
-        WorkerConfig {
-            slots: 1,
-            ahead,
-            ..WorkerConfig::default()
-        },
-    );
-    (store, events, batch, worker)
+        Arc::new(Sleep(takes)),
+        payloads,
+        ahead,
+    )
+    .await;
+    (store, events, inserted.batch, worker)
 }
 
 /// The most tasks the store had running for a worker with one slot that
 /// may hold two ahead, over tasks that each take `takes` (paused time).
 async fn most_claimed_at_once(takes: Duration) -> u64 {
     let payloads = (0..8).map(|i| i.to_string()).collect();
-    let (_store, mut events, batch, worker) = one_slot_holding(Sleep(takes), payloads, 2).await;
+    let (_store, mut events, batch, worker) = one_slot_sleeping(takes, payloads, 2).await;
     let (mut running, mut most) = (0i64, 0i64);
     loop {
         let group = events.recv().await.unwrap();
@@ -1408,8 +1406,8 @@ async fn a_worker_holds_tasks_only_while_attempts_are_short() {
 #[tokio::test(start_paused = true)]
 async fn held_tasks_make_store_calls_report_several() {
     let payloads = (0..60).map(|i| i.to_string()).collect();
-    let sleep = Sleep(Duration::from_millis(1));
-    let (_store, mut events, _batch, worker) = one_slot_holding(sleep, payloads, 8).await;
+    let (_store, mut events, _batch, worker) =
+        one_slot_sleeping(Duration::from_millis(1), payloads, 8).await;
     // Each operation's events come as one group: count the groups that
     // record a task's end, and the ends.
     let (mut reports, mut ended) = (0, 0);
@@ -1445,7 +1443,7 @@ async fn reports_wait_for_the_refill_only_briefly() {
         })
         .collect();
     let (store, _events, batch, worker) =
-        one_slot_holding(Sleep(Duration::from_millis(1)), payloads, 8).await;
+        one_slot_sleeping(Duration::from_millis(1), payloads, 8).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let info = store.batch_get(batch).await.unwrap();
     assert_eq!(
