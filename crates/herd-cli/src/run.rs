@@ -28,8 +28,10 @@ pub const FLOW: &str = "command";
 /// Cost units the worker may hold claimed beyond its slots, per job
 /// (`WorkerConfig::ahead`): refilled once half have started, so that a
 /// store call reports and claims several tasks. 10,000 `/bin/true` at
-/// `-j2`, quiet machine, beside `xargs -P2` at 4.9-5.1 s: one per job
-/// 7.3-7.6 s, two 6.8-6.9 s, four 6.1-6.4 s, eight 6.0-6.1 s.
+/// `-j2`, quiet machine, beside `xargs -P2` at 4.9-5.1 s, two runs each
+/// (four for four): one per job 7.25-7.56 s, two 6.75-6.88 s, four
+/// 6.05-6.42 s, eight 6.04-6.09 s, sixteen 5.96-6.03 s, thirty-two
+/// 6.29-6.42 s.
 const AHEAD: u32 = 4;
 
 /// What `herd run` stores with a batch (in its policy's `meta`), so that
