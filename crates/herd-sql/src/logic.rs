@@ -5,8 +5,8 @@
 //! in a cycle), loads the task rows it needs into a [`Work`], applies the same
 //! transitions as the memory store — the reference — in Rust, and writes back
 //! what changed with a few set statements. The dialects ([`Tx`]) only move
-//! rows: SQLite through `json_each`, PostgreSQL through `jsonb_to_recordset`
-//! and arrays, so that a claim or a completion of a hundred tasks costs a
+//! rows: SQLite through `json_each` and `VALUES` lists, PostgreSQL through
+//! arrays, one per column, so that a claim or a completion of a hundred tasks costs a
 //! handful of statements, not a round trip per task.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
