@@ -95,6 +95,8 @@ pub(crate) struct BatchRow {
     /// need not touch their indexes (SQLite rewrites an index entry for
     /// every indexed column an `UPDATE` sets, changed or not).
     pub stored: Stored,
+    /// A task of the batch joined or left its queue since the row was read.
+    pub queue_touched: bool,
 }
 
 /// A batch row's indexed columns as read ([`BatchRow::stored`]), and
@@ -110,11 +112,14 @@ pub(crate) struct Stored {
 
 impl BatchRow {
     /// Whether the batch's queued tasks may differ from those it had when
-    /// read, so that its head must be set again: a task that leaves the
-    /// queue lowers the count, and one that joins it takes a place
-    /// (`next_ready`).
+    /// read, so that its head must be set again: a task joined or left the
+    /// queue, or a new task took a place in it (`next_ready`). The count
+    /// alone does not tell: a task given back (`Released`) takes back its
+    /// old place, and a claim in the same transaction may take another.
     pub fn queue_changed(&self) -> bool {
-        self.counts.queued != self.stored.queued || self.next_ready != self.stored.next_ready
+        self.queue_touched
+            || self.counts.queued != self.stored.queued
+            || self.next_ready != self.stored.next_ready
     }
 
     pub fn histogram(&mut self) -> &mut DurationHistogram {
@@ -203,6 +208,11 @@ pub(crate) struct TaskWrite<'a> {
     /// The output to keep, for dialects that write it with the row
     /// ([`Tx::write_all`] on PostgreSQL); others use [`Tx::outputs_write`].
     pub o: Option<&'a str>,
+    /// Read, never written: where its batch's queue head is found again in
+    /// the statement that writes it (PostgreSQL's [`Tx::write_all`]).
+    pub batch: i64,
+    pub priority: i32,
+    pub cost: u32,
 }
 
 /// An attempt that ended: its one row in `attempts`, written at its end
@@ -333,18 +343,6 @@ pub(crate) struct WriteSet<'a> {
     pub event_count: usize,
     pub notify_work: bool,
     pub notify_control: bool,
-}
-
-impl WriteSet<'_> {
-    /// The batches written whose head must be set again
-    /// ([`BatchRow::queue_changed`]).
-    pub fn queues_changed(&self) -> Vec<i64> {
-        self.batches
-            .iter()
-            .filter(|b| b.queue_changed())
-            .map(|b| b.id.0)
-            .collect()
-    }
 }
 
 /// Where a claim starts from.
@@ -904,6 +902,7 @@ impl Work {
         let (batch, index, attempt) = (t.batch, t.index, t.attempt);
         if let Ok(b) = self.batch_mut(batch) {
             b.counts.shift(Some(from), to);
+            b.queue_touched |= from == TaskState::Queued || to == TaskState::Queued;
         }
         self.emit(
             batch,
@@ -1422,6 +1421,9 @@ fn task_writes<'a>(
                 rs: t.ready_seq,
                 d: t.deps_left,
                 o: outputs.get(id).copied(),
+                batch: t.batch.0,
+                priority: t.priority.0,
+                cost: t.cost,
             }
         })
         .collect()

@@ -510,6 +510,9 @@ struct BatchWrite<'a> {
     finished_at: Option<i64>,
     /// Only when it changed.
     policy: Option<&'a str>,
+    /// Whether its queue changed ([`BatchRow::queue_changed`]): its head is
+    /// set again.
+    qc: bool,
 }
 
 impl<'a> BatchWrite<'a> {
@@ -543,6 +546,7 @@ impl<'a> BatchWrite<'a> {
             started_at: b.started_at.map(|t| t.0),
             finished_at: b.finished_at.map(|t| t.0),
             policy,
+            qc: b.queue_changed(),
         }
     }
 }
@@ -582,7 +586,10 @@ fn add_task_writes(args: &mut PgArguments, rows: &[TaskWrite<'_>]) -> Result<()>
     add(args, column(rows, |t| t.ra))?;
     add(args, column(rows, |t| t.rs))?;
     add(args, column(rows, |t| i64::from(t.d)))?;
-    add(args, column(rows, |t| t.o))
+    add(args, column(rows, |t| t.o))?;
+    add(args, column(rows, |t| t.batch))?;
+    add(args, column(rows, |t| i64::from(t.priority)))?;
+    add(args, column(rows, |t| i64::from(t.cost)))
 }
 
 /// Binds the [`sql::ATTEMPT_END`] columns of `rows`.
@@ -640,8 +647,13 @@ mod sql {
     /// Everything a transaction writes at its end, in one round trip: task
     /// rows (with outputs), batch rows, attempts that ended, events
     /// numbered from the sequence row (locked until commit), notifications.
-    /// Every part reads the tables as they were before the statement: the
-    /// batches' heads are set after it ([`statements::BATCH_HEADS`]).
+    /// Every part reads the tables as they were before the statement, so a
+    /// batch whose queue changed ([`BatchRow::queue_changed`]) takes its new
+    /// head (its first queued task's priority and cost) from two places:
+    /// its queued tasks not written here (the written ones left out through
+    /// a hashed subplan, not a scan of the array per task), and the written
+    /// ones queued now, with their new places. Its row is locked, so no
+    /// other transaction changes its queue meanwhile.
     /// Data-modifying CTEs all run; the notifications are selected so that
     /// they run too. Parameters: the task columns ([`TASK_WRITE`]), the
     /// batch rows as JSON (one or two rows, each with a score of columns),
@@ -666,13 +678,25 @@ mod sql {
                  n_failed = (j.n->>5)::bigint, n_cancelled = (j.n->>6)::bigint, \
                  n_skipped = (j.n->>7)::bigint, retries = j.retries, \
                  durations = decode(j.durations, 'hex'), started_at = j.started_at, \
-                 finished_at = j.finished_at, policy = COALESCE(j.policy, b.policy) \
+                 finished_at = j.finished_at, policy = COALESCE(j.policy, b.policy), \
+                 (head_priority, head_cost) = (SELECT x.priority, x.cost FROM ( \
+                   SELECT b.head_priority AS priority, b.head_cost AS cost, NULL::bigint AS rs \
+                   WHERE NOT j.qc \
+                   UNION ALL \
+                   (SELECT t.priority, t.cost, t.ready_seq FROM tasks t \
+                    WHERE j.qc AND t.batch_id = j.id AND t.state = 'queued' \
+                      AND t.id NOT IN (SELECT u.id FROM UNNEST(${ids}::bigint[]) AS u(id)) \
+                    ORDER BY t.priority DESC, t.ready_seq LIMIT 1) \
+                   UNION ALL \
+                   SELECT w.p, w.c, w.rs FROM {written} \
+                   WHERE j.qc AND w.b = j.id AND w.s = 'queued' \
+                 ) x ORDER BY x.priority DESC, x.rs LIMIT 1) \
                FROM jsonb_to_recordset(${batches}::jsonb) AS j(id bigint, state text, \
                  deadline bigint, open boolean, paused boolean, stopped text, \
                  cancelled boolean, failed_by_policy boolean, running_cost bigint, \
                  last_served bigint, next_index bigint, next_ready bigint, n jsonb, \
                  retries bigint, durations text, started_at bigint, finished_at bigint, \
-                 policy text) \
+                 policy text, qc boolean) \
                WHERE b.id = j.id RETURNING 1), \
              ended AS ({insert} RETURNING 1), \
              seq AS ( \
@@ -686,6 +710,8 @@ mod sql {
                WHERE c IS NOT NULL) \
              SELECT (SELECT first FROM seq) WHERE (SELECT count(*) FROM woke) >= 0",
             update = tasks_write(tasks),
+            ids = tasks,
+            written = unnest_as(tasks, TASK_WRITE, "w"),
             insert = attempts_end(attempts),
             events = unnest(events, EVENT),
             c1 = count + 1,
@@ -725,6 +751,9 @@ mod sql {
         ("rs", "bigint"),
         ("d", "bigint"),
         ("o", "text"),
+        ("b", "bigint"),
+        ("p", "bigint"),
+        ("c", "bigint"),
     ];
 
     /// An attempt's row at its end ([`super::add_attempt_ends`]).
@@ -773,13 +802,22 @@ mod sql {
     /// `UNNEST` of `columns`' arrays, the first bound at `$first`, as the
     /// row set `j`.
     pub(super) fn unnest(first: usize, columns: Columns) -> String {
+        unnest_as(first, columns, "j")
+    }
+
+    /// [`unnest`] as the row set `alias`.
+    pub(super) fn unnest_as(first: usize, columns: Columns, alias: &str) -> String {
         let arrays: Vec<String> = columns
             .iter()
             .enumerate()
             .map(|(i, (_, ty))| format!("${}::{ty}[]", first + i))
             .collect();
         let names: Vec<&str> = columns.iter().map(|(name, _)| *name).collect();
-        format!("UNNEST({}) AS j({})", arrays.join(", "), names.join(", "))
+        format!(
+            "UNNEST({}) AS {alias}({})",
+            arrays.join(", "),
+            names.join(", ")
+        )
     }
 
     /// Writes back the mutable columns of changed task rows, their
@@ -1308,15 +1346,6 @@ impl Tx for PgTx {
             .fetch_one(&mut *self.tx)
             .await
             .map_err(backend)?;
-        // After the write-back, which could not see its own task rows.
-        let heads = set.queues_changed();
-        if !heads.is_empty() {
-            sqlx::query(statements::BATCH_HEADS)
-                .bind(heads)
-                .execute(&mut *self.tx)
-                .await
-                .map_err(backend)?;
-        }
         Ok(Some(first.unwrap_or(0) as u64))
     }
 }
@@ -1471,12 +1500,6 @@ mod tests {
                 "bigint, bigint",
                 statements::CLAIM_SCAN_ONE.to_owned(),
                 "(1, 1)",
-            ),
-            (
-                "batch_heads",
-                "bigint[]",
-                statements::BATCH_HEADS.to_owned(),
-                "('{1, 2}')",
             ),
             ("write", &write_types, sql::TASKS_WRITE.clone(), &write_args),
             (

@@ -367,6 +367,7 @@ pub(crate) fn batch_row(r: &impl SqlRow) -> Result<BatchRow> {
         retries: r.count("retries")?,
         durations: r.opt_blob("durations")?,
         policy_changed: false,
+        queue_touched: false,
         histogram: None,
         created_at: Timestamp(r.int("created_at")?),
         started_at: r.opt_int("started_at")?.map(Timestamp),

@@ -87,16 +87,6 @@ pub(crate) fn claim_ranked(now: &str, limit: &str) -> String {
     )
 }
 
-/// The heads of the batches `$1` (an array) set again from their queued
-/// tasks, as [`BATCH_WRITE`] sets them: for a dialect that writes its batch
-/// rows in the same statement as their tasks (PostgreSQL's one-statement
-/// write-back, whose parts all read the tasks as they were before it), for
-/// the batches whose queued tasks changed.
-pub(crate) const BATCH_HEADS: &str = "UPDATE batches b SET (head_priority, head_cost) = ( \
-       SELECT t.priority, t.cost FROM tasks t WHERE t.batch_id = b.id AND t.state = 'queued' \
-       ORDER BY t.priority DESC, t.ready_seq LIMIT 1) \
-     WHERE b.id = ANY($1)";
-
 /// The bound limit of [`claim_ranked`]: room left for the retries due to
 /// be added to it without overflow.
 pub(crate) fn rank_limit(limit: usize) -> i64 {
