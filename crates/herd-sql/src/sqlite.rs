@@ -325,11 +325,13 @@ static B_COLUMNS: LazyLock<String> = LazyLock::new(|| {
         .join(", ")
 });
 
-/// The batches of the tasks `$1` (a JSON array of ids), once per task.
+/// The batches of the tasks `$1` (a JSON array of ids), each once: a
+/// completion of 100 tasks of one batch read its 30 columns 100 times, a
+/// third of the values sqlx copied in a drain.
 static BATCHES_OF_TASKS: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT {} FROM json_each($1) j CROSS JOIN tasks t ON t.id = j.value \
-         CROSS JOIN batches b ON b.id = t.batch_id",
+        "SELECT {} FROM batches b WHERE b.id IN ( \
+           SELECT t.batch_id FROM json_each($1) j CROSS JOIN tasks t ON t.id = j.value)",
         *B_COLUMNS
     )
 });
