@@ -300,11 +300,18 @@ mod tests {
             },
         ];
         let mut body = String::new();
+        let mut lines = Vec::new();
         for kind in &kinds {
             body.clear();
             event_line(&mut body, kind);
             assert_eq!(&event_kind(1, &body).unwrap(), kind, "{body:?}");
+            lines.push(body.clone());
         }
+        // The text itself, as migration 5 writes it for older events.
+        assert_eq!(
+            lines[1..],
+            ["t 1 0 0 - pending -", "b - queued", "b running partial"]
+        );
         for bad in [
             "t 1 0 0 - pending",
             "t 1 0 0 - pending - x",
