@@ -20,7 +20,7 @@ use herd_core::model::{
 };
 use herd_core::store::{AttemptLog, CancelMode, Fence, StoreError};
 
-use crate::logs::{StoredLog, hex_opt};
+use crate::logs::StoredLog;
 
 pub(crate) type Result<T> = std::result::Result<T, StoreError>;
 
@@ -148,47 +148,30 @@ pub(crate) struct NewBatch<'a> {
 }
 
 /// A task to insert.
-#[derive(serde::Serialize)]
 pub(crate) struct NewTask {
     pub id: i64,
-    #[serde(rename = "i")]
     pub index: u64,
-    #[serde(rename = "k")]
     pub key: Option<String>,
-    #[serde(rename = "p")]
     pub priority: i32,
-    #[serde(rename = "c")]
     pub cost: u32,
     /// The payload, as JSON text.
-    #[serde(rename = "pl")]
     pub payload: String,
-    #[serde(rename = "s")]
     pub state: &'static str,
-    #[serde(rename = "rs")]
     pub ready_seq: Option<i64>,
-    #[serde(rename = "d")]
     pub deps_left: u32,
-    #[serde(rename = "r")]
     pub rule: &'static str,
-    #[serde(rename = "n")]
     pub dependents: u32,
-    #[serde(rename = "u")]
     pub upstream: u32,
 }
 
 /// A dependency to insert: `task` waits for `upstream`.
-#[derive(serde::Serialize)]
 pub(crate) struct NewDep {
-    #[serde(rename = "t")]
     pub task: i64,
-    #[serde(rename = "u")]
     pub upstream: i64,
-    #[serde(rename = "p")]
     pub position: u32,
 }
 
 /// The mutable columns of a task row, as written back.
-#[derive(serde::Serialize)]
 pub(crate) struct TaskWrite<'a> {
     pub id: i64,
     pub s: &'static str,
@@ -217,7 +200,6 @@ pub(crate) struct TaskWrite<'a> {
 
 /// An attempt that ended: its one row in `attempts`, written at its end
 /// (while it runs, its worker and start are on the task row).
-#[derive(serde::Serialize)]
 pub(crate) struct AttemptEnd {
     pub t: i64,
     pub a: u32,
@@ -232,18 +214,11 @@ pub(crate) struct AttemptEnd {
     pub x: Option<i32>,
     pub e: Option<String>,
     /// The log's output tails (zlib streams when `z`), NULL without a log.
-    /// Left out of the JSON row sets when absent (most attempts of library
-    /// tasks have no log): a missing key reads as NULL.
-    #[serde(serialize_with = "hex_opt", skip_serializing_if = "Option::is_none")]
     pub so: Option<Vec<u8>>,
-    #[serde(serialize_with = "hex_opt", skip_serializing_if = "Option::is_none")]
     pub se: Option<Vec<u8>>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub z: bool,
     /// The log's total bytes of standard output and error.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub ot: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub et: Option<i64>,
 }
 
@@ -254,7 +229,6 @@ pub(crate) struct AttemptEnd {
 /// entries a fifth of PostgreSQL's write-ahead log. `body` holds one line
 /// per event ([`event_line`]); readers take the events apart
 /// (`history.rs`).
-#[derive(serde::Serialize)]
 pub(crate) struct EventWrite {
     /// The first event's offset in its transaction, until
     /// [`Tx::write_all`] knows the first number.

@@ -87,18 +87,6 @@ fn inflate(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Serialises bytes as hex, for row sets that travel as JSON (PostgreSQL's
-/// `decode(…, 'hex')` reads them back).
-pub(crate) fn hex_opt<S: serde::Serializer>(
-    bytes: &Option<Vec<u8>>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    match bytes {
-        Some(b) => s.serialize_some(&hex(b)),
-        None => s.serialize_none(),
-    }
-}
-
 /// Bytes as lowercase hex.
 pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
