@@ -132,7 +132,7 @@ impl DurationHistogram {
     }
 
     /// The recorded durations as bytes, for stores that keep the histogram
-    /// in a column, rewritten with every batch row: [`COMPACT`], then for
+    /// in a column, rewritten with every batch row: a `0xFF` byte, then for
     /// every non-empty bucket in order its value in microseconds (the
     /// difference from the one before) and its count, as LEB128 varints.
     /// Two to four bytes a bucket: the first format's 16 (still read, see
