@@ -17,7 +17,13 @@
 //! claims 100 (the bare loop also claims and completes 100 per
 //! transaction); with two slots (`herd run -j2`) each reports one task and
 //! claims the next, with one other task running meanwhile, and the time per
-//! turn is what the store adds to each task.
+//! turn is what the store adds to each task. Turns spend one transaction
+//! per task, as the bare loop does, so the one-per-transaction goal is
+//! judged on them as well as on the drain (a claim, then a completion: two
+//! transactions per task).
+//!
+//! Everything runs on one thread (a current-thread runtime), as `herd run`
+//! and `herd worker` run their worker.
 //!
 //! Enqueue-to-start latency is measured twice: submitting through the
 //! worker's own store handle (woken in-process), and through another handle
