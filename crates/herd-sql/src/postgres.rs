@@ -1579,6 +1579,128 @@ mod tests {
         }
     }
 
+    /// Every row set's binder adds its columns in the order, and with the
+    /// types, its column list names: a row with a distinct value in every
+    /// field reads back through `UNNEST` under the right names.
+    #[tokio::test]
+    async fn row_sets_bind_their_columns_in_order() {
+        let Ok(url) = std::env::var("HERD_TEST_DATABASE_URL") else {
+            assert_ne!(
+                std::env::var("HERD_REQUIRE_POSTGRES").as_deref(),
+                Ok("1"),
+                "HERD_REQUIRE_POSTGRES=1 but HERD_TEST_DATABASE_URL is not set"
+            );
+            return;
+        };
+        let pool = PgPool::connect(&url).await.unwrap();
+        let read = |columns: sql::Columns, args: PgArguments| {
+            let pool = pool.clone();
+            async move {
+                let sql = format!(
+                    "SELECT row_to_json(j)::text FROM {}",
+                    sql::unnest(1, columns)
+                );
+                let row: String = sqlx::query_scalar_with(&sql, args)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                serde_json::from_str::<serde_json::Value>(&row).unwrap()
+            }
+        };
+
+        let task = TaskWrite {
+            id: 1,
+            s: "running",
+            r: Some("error".into()),
+            m: Some("message"),
+            a: 2,
+            fa: 3,
+            l: 4,
+            w: Some(5),
+            lu: Some(6),
+            st: Some(7),
+            cm: Some("graceful"),
+            cr: Some("by_user".into()),
+            ra: Some(8),
+            rs: Some(9),
+            d: 10,
+            o: Some("output"),
+            batch: 11,
+            priority: -12,
+            cost: 13,
+        };
+        let mut args = PgArguments::default();
+        add_task_writes(&mut args, std::slice::from_ref(&task)).unwrap();
+        assert_eq!(
+            read(sql::TASK_WRITE, args).await,
+            serde_json::json!({"id": 1, "s": "running", "r": "error", "m": "message", "a": 2,
+                "fa": 3, "l": 4, "w": 5, "lu": 6, "st": 7, "cm": "graceful", "cr": "by_user",
+                "ra": 8, "rs": 9, "d": 10, "o": "output", "b": 11, "p": -12, "c": 13})
+        );
+
+        let ended = AttemptEnd {
+            t: 1,
+            a: 2,
+            w: Some(3),
+            st: 4,
+            at: 5,
+            o: "failed",
+            r: Some("timeout".into()),
+            x: Some(-6),
+            e: Some("error".into()),
+            so: Some(vec![0xAB]),
+            se: Some(vec![0xCD, 0xEF]),
+            z: true,
+            ot: Some(7),
+            et: Some(8),
+        };
+        let mut args = PgArguments::default();
+        add_attempt_ends(&mut args, std::slice::from_ref(&ended)).unwrap();
+        assert_eq!(
+            read(sql::ATTEMPT_END, args).await,
+            serde_json::json!({"t": 1, "a": 2, "w": 3, "st": 4, "at": 5, "o": "failed",
+                "r": "timeout", "x": -6, "e": "error", "so": "\\xab", "se": "\\xcdef",
+                "z": true, "ot": 7, "et": 8})
+        );
+
+        let event = EventWrite {
+            seq: 1,
+            n: 2,
+            at: 3,
+            b: 4,
+            body: "b - queued".into(),
+        };
+        let mut args = PgArguments::default();
+        add_events(&mut args, std::slice::from_ref(&event)).unwrap();
+        assert_eq!(
+            read(sql::EVENT, args).await,
+            serde_json::json!({"seq": 1, "n": 2, "at": 3, "b": 4, "body": "b - queued"})
+        );
+
+        let new = NewTask {
+            id: 1,
+            index: 2,
+            key: Some("key".into()),
+            priority: -3,
+            cost: 4,
+            payload: "\"payload\"".into(),
+            state: "queued",
+            ready_seq: Some(5),
+            deps_left: 6,
+            rule: "all_succeeded",
+            dependents: 7,
+            upstream: 8,
+        };
+        let mut args = PgArguments::default();
+        add_new_tasks(&mut args, std::slice::from_ref(&new)).unwrap();
+        assert_eq!(
+            read(sql::NEW_TASK, args).await,
+            serde_json::json!({"id": 1, "i": 2, "k": "key", "p": -3, "c": 4,
+                "pl": "\"payload\"", "s": "queued", "rs": 5, "d": 6, "r": "all_succeeded",
+                "n": 7, "u": 8})
+        );
+    }
+
     #[test]
     fn channels_fit_postgres_limits() {
         assert_eq!(channel("herd_work", "public"), "herd_work:public");
