@@ -160,6 +160,25 @@ where
     }
 }
 
+/// Six seeds of [`mix`] on `$store`, its heads checked against its tasks
+/// after every operation (a macro: the two stores' pools are of two types).
+macro_rules! heads_follow_the_queue {
+    ($store:expr) => {
+        for seed in 1..=6 {
+            mix(&$store, seed, 200, |step| {
+                let pool = $store.pool().clone();
+                async move {
+                    let stored: Heads = sqlx::query_as(STORED).fetch_all(&pool).await.unwrap();
+                    let expected: Heads =
+                        sqlx::query_as(FROM_TASKS).fetch_all(&pool).await.unwrap();
+                    assert_eq!(stored, expected, "seed {seed}, after step {step}");
+                }
+            })
+            .await;
+        }
+    };
+}
+
 #[tokio::test]
 async fn sqlite_batch_heads_follow_the_queue() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,17 +186,7 @@ async fn sqlite_batch_heads_follow_the_queue() {
     let store = SqliteStore::<String, String>::open(&format!("sqlite:{}", path.display()))
         .await
         .unwrap();
-    for seed in 1..=6 {
-        mix(&store, seed, 200, |step| {
-            let pool = store.pool().clone();
-            async move {
-                let stored: Heads = sqlx::query_as(STORED).fetch_all(&pool).await.unwrap();
-                let expected: Heads = sqlx::query_as(FROM_TASKS).fetch_all(&pool).await.unwrap();
-                assert_eq!(stored, expected, "seed {seed}, after step {step}");
-            }
-        })
-        .await;
-    }
+    heads_follow_the_queue!(store);
 }
 
 #[tokio::test]
@@ -186,15 +195,5 @@ async fn postgres_batch_heads_follow_the_queue() {
         return;
     };
     let store: PgStore<String, String> = common::fresh_postgres(&url, "batch_heads").await;
-    for seed in 1..=6 {
-        mix(&store, seed, 200, |step| {
-            let pool = store.pool().clone();
-            async move {
-                let stored: Heads = sqlx::query_as(STORED).fetch_all(&pool).await.unwrap();
-                let expected: Heads = sqlx::query_as(FROM_TASKS).fetch_all(&pool).await.unwrap();
-                assert_eq!(stored, expected, "seed {seed}, after step {step}");
-            }
-        })
-        .await;
-    }
+    heads_follow_the_queue!(store);
 }
