@@ -87,17 +87,6 @@ fn inflate(bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Bytes as lowercase hex.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,10 +130,5 @@ mod tests {
             stderr_total: 0,
         };
         assert!(stored.into_log().is_err());
-    }
-
-    #[test]
-    fn hex_is_what_postgres_decodes() {
-        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
     }
 }

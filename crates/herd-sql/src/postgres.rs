@@ -18,7 +18,7 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Postgres as Db, Transaction};
 
-use herd_core::model::{BatchId, TaskId, Timestamp, WorkerId};
+use herd_core::model::{BatchId, StateCounts, TaskId, Timestamp, WorkerId};
 use herd_core::store::{AttemptInfo, BatchQuery, Signals, TaskQuery, WorkerInfo};
 
 use crate::OpenError;
@@ -487,72 +487,6 @@ impl SqlRow for BatchColumns<'_> {
     }
 }
 
-/// A changed batch row, as [`sql::WRITE_ALL`] reads it.
-#[derive(serde::Serialize)]
-struct BatchWrite<'a> {
-    id: i64,
-    state: &'static str,
-    deadline: Option<i64>,
-    open: bool,
-    paused: bool,
-    stopped: Option<String>,
-    cancelled: bool,
-    failed_by_policy: bool,
-    running_cost: u32,
-    last_served: i64,
-    next_index: u64,
-    next_ready: i64,
-    n: [u64; 8],
-    retries: u64,
-    /// Hex.
-    durations: Option<String>,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-    /// Only when it changed.
-    policy: Option<&'a str>,
-    /// Whether its queue changed ([`BatchRow::queue_changed`]): its head is
-    /// set again.
-    qc: bool,
-}
-
-impl<'a> BatchWrite<'a> {
-    fn of(b: &BatchRow, policy: Option<&'a str>) -> BatchWrite<'a> {
-        let c = &b.counts;
-        BatchWrite {
-            id: b.id.0,
-            state: b.state.as_str(),
-            deadline: b.deadline.map(|d| d.0),
-            open: b.open,
-            paused: b.paused,
-            stopped: b.stopped.map(|r| r.to_string()),
-            cancelled: b.cancelled,
-            failed_by_policy: b.failed_by_policy,
-            running_cost: b.running_cost,
-            last_served: b.last_served,
-            next_index: b.next_index,
-            next_ready: b.next_ready,
-            n: [
-                c.pending,
-                c.queued,
-                c.running,
-                c.retry_wait,
-                c.succeeded,
-                c.failed,
-                c.cancelled,
-                c.skipped,
-            ],
-            retries: b.retries,
-            durations: b.durations.as_deref().map(hex),
-            started_at: b.started_at.map(|t| t.0),
-            finished_at: b.finished_at.map(|t| t.0),
-            policy,
-            qc: b.queue_changed(),
-        }
-    }
-}
-
-use crate::logs::hex;
-
 /// Row sets go to PostgreSQL one typed array per column, read back with
 /// `UNNEST` ([`sql::unnest`]): it decodes binary arrays far faster than it
 /// parses JSON. `jsonb_to_recordset` of a worker turn's 200 task rows took
@@ -619,6 +553,42 @@ fn add_events(args: &mut PgArguments, rows: &[EventWrite]) -> Result<()> {
     add(args, column(rows, |e| e.body.as_str()))
 }
 
+/// Binds the [`sql::BATCH_WRITE`] columns of `rows`, each with its policy
+/// as JSON when it changed (`policies`, in the same order).
+fn add_batch_writes(
+    args: &mut PgArguments,
+    rows: &[&BatchRow],
+    policies: &[Option<String>],
+) -> Result<()> {
+    let count = |n: fn(&StateCounts) -> u64| column(rows, move |b| n(&b.counts) as i64);
+    add(args, column(rows, |b| b.id.0))?;
+    add(args, column(rows, |b| b.state.as_str()))?;
+    add(args, column(rows, |b| b.deadline.map(|d| d.0)))?;
+    add(args, column(rows, |b| b.open))?;
+    add(args, column(rows, |b| b.paused))?;
+    add(args, column(rows, |b| b.stopped.map(|r| r.to_string())))?;
+    add(args, column(rows, |b| b.cancelled))?;
+    add(args, column(rows, |b| b.failed_by_policy))?;
+    add(args, column(rows, |b| i64::from(b.running_cost)))?;
+    add(args, column(rows, |b| b.last_served))?;
+    add(args, column(rows, |b| b.next_index as i64))?;
+    add(args, column(rows, |b| b.next_ready))?;
+    add(args, count(|c| c.pending))?;
+    add(args, count(|c| c.queued))?;
+    add(args, count(|c| c.running))?;
+    add(args, count(|c| c.retry_wait))?;
+    add(args, count(|c| c.succeeded))?;
+    add(args, count(|c| c.failed))?;
+    add(args, count(|c| c.cancelled))?;
+    add(args, count(|c| c.skipped))?;
+    add(args, column(rows, |b| b.retries as i64))?;
+    add(args, column(rows, |b| b.durations.as_deref()))?;
+    add(args, column(rows, |b| b.started_at.map(|t| t.0)))?;
+    add(args, column(rows, |b| b.finished_at.map(|t| t.0)))?;
+    add(args, column(policies, |p| p.as_deref()))?;
+    add(args, column(rows, |b| b.queue_changed()))
+}
+
 /// Binds the [`sql::NEW_TASK`] columns of `rows`.
 fn add_new_tasks(args: &mut PgArguments, rows: &[NewTask]) -> Result<()> {
     add(args, column(rows, |t| t.id))?;
@@ -656,16 +626,16 @@ mod sql {
     /// other transaction changes its queue meanwhile.
     /// Data-modifying CTEs all run; the notifications are selected so that
     /// they run too. Parameters: the task columns ([`TASK_WRITE`]), the
-    /// batch rows as JSON (one or two rows, each with a score of columns),
-    /// the attempt columns ([`ATTEMPT_END`]), the event columns ([`EVENT`]),
-    /// the event count, the two channels, and the batch rows' ids again, as
-    /// an array: an index condition on `batches` whatever the join order
-    /// (a generic plan made while the table held one row walked all of
-    /// it, joined to the JSON rows, and kept doing so as batches piled up).
+    /// batch columns ([`BATCH_WRITE`]), the attempt columns
+    /// ([`ATTEMPT_END`]), the event columns ([`EVENT`]), the event count,
+    /// the two channels. The batch ids are also an index condition on
+    /// `batches` whatever the join order (a generic plan made while the
+    /// table held one row walked all of it, joined to the batch rows, and
+    /// kept doing so as batches piled up).
     pub(super) static WRITE_ALL: LazyLock<String> = LazyLock::new(|| {
         let tasks = 1;
         let batches = tasks + TASK_WRITE.len();
-        let attempts = batches + 1;
+        let attempts = batches + BATCH_WRITE.len();
         let events = attempts + ATTEMPT_END.len();
         let count = events + EVENT.len();
         format!(
@@ -675,12 +645,11 @@ mod sql {
                  paused = j.paused, stopped = j.stopped, cancelled = j.cancelled, \
                  failed_by_policy = j.failed_by_policy, running_cost = j.running_cost, \
                  last_served = j.last_served, next_index = j.next_index, \
-                 next_ready = j.next_ready, n_pending = (j.n->>0)::bigint, \
-                 n_queued = (j.n->>1)::bigint, n_running = (j.n->>2)::bigint, \
-                 n_retry_wait = (j.n->>3)::bigint, n_succeeded = (j.n->>4)::bigint, \
-                 n_failed = (j.n->>5)::bigint, n_cancelled = (j.n->>6)::bigint, \
-                 n_skipped = (j.n->>7)::bigint, retries = j.retries, \
-                 durations = decode(j.durations, 'hex'), started_at = j.started_at, \
+                 next_ready = j.next_ready, n_pending = j.n_pending, n_queued = j.n_queued, \
+                 n_running = j.n_running, n_retry_wait = j.n_retry_wait, \
+                 n_succeeded = j.n_succeeded, n_failed = j.n_failed, \
+                 n_cancelled = j.n_cancelled, n_skipped = j.n_skipped, retries = j.retries, \
+                 durations = j.durations, started_at = j.started_at, \
                  finished_at = j.finished_at, policy = COALESCE(j.policy, b.policy), \
                  (head_priority, head_cost) = (SELECT x.priority, x.cost FROM ( \
                    SELECT b.head_priority AS priority, b.head_cost AS cost, NULL::bigint AS rs \
@@ -694,13 +663,8 @@ mod sql {
                    SELECT w.p, w.c, w.rs FROM {written} \
                    WHERE j.qc AND w.b = j.id AND w.s = 'queued' \
                  ) x ORDER BY x.priority DESC, x.rs LIMIT 1) \
-               FROM jsonb_to_recordset(${batches}::jsonb) AS j(id bigint, state text, \
-                 deadline bigint, open boolean, paused boolean, stopped text, \
-                 cancelled boolean, failed_by_policy boolean, running_cost bigint, \
-                 last_served bigint, next_index bigint, next_ready bigint, n jsonb, \
-                 retries bigint, durations text, started_at bigint, finished_at bigint, \
-                 policy text, qc boolean) \
-               WHERE b.id = j.id AND b.id = ANY(${bids}::bigint[]) RETURNING 1), \
+               FROM {batch_rows} \
+               WHERE b.id = j.id AND b.id = ANY(${batches}::bigint[]) RETURNING 1), \
              ended AS ({insert} RETURNING 1), \
              seq AS ( \
                UPDATE herd_meta SET next_seq = next_seq + ${count} WHERE id = 1 AND ${count} > 0 \
@@ -719,7 +683,7 @@ mod sql {
             events = unnest(events, EVENT),
             c1 = count + 1,
             c2 = count + 2,
-            bids = count + 3,
+            batch_rows = unnest(batches, BATCH_WRITE),
         )
     });
 
@@ -758,6 +722,38 @@ mod sql {
         ("b", "bigint"),
         ("p", "bigint"),
         ("c", "bigint"),
+    ];
+
+    /// A batch row's mutable columns, written back
+    /// ([`super::add_batch_writes`]): `qc` says whether its queue changed,
+    /// so that its head is found again.
+    pub(super) const BATCH_WRITE: Columns = &[
+        ("id", "bigint"),
+        ("state", "text"),
+        ("deadline", "bigint"),
+        ("open", "boolean"),
+        ("paused", "boolean"),
+        ("stopped", "text"),
+        ("cancelled", "boolean"),
+        ("failed_by_policy", "boolean"),
+        ("running_cost", "bigint"),
+        ("last_served", "bigint"),
+        ("next_index", "bigint"),
+        ("next_ready", "bigint"),
+        ("n_pending", "bigint"),
+        ("n_queued", "bigint"),
+        ("n_running", "bigint"),
+        ("n_retry_wait", "bigint"),
+        ("n_succeeded", "bigint"),
+        ("n_failed", "bigint"),
+        ("n_cancelled", "bigint"),
+        ("n_skipped", "bigint"),
+        ("retries", "bigint"),
+        ("durations", "bytea"),
+        ("started_at", "bigint"),
+        ("finished_at", "bigint"),
+        ("policy", "text"),
+        ("qc", "boolean"),
     ];
 
     /// An attempt's row at its end ([`super::add_attempt_ends`]).
@@ -1326,15 +1322,9 @@ impl Tx for PgTx {
             .iter()
             .map(|b| b.policy_changed.then(|| json(&*b.policy)).transpose())
             .collect::<Result<_>>()?;
-        let batches: Vec<BatchWrite<'_>> = set
-            .batches
-            .iter()
-            .zip(&policies)
-            .map(|(b, policy)| BatchWrite::of(b, policy.as_deref()))
-            .collect();
         let mut args = PgArguments::default();
         add_task_writes(&mut args, &set.tasks)?;
-        add(&mut args, json(&batches)?)?;
+        add_batch_writes(&mut args, &set.batches, &policies)?;
         add_attempt_ends(&mut args, set.attempts_ended)?;
         add_events(&mut args, &set.events)?;
         add(&mut args, set.event_count as i64)?;
@@ -1346,7 +1336,6 @@ impl Tx for PgTx {
             &mut args,
             set.notify_control.then_some(self.control_channel.as_str()),
         )?;
-        add(&mut args, column(&set.batches, |b| b.id.0))?;
         let first: Option<i64> = sqlx::query_scalar_with(&sql::WRITE_ALL, args)
             .fetch_one(&mut *self.tx)
             .await
@@ -1456,12 +1445,14 @@ mod tests {
         let ended_types = array_types(sql::ATTEMPT_END);
         let ended_args = format!("({})", empty_arrays(sql::ATTEMPT_END));
         let write_all_types = format!(
-            "{write_types}, jsonb, {ended_types}, {}, bigint, text, text, bigint[]",
+            "{write_types}, {}, {ended_types}, {}, bigint, text, text",
+            array_types(sql::BATCH_WRITE),
             array_types(sql::EVENT)
         );
         let write_all_args = format!(
-            "({}, '[]', {}, {}, 0, NULL, NULL, '{{}}')",
+            "({}, {}, {}, {}, 0, NULL, NULL)",
             empty_arrays(sql::TASK_WRITE),
+            empty_arrays(sql::BATCH_WRITE),
             empty_arrays(sql::ATTEMPT_END),
             empty_arrays(sql::EVENT)
         );
@@ -1666,6 +1657,62 @@ mod tests {
             serde_json::json!({"t": 1, "a": 2, "w": 3, "st": 4, "at": 5, "o": "failed",
                 "r": "timeout", "x": -6, "e": "error", "so": "\\xab", "se": "\\xcdef",
                 "z": true, "ot": 7, "et": 8})
+        );
+
+        // A batch row as a store reads it, every written field then changed.
+        sqlx::query("DROP SCHEMA IF EXISTS row_sets CASCADE")
+            .execute(&pool)
+            .await
+            .unwrap();
+        let store = PgStore::<String, String>::connect_in_schema(&url, "row_sets")
+            .await
+            .unwrap();
+        let batch = herd_core::store::Store::batch_insert(
+            &store,
+            herd_core::BatchSpec::new("rows"),
+            Timestamp(1),
+        )
+        .await
+        .unwrap()
+        .batch;
+        let mut b = store.dialect.batch_read(batch).await.unwrap().unwrap();
+        b.state = herd_core::BatchState::Running;
+        b.deadline = Some(Timestamp(2));
+        b.open = true;
+        b.paused = true;
+        b.stopped = Some(herd_core::Reason::Deadline);
+        b.cancelled = true;
+        b.failed_by_policy = true;
+        b.running_cost = 3;
+        b.last_served = 4;
+        b.next_index = 5;
+        b.next_ready = 6;
+        b.counts = herd_core::StateCounts {
+            pending: 7,
+            queued: 8,
+            running: 9,
+            retry_wait: 10,
+            succeeded: 11,
+            failed: 12,
+            cancelled: 13,
+            skipped: 14,
+        };
+        b.retries = 15;
+        b.durations = Some(vec![0x01, 0xFF]);
+        b.started_at = Some(Timestamp(16));
+        b.finished_at = Some(Timestamp(17));
+        let stopped = b.stopped.unwrap().to_string();
+        let mut args = PgArguments::default();
+        add_batch_writes(&mut args, &[&b], &[Some("{}".into())]).unwrap();
+        assert_eq!(
+            read(sql::BATCH_WRITE, args).await,
+            serde_json::json!({"id": batch.0, "state": "running", "deadline": 2, "open": true,
+                "paused": true, "stopped": stopped, "cancelled": true,
+                "failed_by_policy": true, "running_cost": 3, "last_served": 4,
+                "next_index": 5, "next_ready": 6, "n_pending": 7, "n_queued": 8,
+                "n_running": 9, "n_retry_wait": 10, "n_succeeded": 11, "n_failed": 12,
+                "n_cancelled": 13, "n_skipped": 14, "retries": 15, "durations": "\\x01ff",
+                "started_at": 16, "finished_at": 17, "policy": "{}", "qc": true})
         );
 
         let event = EventWrite {
