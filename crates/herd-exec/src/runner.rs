@@ -81,6 +81,19 @@ struct Config {
     env: Vec<(OsString, OsString)>,
     on_end: Option<OnEnd>,
     output_wait: Duration,
+    /// `/dev/null`, opened once: each command's stdin is a copy of it
+    /// (`dup` rather than `open`, which looks the path up every time).
+    null: Option<std::fs::File>,
+}
+
+impl Config {
+    /// A fresh stdin for a command: `/dev/null`.
+    fn stdin(&self) -> Stdio {
+        match self.null.as_ref().map(std::fs::File::try_clone) {
+            Some(Ok(null)) => Stdio::from(null),
+            _ => Stdio::null(),
+        }
+    }
 }
 
 /// Builds a [`CommandRunner`].
@@ -149,6 +162,7 @@ impl CommandRunner {
                 env: Vec::new(),
                 on_end: None,
                 output_wait: Duration::from_millis(100),
+                null: std::fs::File::open("/dev/null").ok(),
             },
         }
     }
@@ -264,7 +278,7 @@ async fn run_attempt(
     command
         .args(args)
         .process_group(0)
-        .stdin(Stdio::null())
+        .stdin(config.stdin())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (key, value) in &config.env {
