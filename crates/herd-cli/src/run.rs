@@ -25,14 +25,17 @@ use crate::store::{BatchRef, Location, with_store};
 /// The flow of every batch `herd run` creates.
 pub const FLOW: &str = "command";
 
-/// Cost units the worker may hold claimed beyond its slots, per job
-/// (`WorkerConfig::ahead`): refilled once half have started, so that a
+/// Cost units the worker may hold claimed beyond its slots, per job, at
+/// most (`WorkerConfig::ahead`; it holds fewer when attempts take longer,
+/// `WorkerConfig::HOLD_FOR`): refilled once half have started, so that a
 /// store call reports and claims several tasks. 10,000 `/bin/true` at
-/// `-j2`, quiet machine, beside `xargs -P2` at 4.9-5.1 s, two runs each
-/// (four for four): one per job 7.25-7.56 s, two 6.75-6.88 s, four
-/// 6.05-6.42 s, eight 6.04-6.09 s, sixteen 5.96-6.03 s, thirty-two
-/// 6.29-6.42 s.
-const AHEAD: u32 = 4;
+/// `-j2`, quiet machine, beside `xargs -P2` at 4.9-5.1 s: four per job
+/// 6.0-6.3 s, sixteen 5.3-5.5 s, thirty-two 5.4-5.7 s, sixty-four
+/// 5.4-5.6 s (2026-12-05, docs/design/cli.md). A larger hand varies the
+/// shapes of the turns' scripts more, and the SQLite writer keeps each
+/// shape prepared: thirty-two took the peak RSS to 18-20 MB when it kept
+/// 64 of them (16 now).
+const AHEAD: u32 = 16;
 
 /// What `herd run` stores with a batch (in its policy's `meta`), so that
 /// `--resume` and `herd retry` run it the same way.

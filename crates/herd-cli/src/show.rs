@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 
 use herd_core::store::{Store, TaskInfo, TaskQuery};
 use herd_core::{
-    BatchId, BatchInfo, BatchState, BatchStats, Event, EventKind, StateCounts, TaskId, TaskState,
-    Timestamp,
+    BatchId, BatchInfo, BatchState, BatchStats, Event, EventKind, StateCounts, TaskState,
 };
-use herd_exec::{OutputSink, Stream, TaskRef};
+use herd_exec::{AttemptEnd, OutputSink, Stream, TaskRef};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::cli::exit;
@@ -100,6 +99,31 @@ pub struct TerminalSink {
     bar: OnceLock<ProgressBar>,
     suspend: bool,
     ordered: Option<Mutex<Ordered>>,
+    /// The commands of this process, as they run: the tasks the store
+    /// lists as running also count those its worker holds, claimed and
+    /// not started (docs/design/cli.md, "Claiming ahead").
+    commands: Mutex<Commands>,
+}
+
+/// The commands running now and the slowest that ran, as the runner
+/// started and ended them.
+#[derive(Default)]
+struct Commands {
+    /// When each running attempt started, by task index.
+    started: HashMap<u64, Instant>,
+    /// The slowest attempts, slowest first: (duration, job number).
+    slowest: Vec<(Duration, u64)>,
+}
+
+impl Commands {
+    fn record(&mut self, took: Duration, job: u64) {
+        if self.slowest.len() == SLOWEST && self.slowest.last().is_some_and(|s| s.0 >= took) {
+            return;
+        }
+        let at = self.slowest.partition_point(|s| s.0 >= took);
+        self.slowest.insert(at, (took, job));
+        self.slowest.truncate(SLOWEST);
+    }
 }
 
 /// Output held back for `--keep-order`.
@@ -129,7 +153,20 @@ impl TerminalSink {
                     held: HashMap::new(),
                 })
             }),
+            commands: Mutex::new(Commands::default()),
         }
+    }
+
+    /// Commands running now.
+    fn running(&self) -> u64 {
+        let commands = self.commands.lock().expect("no panics under this lock");
+        commands.started.len() as u64
+    }
+
+    /// The slowest commands that ran, slowest first: (duration, job number).
+    fn slowest(&self) -> Vec<(Duration, u64)> {
+        let commands = self.commands.lock().expect("no panics under this lock");
+        commands.slowest.clone()
     }
 
     fn write(&self, lines: &[(Stream, &[u8])]) {
@@ -175,6 +212,19 @@ impl TerminalSink {
 }
 
 impl OutputSink for TerminalSink {
+    fn started(&self, task: &TaskRef) {
+        let mut commands = self.commands.lock().expect("no panics under this lock");
+        commands.started.insert(task.index, Instant::now());
+    }
+
+    fn ended(&self, task: &TaskRef, _: &AttemptEnd<'_>) -> Option<String> {
+        let mut commands = self.commands.lock().expect("no panics under this lock");
+        if let Some(since) = commands.started.remove(&task.index) {
+            commands.record(since.elapsed(), task.index + 1);
+        }
+        None
+    }
+
     fn line(&self, task: &TaskRef, stream: Stream, line: &[u8]) {
         if !self.show {
             return;
@@ -207,9 +257,6 @@ pub struct Progress {
     finished_at_start: u64,
     started: Instant,
     last_plain: Instant,
-    running_since: HashMap<TaskId, (u64, Timestamp)>,
-    /// The slowest attempts seen, slowest first: (duration, job number).
-    slowest: Vec<(Duration, u64)>,
     sink: Arc<TerminalSink>,
 }
 
@@ -243,8 +290,6 @@ impl Progress {
             finished_at_start: info.counts.finished(),
             started: now,
             last_plain: now,
-            running_since: HashMap::new(),
-            slowest: Vec::new(),
             sink,
         };
         progress.redraw();
@@ -254,38 +299,16 @@ impl Progress {
     /// Applies one event of the batch.
     pub fn event(&mut self, event: &Event) {
         let EventKind::Task {
-            task,
-            index,
-            from,
-            to,
-            ..
+            index, from, to, ..
         } = event.kind
         else {
             return;
         };
         self.counts.shift(from, to);
-        if to == TaskState::Running {
-            self.running_since.insert(task, (index, event.at));
-        } else if from == Some(TaskState::Running)
-            && let Some((index, since)) = self.running_since.remove(&task)
-            // A claim given back unstarted ran no time.
-            && to != TaskState::Queued
-        {
-            self.record(event.at.since(since), index + 1);
-        }
         if to.is_terminal() {
             self.sink.task_ended(index);
         }
         self.redraw();
-    }
-
-    fn record(&mut self, took: Duration, job: u64) {
-        if self.slowest.len() == SLOWEST && self.slowest.last().is_some_and(|s| s.0 >= took) {
-            return;
-        }
-        let at = self.slowest.partition_point(|s| s.0 >= took);
-        self.slowest.insert(at, (took, job));
-        self.slowest.truncate(SLOWEST);
     }
 
     /// A task failed: say so above the bar.
@@ -341,7 +364,9 @@ impl Progress {
             };
             eprintln!(
                 "herd: {} {done}/{total} done ({} failed), {} running, {rate:.1}/s{eta}",
-                self.batch, self.counts.failed, self.counts.running
+                self.batch,
+                self.counts.failed,
+                self.sink.running()
             );
         }
     }
@@ -362,14 +387,14 @@ impl Progress {
                 "✓{} ✗{} ▶{}",
                 self.counts.succeeded,
                 self.counts.failed + self.counts.cancelled + self.counts.skipped,
-                self.counts.running
+                self.sink.running()
             ));
         }
     }
 
-    /// Tasks running now.
+    /// Commands running now.
     pub fn running(&self) -> u64 {
-        self.counts.running
+        self.sink.running()
     }
 
     /// Removes the bar.
@@ -407,7 +432,7 @@ impl Summary {
             counts: info.counts,
             interrupted,
             wall: progress.started.elapsed(),
-            slowest: progress.slowest.clone(),
+            slowest: progress.sink.slowest(),
             command: settings.command.join(" "),
         }
     }

@@ -1340,10 +1340,10 @@ async fn one_slot_sleeping(
 }
 
 /// The most tasks the store had running for a worker with one slot that
-/// may hold two ahead, over tasks that each take `takes` (paused time).
-async fn most_claimed_at_once(takes: Duration) -> u64 {
-    let payloads = (0..8).map(|i| i.to_string()).collect();
-    let (_store, mut events, batch, worker) = one_slot_sleeping(takes, payloads, 2).await;
+/// may hold `ahead` ahead, over tasks that each take `takes` (paused time).
+async fn most_claimed_at_once(takes: Duration, ahead: u32) -> u64 {
+    let payloads = (0..24).map(|i| i.to_string()).collect();
+    let (_store, mut events, batch, worker) = one_slot_sleeping(takes, payloads, ahead).await;
     let (mut running, mut most) = (0i64, 0i64);
     loop {
         let group = events.recv().await.unwrap();
@@ -1394,9 +1394,29 @@ impl<S: Store<Payload = String, Output = String>> Runner<S> for Sleep {
 #[tokio::test(start_paused = true)]
 async fn a_worker_holds_tasks_only_while_attempts_are_short() {
     let short = WorkerConfig::HOLD_WHILE_UNDER / 10;
-    assert_eq!(most_claimed_at_once(short).await, 3, "1 running, 2 held");
+    assert_eq!(most_claimed_at_once(short, 2).await, 3, "1 running, 2 held");
     let long = WorkerConfig::HOLD_WHILE_UNDER * 2;
-    assert_eq!(most_claimed_at_once(long).await, 1, "none held");
+    assert_eq!(most_claimed_at_once(long, 2).await, 1, "none held");
+}
+
+/// A worker holds no more than its slots start in `HOLD_FOR` at the pace
+/// its attempts end, however many it may hold: the last held waits about
+/// that long, whatever the attempts' length.
+#[tokio::test(start_paused = true)]
+async fn the_hand_is_bounded_in_time() {
+    // Timers tick in whole milliseconds: durations that round to none.
+    assert_eq!(WorkerConfig::HOLD_FOR, Duration::from_millis(20));
+    let quick = Duration::from_millis(2);
+    assert_eq!(most_claimed_at_once(quick, 8).await, 9, "1 running, 8 held");
+    let slower = Duration::from_millis(8);
+    assert_eq!(
+        most_claimed_at_once(slower, 8).await,
+        3,
+        "1 running, 2 held"
+    );
+    let slow = WorkerConfig::HOLD_FOR * 2;
+    assert!(slow < WorkerConfig::HOLD_WHILE_UNDER);
+    assert_eq!(most_claimed_at_once(slow, 8).await, 2, "1 running, 1 held");
 }
 
 /// With tasks held, a store call reports several ended attempts and

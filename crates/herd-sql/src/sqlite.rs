@@ -47,9 +47,14 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Scripts the writer connection keeps prepared (least recently used go).
 /// A script of [`CACHED_SCRIPT`] bytes takes about a megabyte prepared
-/// (some 15 times its text), so this bounds the cache near 64 MB at worst;
-/// the turns of a worker repeat a handful of shapes.
-const WRITER_STATEMENTS: usize = 64;
+/// (some 15 times its text), so this bounds the cache near 16 MB at worst;
+/// the turns of a steady drain repeat a handful of shapes. The turns of
+/// `herd run` over short commands vary more (each count of reports and
+/// claims is a shape of its own): keeping 64 took its peak RSS from 15 to
+/// 16-20 MB with a hand of 32 tasks (10,000 `/bin/true`), and 16 kept it
+/// under 15 MB at the same speed; the 100-slot worker loop drains as fast
+/// with 16 (`store_drain sqlite`, 55.5k tasks/s, 56.0k with 64).
+const WRITER_STATEMENTS: usize = 16;
 
 /// The writer connection's page cache (`PRAGMA cache_size`; negative:
 /// KiB). SQLite's default is 2 MiB, which a large submit fills with pages

@@ -58,17 +58,18 @@ pub struct WorkerConfig {
     pub pool: Option<Arc<SlotPool>>,
     /// Claim tasks only from this batch; `None`: from any batch.
     pub batch: Option<BatchId>,
-    /// Cost units of tasks it may hold claimed beyond its slots, ready to
-    /// start the moment a slot frees, so that a slot does not wait for the
-    /// store call that reports its last attempt and claims the next (0:
-    /// none). The hand is filled again once half of it has started, and
-    /// reports wait for that call while held tasks remain, so that one
-    /// store call reports and claims several tasks. It holds tasks only
-    /// while its attempts are short (under
-    /// [`WorkerConfig::HOLD_WHILE_UNDER`] on average): a task held is
-    /// leased, counts against its batch's concurrency, and waits; long
-    /// attempts would leave it waiting long, where another worker could
-    /// run it. A stopping worker gives the tasks it holds back
+    /// Cost units of tasks it may hold claimed beyond its slots, at most,
+    /// ready to start the moment a slot frees, so that a slot does not
+    /// wait for the store call that reports its last attempt and claims
+    /// the next (0: none). The hand is filled again once half of it has
+    /// started, and reports wait for that call while held tasks remain, so
+    /// that one store call reports and claims several tasks. It holds
+    /// tasks only while its attempts are short (under
+    /// [`WorkerConfig::HOLD_WHILE_UNDER`] on average), and no more than
+    /// its slots start in [`WorkerConfig::HOLD_FOR`] at that pace: a task
+    /// held is leased, counts against its batch's concurrency, and waits;
+    /// long attempts would leave it waiting long, where another worker
+    /// could run it. A stopping worker gives the tasks it holds back
     /// ([`AttemptOutcome::Released`]).
     pub ahead: u32,
 }
@@ -77,6 +78,24 @@ impl WorkerConfig {
     /// How short attempts must be, on average, for a worker to hold tasks
     /// ahead ([`WorkerConfig::ahead`]).
     pub const HOLD_WHILE_UNDER: Duration = Duration::from_millis(50);
+
+    /// How long the last of a full hand waits, about: the hand holds no
+    /// more than the worker's slots start in this time, at the pace its
+    /// attempts end ([`WorkerConfig::ahead`] at most, one unit at least).
+    /// So the shorter the attempts, the more tasks a store call serves,
+    /// while a held task waits about as long whatever their length.
+    pub const HOLD_FOR: Duration = Duration::from_millis(20);
+
+    /// The cost units to hold ahead when attempts take `pace` on average
+    /// and `slots` run at once; `ahead` at most.
+    fn hand(ahead: u32, slots: u32, pace: Duration) -> u32 {
+        let per_slot = Self::HOLD_FOR.as_nanos() / pace.as_nanos().max(1);
+        let units = u32::try_from(per_slot.saturating_mul(u128::from(slots))).unwrap_or(u32::MAX);
+        match ahead {
+            0 => 0,
+            _ => units.clamp(1, ahead),
+        }
+    }
 }
 
 impl Default for WorkerConfig {
@@ -563,9 +582,13 @@ impl<S: Store> Worker<S> {
             // filled again once half of it has started, so that a turn
             // reports and claims several tasks rather than one.
             let holding = !stopping && state.short_attempts();
-            let refill = holding && state.in_hand_cost <= self.config.ahead / 2;
+            let hand = match (holding, state.pace) {
+                (true, Some(pace)) => WorkerConfig::hand(self.config.ahead, pool.share(), pace),
+                _ => 0,
+            };
+            let refill = holding && state.in_hand_cost <= hand / 2;
             let hold = match refill {
-                true => self.config.ahead - state.in_hand_cost,
+                true => hand.saturating_sub(state.in_hand_cost),
                 false => 0,
             };
             // Reports wait for the refill while held tasks keep the slots
