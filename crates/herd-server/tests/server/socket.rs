@@ -85,9 +85,8 @@ async fn a_real_socket_serves_the_api_runs_batches_and_stops_on_request() {
     // listener may take it at once: a connection that is accepted must at
     // least not reach this server (which would know the batch).
     if let Ok(mut stream) = TcpStream::connect(addr).await {
-        let request = format!(
-            "GET /api/batches/{id} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-        );
+        let request =
+            format!("GET /api/batches/{id} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
         let mut answer = Vec::new();
         let exchange = async {
             stream.write_all(request.as_bytes()).await?;
