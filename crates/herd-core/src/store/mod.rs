@@ -9,6 +9,7 @@
 //!
 //! Stores never read a clock; every operation takes `now` (see [`crate::Clock`]).
 
+mod delegate;
 mod memory;
 mod signals;
 mod types;
@@ -256,7 +257,7 @@ pub trait Store: Send + Sync + 'static {
     fn batch_purge(&self, batch: BatchId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Subscribes to the events of every later operation.
-    fn events(&self) -> broadcast::Receiver<Events>;
+    fn events(&self) -> EventReceiver;
 
     /// Wake-ups for workers: new work, and cancellations to pick up.
     fn signals(&self) -> &Signals;
@@ -266,6 +267,9 @@ pub trait Store: Send + Sync + 'static {
     /// the work in flight rather than the work done.
     fn retains_finished_tasks(&self) -> bool;
 }
+
+/// What [`Store::events`] returns: each operation's events, as it commits.
+pub type EventReceiver = broadcast::Receiver<Events>;
 
 /// What [`Store::task_complete_and_claim`] returns: the completions'
 /// results and the claim's, or an error if nothing was recorded.

@@ -10,18 +10,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use herd_core::store::{
-    Appended, Applied, AttemptInfo, BatchQuery, CancelMode, Claim, ClaimRequest, Completion,
-    EventQuery, Events, Fence, Inserted, Renewal, Rerun, Signals, Store, StoreError, TaskInfo,
-    TaskQuery, TaskRecord, WorkerInfo,
-};
-use herd_core::{
-    BatchId, BatchInfo, BatchSpec, BatchStats, Event, TaskId, TaskSpec, Timestamp, WorkerId,
-};
+use herd_core::store::{Claim, ClaimRequest, Store, StoreError};
+use herd_core::{BatchId, Timestamp};
 use herd_server::client::Client;
 use herd_server::{Bound, ServeError, ServerConfig};
 use tokio::net::TcpStream;
-use tokio::sync::broadcast;
 
 use super::support::{Sqlite, config};
 
@@ -34,36 +27,6 @@ struct Broken<S> {
 impl<S: Store> Store for Broken<S> {
     type Payload = S::Payload;
     type Output = S::Output;
-
-    async fn worker_register(
-        &self,
-        host: &str,
-        pid: u32,
-        now: Timestamp,
-    ) -> Result<WorkerId, StoreError> {
-        self.inner.worker_register(host, pid, now).await
-    }
-
-    async fn batch_insert(
-        &self,
-        spec: BatchSpec<S::Payload>,
-        now: Timestamp,
-    ) -> Result<Inserted, StoreError> {
-        self.inner.batch_insert(spec, now).await
-    }
-
-    async fn task_append(
-        &self,
-        batch: BatchId,
-        tasks: Vec<TaskSpec<S::Payload>>,
-        now: Timestamp,
-    ) -> Result<Appended, StoreError> {
-        self.inner.task_append(batch, tasks, now).await
-    }
-
-    async fn batch_seal(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
-        self.inner.batch_seal(batch, now).await
-    }
 
     async fn task_claim(
         &self,
@@ -78,125 +41,34 @@ impl<S: Store> Store for Broken<S> {
         self.inner.task_claim(request, now).await
     }
 
-    async fn lease_renew(
-        &self,
-        worker: WorkerId,
-        running: Vec<Fence>,
-        lease_until: Timestamp,
-        now: Timestamp,
-    ) -> Result<Renewal, StoreError> {
-        self.inner
-            .lease_renew(worker, running, lease_until, now)
-            .await
-    }
-
-    async fn task_complete(
-        &self,
-        worker: WorkerId,
-        completions: Vec<Completion<S::Output>>,
-        now: Timestamp,
-    ) -> Result<Applied, StoreError> {
-        self.inner.task_complete(worker, completions, now).await
-    }
-
-    async fn task_cancel(
-        &self,
-        task: TaskId,
-        mode: CancelMode,
-        now: Timestamp,
-    ) -> Result<Events, StoreError> {
-        self.inner.task_cancel(task, mode, now).await
-    }
-
-    async fn batch_cancel(
-        &self,
-        batch: BatchId,
-        mode: CancelMode,
-        now: Timestamp,
-    ) -> Result<Events, StoreError> {
-        self.inner.batch_cancel(batch, mode, now).await
-    }
-
-    async fn batch_pause(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
-        self.inner.batch_pause(batch, now).await
-    }
-
-    async fn batch_resume(&self, batch: BatchId, now: Timestamp) -> Result<Events, StoreError> {
-        self.inner.batch_resume(batch, now).await
-    }
-
-    async fn batch_rerun(
-        &self,
-        batch: BatchId,
-        downstream: bool,
-        now: Timestamp,
-    ) -> Result<Rerun, StoreError> {
-        self.inner.batch_rerun(batch, downstream, now).await
-    }
-
-    async fn task_rescue(&self, now: Timestamp) -> Result<Events, StoreError> {
-        self.inner.task_rescue(now).await
-    }
-
-    async fn batch_expire(&self, now: Timestamp) -> Result<Events, StoreError> {
-        self.inner.batch_expire(now).await
-    }
-
-    async fn batch_get(&self, batch: BatchId) -> Result<BatchInfo, StoreError> {
-        self.inner.batch_get(batch).await
-    }
-
-    async fn batch_stats(&self, batch: BatchId, now: Timestamp) -> Result<BatchStats, StoreError> {
-        self.inner.batch_stats(batch, now).await
-    }
-
-    async fn task_get(&self, task: TaskId) -> Result<TaskInfo, StoreError> {
-        self.inner.task_get(task).await
-    }
-
-    async fn worker_expire(&self, worker: WorkerId, now: Timestamp) -> Result<Events, StoreError> {
-        self.inner.worker_expire(worker, now).await
-    }
-
-    async fn batch_list(&self, query: BatchQuery) -> Result<Vec<BatchInfo>, StoreError> {
-        self.inner.batch_list(query).await
-    }
-
-    async fn task_list(
-        &self,
-        batch: BatchId,
-        query: TaskQuery,
-    ) -> Result<Vec<TaskRecord<S::Payload, S::Output>>, StoreError> {
-        self.inner.task_list(batch, query).await
-    }
-
-    async fn task_attempts(&self, task: TaskId) -> Result<Vec<AttemptInfo>, StoreError> {
-        self.inner.task_attempts(task).await
-    }
-
-    async fn worker_list(&self) -> Result<Vec<WorkerInfo>, StoreError> {
-        self.inner.worker_list().await
-    }
-
-    async fn event_list(&self, query: EventQuery) -> Result<Vec<Event>, StoreError> {
-        self.inner.event_list(query).await
-    }
-
-    async fn batch_purge(&self, batch: BatchId) -> Result<(), StoreError> {
-        self.inner.batch_purge(batch).await
-    }
-
-    fn events(&self) -> broadcast::Receiver<Events> {
-        self.inner.events()
-    }
-
-    fn signals(&self) -> &Signals {
-        self.inner.signals()
-    }
-
-    fn retains_finished_tasks(&self) -> bool {
-        self.inner.retains_finished_tasks()
-    }
+    herd_core::delegate_store!(inner:
+        worker_register,
+        batch_insert,
+        task_append,
+        batch_seal,
+        lease_renew,
+        task_complete,
+        task_cancel,
+        batch_cancel,
+        batch_pause,
+        batch_resume,
+        batch_rerun,
+        task_rescue,
+        batch_expire,
+        batch_get,
+        batch_stats,
+        task_get,
+        worker_expire,
+        batch_list,
+        task_list,
+        task_attempts,
+        worker_list,
+        event_list,
+        batch_purge,
+        events,
+        signals,
+        retains_finished_tasks,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
