@@ -552,3 +552,65 @@ pub fn seconds(d: Duration) -> String {
         format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herd_core::Attempt;
+
+    fn task(index: u64) -> TaskRef {
+        TaskRef {
+            batch: BatchId(1),
+            task: herd_core::TaskId(index as i64 + 10),
+            index,
+            attempt: Attempt(1),
+        }
+    }
+
+    fn end(sink: &TerminalSink, index: u64) {
+        let log = herd_core::store::AttemptLog::default();
+        let end = AttemptEnd {
+            exit: herd_exec::Exit::Code(0),
+            log: &log,
+            cancelled: false,
+            output_cut: false,
+        };
+        assert_eq!(sink.ended(&task(index), &end), None);
+    }
+
+    /// Running counts the commands started and not ended, whatever the
+    /// store says (tasks held ahead are claimed, not started); each that
+    /// ended is timed from its own start.
+    #[test]
+    fn running_and_slowest_follow_the_commands() {
+        let sink = TerminalSink::new(&View::new(true, false, false), None);
+        for index in 0..3 {
+            sink.started(&task(index));
+        }
+        assert_eq!(sink.running(), 3);
+        end(&sink, 1);
+        end(&sink, 2);
+        assert_eq!(sink.running(), 1);
+        let jobs: BTreeSet<u64> = sink.slowest().iter().map(|s| s.1).collect();
+        assert_eq!(jobs, BTreeSet::from([2, 3]));
+        // An end without a start (a task that never ran here) counts nothing.
+        end(&sink, 7);
+        assert_eq!(sink.running(), 1);
+        assert_eq!(sink.slowest().len(), 2);
+    }
+
+    /// The slowest are kept slowest first, five at most.
+    #[test]
+    fn the_slowest_five_are_kept_in_order() {
+        let mut commands = Commands::default();
+        for (ms, job) in [(5, 1), (9, 2), (1, 3), (7, 4), (3, 5), (8, 6), (2, 7)] {
+            commands.record(Duration::from_millis(ms), job);
+        }
+        let kept: Vec<(u64, u64)> = commands
+            .slowest
+            .iter()
+            .map(|(took, job)| (took.as_millis() as u64, *job))
+            .collect();
+        assert_eq!(kept, [(9, 2), (8, 6), (7, 4), (5, 1), (3, 5)]);
+    }
+}
