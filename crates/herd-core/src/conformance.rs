@@ -4314,12 +4314,13 @@ pub mod cases {
     }
 
     /// Operations on more rows than one SQL statement takes (a durable
-    /// store sends them in pieces within the transaction): a submit of
-    /// 2,100 tasks, half of them waiting for the one before, and a report
-    /// of 1,050 completions with the claim of the 1,050 tasks they
-    /// released, each whole, in order, with every event.
+    /// store sends them in pieces within the transaction, and a submit's
+    /// tasks 4,000 at a time): a submit of 4,100 tasks, half of them
+    /// waiting for the one before, and a report of 2,050 completions with
+    /// the claim of the 2,050 tasks they released, each whole, in order,
+    /// with every event.
     pub async fn large_operations_are_whole<S: SuiteStore>(store: S) {
-        const N: usize = 2_100;
+        const N: usize = 4_100;
         let mut h = Harness::new(store).await;
         let key = |i: usize| format!("t{i:04}");
         let tasks = (0..N)
