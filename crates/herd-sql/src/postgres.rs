@@ -1352,10 +1352,13 @@ mod tests {
     /// tests are skipped, said in one loud line, and fail instead with
     /// `HERD_REQUIRE_POSTGRES=1`.
     fn test_database() -> Option<String> {
-        let url = std::env::var("HERD_TEST_DATABASE_URL").ok();
+        let url = std::env::var("HERD_TEST_DATABASE_URL")
+            .ok()
+            .filter(|url| !url.is_empty());
         assert!(
             url.is_some() || std::env::var("HERD_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-            "HERD_REQUIRE_POSTGRES=1 but HERD_TEST_DATABASE_URL is not set"
+            "HERD_REQUIRE_POSTGRES=1 but HERD_TEST_DATABASE_URL is not set: point it at a \
+             PostgreSQL database (postgres://postgres@127.0.0.1:5432/test)"
         );
         if url.is_none() {
             eprintln!("*** SKIPPED: a PostgreSQL test: HERD_TEST_DATABASE_URL is not set ***");

@@ -773,12 +773,16 @@ async fn drain_with_workers<S: Store<Payload = String, Output = String>>(
             .task_attempts(TaskId(task))
             .await
             .expect("the task's attempts");
-        for earlier in recorded.iter().filter(|a| a.attempt.0 < last) {
+        for &earlier in attempts.iter().filter(|&&a| a < last) {
+            let reason = recorded
+                .iter()
+                .find(|r| r.attempt.0 == earlier)
+                .and_then(|r| r.reason);
             assert_eq!(
-                earlier.reason,
+                reason,
                 Some(Reason::Lost),
-                "task {task} ran again, but its attempt {} did not lose its lease: {recorded:?}",
-                earlier.attempt.0
+                "task {task} ran again, but its attempt {earlier} did not lose its lease: \
+                 {recorded:?}"
             );
         }
     }

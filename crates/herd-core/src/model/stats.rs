@@ -139,7 +139,8 @@ impl DurationHistogram {
     /// [`DurationHistogram::from_bytes`]) made a batch of commands of varied
     /// lengths carry kilobytes in every write of its row (after 10,000 runs
     /// of `/bin/true`, 279 buckets: 4,464 bytes, past a SQLite page and
-    /// PostgreSQL's TOAST threshold; 530 in this format). Its length is never a multiple of 16, the first format's.
+    /// PostgreSQL's TOAST threshold; 530 in this format). Its length is
+    /// never a multiple of 16, as the first format's always is.
     pub fn to_bytes(&self) -> Vec<u8> {
         let Some(histogram) = self.inner.as_ref().filter(|h| !h.is_empty()) else {
             return Vec::new();
