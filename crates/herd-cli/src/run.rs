@@ -29,12 +29,11 @@ pub const FLOW: &str = "command";
 /// most (`WorkerConfig::ahead`; it holds fewer when attempts take longer,
 /// `WorkerConfig::HOLD_FOR`): refilled once half have started, so that a
 /// store call reports and claims several tasks. 10,000 `/bin/true` at
-/// `-j2`, quiet machine, beside `xargs -P2` at 4.9-5.1 s: four per job
-/// 6.0-6.3 s, sixteen 5.3-5.5 s, thirty-two 5.4-5.7 s, sixty-four
-/// 5.4-5.6 s (2026-12-05, docs/design/cli.md). A larger hand varies the
-/// shapes of the turns' scripts more, and the SQLite writer keeps each
-/// shape prepared: thirty-two took the peak RSS to 18-20 MB when it kept
-/// 64 of them (16 now).
+/// `-j2`, beside `xargs -P2` at 4.8-5.2 s, single runs taking turns
+/// (2026-12-05, docs/design/cli.md): four per job 6.0-6.3 s; sixteen,
+/// thirty-two and sixty-four 5.4-6.0 s, no order among them beyond the
+/// noise. Thirty-two also took the peak RSS to 18-20 MB (the SQLite
+/// writer then kept 64 prepared scripts, one per shape of turn).
 const AHEAD: u32 = 16;
 
 /// What `herd run` stores with a batch (in its policy's `meta`), so that

@@ -50,11 +50,13 @@ static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 /// (some 15 times its text), so this bounds the cache near 16 MB at worst;
 /// the turns of a steady drain repeat a handful of shapes. The turns of
 /// `herd run` over short commands vary more (each count of reports and
-/// claims is a shape of its own): keeping 64 took its peak RSS from 15 to
-/// 16-20 MB with a hand of 32 tasks (10,000 `/bin/true`), and 16 kept it
-/// under 15 MB at the same speed. The drains do not notice (callgrind,
-/// `store_drain sqlite`, 5,000 tasks: the drain 661 M instructions with
-/// 16 or 64, the 100-slot worker loop 894 M with 16 and 900 M with 64).
+/// claims is a shape of its own), and its peak RSS is within a few
+/// hundred KB of its 15 MB goal: 16 bounds what they can take. Measured
+/// (10,000 `/bin/true`, three runs each, 16 tasks per job held): 14.4-15.7
+/// MB keeping 64, 14.4-14.7 MB keeping 16, no clear difference keeping 4;
+/// with 32 per job held and 64 kept, 18-20 MB. The drains do not notice
+/// (callgrind, `store_drain sqlite`, 5,000 tasks: the drain 661 M
+/// instructions with 16 or 64, the 100-slot worker loop 894 M and 900 M).
 const WRITER_STATEMENTS: usize = 16;
 
 /// The writer connection's page cache (`PRAGMA cache_size`; negative:
