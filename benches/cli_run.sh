@@ -31,6 +31,13 @@ mkdir -p ~/.parallel && touch ~/.parallel/will-cite
 
 cargo build --quiet --release -p herd-cli
 herd="$(pwd)/${CARGO_TARGET_DIR:-target}/release/herd"
+# The code herd run executes is laid out together (crates/herd-cli/build.rs)
+# as long as the names in hot-code.txt match the binary's; when few do,
+# benches/hot_code.sh writes them again.
+listed=$(wc -l <crates/herd-cli/hot-code.txt)
+found=$(nm "$herd" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u |
+    comm -12 - <(sort -u crates/herd-cli/hot-code.txt) | wc -l)
+echo "hot code: $found of $listed listed functions found in the binary"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
