@@ -59,6 +59,7 @@ pub mod local;
 pub mod output;
 pub mod results;
 pub mod runner;
+mod spawn;
 pub mod template;
 
 pub use batch::{

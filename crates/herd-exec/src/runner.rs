@@ -28,8 +28,9 @@
 //!    exit code and the output tails.
 
 use std::ffi::OsString;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +45,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::output::{AttemptEnd, Discard, Exit, OutputSink, Stream, TaskRef, pump};
+use crate::spawn::{self, Environment};
 
 /// What a task of a command batch runs, as stored with the task.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -84,17 +86,12 @@ struct Config {
     /// `/dev/null`, opened once: each command's stdin is a copy of it
     /// (`dup` rather than `open`, which looks the path up every time).
     null: Option<std::fs::File>,
+    /// What each command's environment starts from (set at `build`).
+    environment: Option<Environment>,
 }
 
-impl Config {
-    /// A fresh stdin for a command: `/dev/null`.
-    fn stdin(&self) -> Stdio {
-        match self.null.as_ref().map(std::fs::File::try_clone) {
-            Some(Ok(null)) => Stdio::from(null),
-            _ => Stdio::null(),
-        }
-    }
-}
+/// The variables each attempt sets.
+const ATTEMPT_VARS: [&str; 4] = ["HERD_BATCH_ID", "HERD_TASK_ID", "HERD_ATTEMPT", "HERD_JOB"];
 
 /// Builds a [`CommandRunner`].
 #[must_use]
@@ -137,8 +134,10 @@ impl CommandRunnerBuilder {
 
     /// The runner.
     pub fn build(self) -> CommandRunner {
+        let mut config = self.config;
+        config.environment = Some(Environment::new(&config.env, &ATTEMPT_VARS));
         CommandRunner {
-            config: Arc::new(self.config),
+            config: Arc::new(config),
         }
     }
 }
@@ -163,6 +162,7 @@ impl CommandRunner {
                 on_end: None,
                 output_wait: Duration::from_millis(100),
                 null: std::fs::File::open("/dev/null").ok(),
+                environment: None,
             },
         }
     }
@@ -271,43 +271,53 @@ async fn run_attempt(
 ) -> (AttemptResult, AttemptLog) {
     let sink = &*config.sink;
     sink.started(&task);
-    let Some((program, args)) = argv.split_first() else {
+    let Some(program) = argv.first() else {
         return start_failed(sink, &task, "cannot start: the command is empty".into());
     };
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(args)
-        .process_group(0)
-        .stdin(config.stdin())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (key, value) in &config.env {
-        command.env(key, value);
-    }
-    command
-        .env("HERD_BATCH_ID", task.batch.to_string())
-        .env("HERD_TASK_ID", task.task.to_string())
-        .env("HERD_ATTEMPT", task.attempt.0.to_string())
-        .env("HERD_JOB", task.job().to_string());
-    let mut child = match command.spawn() {
+    let (batch, task_id, attempt, job) = (
+        task.batch.to_string(),
+        task.task.to_string(),
+        task.attempt.0.to_string(),
+        task.job().to_string(),
+    );
+    let vars = [
+        (ATTEMPT_VARS[0], batch.as_str()),
+        (ATTEMPT_VARS[1], task_id.as_str()),
+        (ATTEMPT_VARS[2], attempt.as_str()),
+        (ATTEMPT_VARS[3], job.as_str()),
+    ];
+    let environment = config
+        .environment
+        .as_ref()
+        .expect("a built runner has its environment");
+    let opened;
+    let stdin = match &config.null {
+        Some(null) => null.as_fd(),
+        None => match std::fs::File::open("/dev/null") {
+            Ok(null) => {
+                opened = null;
+                opened.as_fd()
+            }
+            Err(error) => {
+                return start_failed(sink, &task, format!("cannot open /dev/null: {error}"));
+            }
+        },
+    };
+    let mut child = match spawn::spawn(&argv, environment, &vars, stdin) {
         Ok(child) => child,
         Err(error) => {
             return start_failed(sink, &task, format!("cannot start {program:?}: {error}"));
         }
     };
-    let pid = child
-        .id()
-        .expect("a child just spawned has not been reaped");
     let mut guard = Guard {
-        group: Pid::from_raw(pid as i32),
+        group: child.pid(),
         task,
         sink,
         exited: None,
         armed: true,
     };
     let (stop, stopped) = watch::channel(false);
-    let stdout = child.stdout.take().expect("stdout is piped");
-    let stderr = child.stderr.take().expect("stderr is piped");
+    let (stdout, stderr) = child.take_output().expect("stdout and stderr are piped");
     let output = futures::future::join(
         pump(
             stdout,
