@@ -9,7 +9,8 @@
 //!    `sh -c SCRIPT`), stdin from `/dev/null`, stdout and stderr piped, in a
 //!    new process group whose id is the child's pid, with `HERD_BATCH_ID`
 //!    (`b12`), `HERD_TASK_ID` (`t345`), `HERD_ATTEMPT` (`1`) and `HERD_JOB`
-//!    (the index plus one) added to the environment.
+//!    (the index plus one) added to the environment (`posix_spawn`, the
+//!    inherited environment encoded once: see `spawn.rs`).
 //! 2. Both pipes are read at once, while waiting for the child to exit.
 //! 3. On graceful cancellation, SIGTERM goes to the whole group; if the child
 //!    has not exited `policy.grace` later, SIGKILL does. Once it has exited,
@@ -18,7 +19,7 @@
 //!    cancelled), even if the child chose to exit 0 on SIGTERM.
 //! 4. If the attempt's future is dropped (a timeout, forced cancellation,
 //!    the worker stopping), a guard sends SIGKILL to the group at once;
-//!    tokio reaps the child in the background.
+//!    the child is reaped in the background when it exits.
 //! 5. After a normal exit, children the command left running may still hold
 //!    its pipes: reading stops [`output_wait`](CommandRunnerBuilder::output_wait)
 //!    after the exit (100 ms by default, nextest's leak timeout) and the end
