@@ -7,7 +7,9 @@
 # Workloads: HERD_BENCH_TRUE (default 10000) runs of /bin/true, and
 # HERD_BENCH_ECHO (default 2000) runs of `sh -c 'echo …'` whose output is
 # captured (to a file). Each is measured HERD_BENCH_ROUNDS times (default 3,
-# the tools taking turns) and the median is printed. herd runs with its
+# the tools taking turns) and the median is printed; the echo runs, which
+# take about a second each and swing by a tenth between rounds,
+# HERD_BENCH_ECHO_ROUNDS times (default 5). herd runs with its
 # durable record on: a fresh SQLite store, every task and attempt written.
 # Installs GNU parallel (apt) and rust-parallel (cargo) when missing.
 set -euo pipefail
@@ -16,6 +18,7 @@ cd "$(dirname "$0")/.."
 true_jobs=${HERD_BENCH_TRUE:-10000}
 echo_jobs=${HERD_BENCH_ECHO:-2000}
 rounds=${HERD_BENCH_ROUNDS:-3}
+echo_rounds=${HERD_BENCH_ECHO_ROUNDS:-5}
 
 apt_install() {
     if command -v apt-get >/dev/null; then
@@ -91,5 +94,5 @@ report() {
 for _ in $(seq "$rounds"); do run_true; done
 report "$true_jobs x /bin/true"
 : >"$work/results"
-for _ in $(seq "$rounds"); do run_echo; done
-report "$echo_jobs x sh -c 'echo …', output captured"
+for _ in $(seq "$echo_rounds"); do run_echo; done
+rounds=$echo_rounds report "$echo_jobs x sh -c 'echo …', output captured"
