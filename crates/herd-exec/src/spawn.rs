@@ -73,7 +73,10 @@ fn pair(key: &[u8], value: &[u8]) -> io::Result<CString> {
 }
 
 fn nul_error() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "nul byte found in provided data")
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "nul byte found in provided data",
+    )
 }
 
 /// A started command: its pid, the read ends of its stdout and stderr,
@@ -206,7 +209,6 @@ fn is_executable(path: &Path) -> bool {
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
-
 fn wait_blocking(pid: Pid) -> io::Result<ExitStatus> {
     let pid = rustix::process::Pid::from_raw(pid.as_raw()).expect("a spawned pid is positive");
     loop {
@@ -278,7 +280,9 @@ impl Drop for Child {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     runtime.spawn(async move {
                         loop {
-                            let Ok(mut ready) = fd.readable().await else { return };
+                            let Ok(mut ready) = fd.readable().await else {
+                                return;
+                            };
                             match try_reap(pid) {
                                 Ok(None) => ready.clear_ready(),
                                 _ => return,
@@ -327,10 +331,16 @@ mod tests {
             &[("HERD_SPAWN_EXTRA".into(), "extra value".into())],
             &["HERD_TASK_ID"],
         );
-        let script = "echo \"$HERD_SPAWN_EXTRA|$HERD_TASK_ID|$HOME\"; env | grep -c '^HERD_TASK_ID='";
+        let script =
+            "echo \"$HERD_SPAWN_EXTRA|$HERD_TASK_ID|$HOME\"; env | grep -c '^HERD_TASK_ID='";
         for pidfd in [true, false] {
-            let (status, out, _) =
-                run(&["sh", "-c", script], &env, &[("HERD_TASK_ID", "t7")], pidfd).await;
+            let (status, out, _) = run(
+                &["sh", "-c", script],
+                &env,
+                &[("HERD_TASK_ID", "t7")],
+                pidfd,
+            )
+            .await;
             assert!(status.success());
             let home = std::env::var("HOME").unwrap_or_default();
             assert_eq!(out, format!("extra value|t7|{home}\n1\n"), "pidfd: {pidfd}");
@@ -341,9 +351,17 @@ mod tests {
     async fn exit_codes_signals_and_both_streams_come_back() {
         let env = Environment::new(&[], &[]);
         for pidfd in [true, false] {
-            let (status, out, err) =
-                run(&["sh", "-c", "echo out; echo err >&2; exit 3"], &env, &[], pidfd).await;
-            assert_eq!((status.code(), out.as_str(), err.as_str()), (Some(3), "out\n", "err\n"));
+            let (status, out, err) = run(
+                &["sh", "-c", "echo out; echo err >&2; exit 3"],
+                &env,
+                &[],
+                pidfd,
+            )
+            .await;
+            assert_eq!(
+                (status.code(), out.as_str(), err.as_str()),
+                (Some(3), "out\n", "err\n")
+            );
             let (status, _, _) = run(&["sh", "-c", "kill -TERM $$"], &env, &[], pidfd).await;
             assert_eq!(status.signal(), Some(libc_sigterm()), "pidfd: {pidfd}");
         }
@@ -358,7 +376,8 @@ mod tests {
     #[tokio::test]
     async fn the_child_leads_its_own_group_with_signals_as_new() {
         let env = Environment::new(&[], &[]);
-        let script = "cut -d' ' -f5 /proc/$$/stat; echo $$; grep -E '^Sig(Blk|Ign)' /proc/$$/status";
+        let script =
+            "cut -d' ' -f5 /proc/$$/stat; echo $$; grep -E '^Sig(Blk|Ign)' /proc/$$/status";
         let (status, out, _) = run(&["sh", "-c", script], &env, &[], true).await;
         assert!(status.success());
         let lines: Vec<&str> = out.lines().collect();
@@ -407,13 +426,21 @@ mod tests {
                 .and_then(|s| s.rsplit(')').next().map(|r| r.trim().chars().next()))
                 .flatten()
         };
-        assert_eq!(state().map(|s| s != 'Z'), Some(true), "running before the kill");
+        assert_eq!(
+            state().map(|s| s != 'Z'),
+            Some(true),
+            "running before the kill"
+        );
         nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
         // The background reaper runs on this runtime: yield to it until the
         // process is gone (a zombie would stay).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while state().is_some() {
-            assert!(std::time::Instant::now() < deadline, "pid {pid} left as {:?}", state());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pid {pid} left as {:?}",
+                state()
+            );
             tokio::task::yield_now().await;
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
