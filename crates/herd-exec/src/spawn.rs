@@ -171,19 +171,30 @@ fn spawn_watched(
         ),
         false => Err(rustix::io::Errno::NOSYS),
     };
-    let exit = match watch {
-        Ok(fd) => Exit::Watch(watch_readable(fd)?),
+    let exit = match watch.map_err(io::Error::from).and_then(watch_readable) {
+        Ok(fd) => Exit::Watch(fd),
         Err(_) => Exit::Thread(tokio::task::spawn_blocking(move || wait_blocking(pid))),
     };
-    let output = (
-        pipe::Receiver::from_owned_fd(out_read)?,
-        pipe::Receiver::from_owned_fd(err_read)?,
-    );
-    Ok(Child {
+    let mut child = Child {
         pid,
-        output: Some(output),
+        output: None,
         exit,
-    })
+    };
+    match (
+        pipe::Receiver::from_owned_fd(out_read),
+        pipe::Receiver::from_owned_fd(err_read),
+    ) {
+        (Ok(out), Ok(err)) => {
+            child.output = Some((out, err));
+            Ok(child)
+        }
+        (Err(error), _) | (_, Err(error)) => {
+            // Started, but its output cannot be read: it must not run on
+            // (dropped, it is reaped when it exits).
+            let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
+            Err(error)
+        }
+    }
 }
 
 /// `fd` registered with the runtime, for readiness to read.
