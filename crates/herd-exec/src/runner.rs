@@ -84,8 +84,8 @@ struct Config {
     env: Vec<(OsString, OsString)>,
     on_end: Option<OnEnd>,
     output_wait: Duration,
-    /// `/dev/null`, opened once: each command's stdin is a copy of it
-    /// (`dup` rather than `open`, which looks the path up every time).
+    /// `/dev/null`, opened once: the spawn duplicates it onto each
+    /// command's stdin (no `open`, which looks the path up every time).
     null: Option<std::fs::File>,
     /// What each command's environment starts from (set at `build`).
     environment: Option<Environment>,
