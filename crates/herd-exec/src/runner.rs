@@ -72,7 +72,7 @@ impl std::fmt::Debug for CommandRunner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CommandRunner")
             .field("capture", &self.config.capture)
-            .field("env", &self.config.env)
+            .field("env", &self.config.environment.added())
             .field("output_wait", &self.config.output_wait)
             .finish_non_exhaustive()
     }
@@ -81,14 +81,13 @@ impl std::fmt::Debug for CommandRunner {
 struct Config {
     capture: usize,
     sink: Arc<dyn OutputSink>,
-    env: Vec<(OsString, OsString)>,
     on_end: Option<OnEnd>,
     output_wait: Duration,
     /// `/dev/null`, opened once: the spawn duplicates it onto each
     /// command's stdin (no `open`, which looks the path up every time).
     null: Option<std::fs::File>,
-    /// What each command's environment starts from (set at `build`).
-    environment: Option<Environment>,
+    /// What each command's environment starts from.
+    environment: Environment,
 }
 
 /// The variables each attempt sets.
@@ -116,7 +115,7 @@ impl CommandRunnerBuilder {
     /// Sets an environment variable for every command (on top of the
     /// runner's own environment and before the `HERD_*` ones).
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.config.env.push((key.into(), value.into()));
+        self.config.environment.set(key.into(), value.into());
         self
     }
 
@@ -135,10 +134,8 @@ impl CommandRunnerBuilder {
 
     /// The runner.
     pub fn build(self) -> CommandRunner {
-        let mut config = self.config;
-        config.environment = Some(Environment::new(&config.env, &ATTEMPT_VARS));
         CommandRunner {
-            config: Arc::new(config),
+            config: Arc::new(self.config),
         }
     }
 }
@@ -159,11 +156,10 @@ impl CommandRunner {
             config: Config {
                 capture: Self::DEFAULT_CAPTURE,
                 sink: Arc::new(Discard),
-                env: Vec::new(),
                 on_end: None,
                 output_wait: Duration::from_millis(100),
                 null: std::fs::File::open("/dev/null").ok(),
-                environment: None,
+                environment: Environment::inherited(&ATTEMPT_VARS),
             },
         }
     }
@@ -287,10 +283,6 @@ async fn run_attempt(
         (ATTEMPT_VARS[2], attempt.as_str()),
         (ATTEMPT_VARS[3], job.as_str()),
     ];
-    let environment = config
-        .environment
-        .as_ref()
-        .expect("a built runner has its environment");
     let opened;
     let stdin = match &config.null {
         Some(null) => null.as_fd(),
@@ -304,7 +296,7 @@ async fn run_attempt(
             }
         },
     };
-    let mut child = match spawn::spawn(&argv, environment, &vars, stdin) {
+    let mut child = match spawn::spawn(&argv, &config.environment, &vars, stdin) {
         Ok(child) => child,
         Err(error) => {
             return start_failed(sink, &task, format!("cannot start {program:?}: {error}"));

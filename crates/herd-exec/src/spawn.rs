@@ -31,51 +31,94 @@ use rustix::process::WaitOptions;
 use tokio::io::unix::AsyncFd;
 use tokio::net::unix::pipe;
 
-/// The environment every command starts with, encoded once.
-#[derive(Debug)]
+/// The environment every command starts with, encoded once: herd's own
+/// (as it was when the runner was made), with the runner's variables set
+/// over it.
 pub(crate) struct Environment {
-    /// `KEY=value`, herd's own environment with the runner's additions.
+    /// `KEY=value`.
     base: Vec<CString>,
+    /// Set by each spawn, so never in `base`.
+    per_spawn: &'static [&'static str],
+    /// The runner's own variables, as given.
+    added: Vec<(OsString, OsString)>,
     /// The runner's `PATH`, when it sets one: programs are looked up there.
     path: Option<OsString>,
+    /// A variable of the runner's that no environment can hold (a NUL byte).
+    invalid: Option<OsString>,
 }
 
 impl Environment {
-    /// herd's environment, with `extra` set over it (later wins), without
-    /// the variables each spawn sets (`per_spawn`).
-    pub(crate) fn new(extra: &[(OsString, OsString)], per_spawn: &[&str]) -> Environment {
-        let mut vars: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        for (key, value) in extra {
-            vars.retain(|(k, _)| k != key);
-            vars.push((key.clone(), value.clone()));
+    /// herd's environment, without the variables each spawn sets.
+    pub(crate) fn inherited(per_spawn: &'static [&'static str]) -> Environment {
+        let mut env = Environment {
+            base: Vec::new(),
+            per_spawn,
+            added: Vec::new(),
+            path: None,
+            invalid: None,
+        };
+        for (key, value) in std::env::vars_os() {
+            env.put(&key, &value);
         }
-        vars.retain(|(k, _)| !per_spawn.iter().any(|p| OsStr::new(p) == k));
-        let path = extra
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone());
-        let base = vars
-            .iter()
-            .filter_map(|(k, v)| pair(k.as_bytes(), v.as_bytes()).ok())
-            .collect();
-        Environment { base, path }
+        env
+    }
+
+    /// Sets `key` for every command (a later value wins; the per-spawn
+    /// variables win over it).
+    pub(crate) fn set(&mut self, key: OsString, value: OsString) {
+        self.put(&key, &value);
+        if key == "PATH" {
+            self.path = Some(value.clone());
+        }
+        self.added.push((key, value));
+    }
+
+    /// The variables [`Environment::set`] was given.
+    pub(crate) fn added(&self) -> &[(OsString, OsString)] {
+        &self.added
+    }
+
+    fn put(&mut self, key: &OsStr, value: &OsStr) {
+        if self.per_spawn.iter().any(|p| OsStr::new(p) == key) {
+            return;
+        }
+        let key = key.as_bytes();
+        self.base.retain(|kv| {
+            let kv = kv.as_bytes();
+            !(kv.starts_with(key) && kv.get(key.len()) == Some(&b'='))
+        });
+        match pair(key, value.as_bytes()) {
+            Ok(kv) => self.base.push(kv),
+            Err(_) => self.invalid = Some(OsStr::from_bytes(key).to_owned()),
+        }
     }
 }
 
-/// `KEY=value` as a C string.
-fn pair(key: &[u8], value: &[u8]) -> io::Result<CString> {
+impl std::fmt::Debug for Environment {
+    /// The runner's own variables only: herd's may hold secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Environment")
+            .field("inherited_and_set", &self.base.len())
+            .field("added", &self.added)
+            .finish()
+    }
+}
+
+/// `KEY=value` as a C string; `None` if either holds a NUL byte.
+fn pair(key: &[u8], value: &[u8]) -> Result<CString, std::ffi::NulError> {
     let mut bytes = Vec::with_capacity(key.len() + 1 + value.len() + 1);
     bytes.extend_from_slice(key);
     bytes.push(b'=');
     bytes.extend_from_slice(value);
-    CString::new(bytes).map_err(|_| nul_error())
+    CString::new(bytes)
 }
 
-fn nul_error() -> io::Error {
+/// An error for a value that a command line or an environment cannot
+/// carry: C strings end at a NUL byte.
+fn nul_error(what: std::fmt::Arguments<'_>) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
-        "nul byte found in provided data",
+        format!("{what} contains a NUL byte, which no command line or environment can carry"),
     )
 }
 
@@ -120,9 +163,17 @@ fn spawn_watched(
     stdin: BorrowedFd<'_>,
     pidfd: bool,
 ) -> io::Result<Child> {
+    if let Some(key) = &env.invalid {
+        return Err(nul_error(format_args!(
+            "the runner's environment variable {key:?}"
+        )));
+    }
     let args = argv
         .iter()
-        .map(|a| CString::new(a.as_bytes()).map_err(|_| nul_error()))
+        .enumerate()
+        .map(|(i, a)| {
+            CString::new(a.as_bytes()).map_err(|_| nul_error(format_args!("argument {i}")))
+        })
         .collect::<io::Result<Vec<_>>>()?;
     let Some(first) = args.first() else {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty command"));
@@ -135,7 +186,9 @@ fn spawn_watched(
     };
     let mut envp: Vec<CString> = Vec::with_capacity(vars.len());
     for (key, value) in vars {
-        envp.push(pair(key.as_bytes(), value.as_bytes())?);
+        let kv = pair(key.as_bytes(), value.as_bytes())
+            .map_err(|_| nul_error(format_args!("the variable {key}")))?;
+        envp.push(kv);
     }
     let envp: Vec<&std::ffi::CStr> = env
         .base
@@ -165,10 +218,7 @@ fn spawn_watched(
     drop((out_write, err_write));
 
     let watch = match pidfd {
-        true => rustix::process::pidfd_open(
-            rustix::process::Pid::from_raw(pid.as_raw()).expect("a spawned pid is positive"),
-            rustix::process::PidfdFlags::empty(),
-        ),
+        true => rustix::process::pidfd_open(rustix_pid(pid), rustix::process::PidfdFlags::empty()),
         false => Err(rustix::io::Errno::NOSYS),
     };
     let exit = match watch.map_err(io::Error::from).and_then(watch_readable) {
@@ -212,7 +262,12 @@ fn look_up(program: &OsStr, path: &OsStr) -> io::Result<CString> {
         .map(|dir| dir.join(program))
         .find(|candidate| is_executable(candidate))
         .and_then(|found| CString::new(found.into_os_string().into_vec()).ok())
-        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "not found in the PATH the runner sets",
+            )
+        })
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -221,13 +276,9 @@ fn is_executable(path: &Path) -> bool {
 }
 
 fn wait_blocking(pid: Pid) -> io::Result<ExitStatus> {
-    let pid = rustix::process::Pid::from_raw(pid.as_raw()).expect("a spawned pid is positive");
     loop {
-        match rustix::process::waitpid(Some(pid), WaitOptions::empty()) {
-            Ok(Some((_, status))) => return Ok(ExitStatus::from_raw(status.as_raw())),
-            Ok(None) => continue,
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
+        if let Some(status) = reap(pid, WaitOptions::empty())? {
+            return Ok(status);
         }
     }
 }
@@ -265,16 +316,24 @@ impl Child {
     }
 }
 
-/// The child's exit status if it has exited (and is now reaped).
-fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
-    let pid = rustix::process::Pid::from_raw(pid.as_raw()).expect("a spawned pid is positive");
+/// The child's exit status if it has exited (and is now reaped); with
+/// `NOHANG`, `None` while it runs.
+fn reap(pid: Pid, options: WaitOptions) -> io::Result<Option<ExitStatus>> {
     loop {
-        match rustix::process::waitpid(Some(pid), WaitOptions::NOHANG) {
+        match rustix::process::waitpid(Some(rustix_pid(pid)), options) {
             Ok(found) => return Ok(found.map(|(_, s)| ExitStatus::from_raw(s.as_raw()))),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+fn try_reap(pid: Pid) -> io::Result<Option<ExitStatus>> {
+    reap(pid, WaitOptions::NOHANG)
+}
+
+fn rustix_pid(pid: Pid) -> rustix::process::Pid {
+    rustix::process::Pid::from_raw(pid.as_raw()).expect("a spawned pid is positive")
 }
 
 impl Drop for Child {
@@ -338,12 +397,13 @@ mod tests {
 
     #[tokio::test]
     async fn the_child_gets_the_environment_and_the_attempts_variables() {
-        let env = Environment::new(
-            &[("HERD_SPAWN_EXTRA".into(), "extra value".into())],
-            &["HERD_TASK_ID"],
-        );
-        let script =
-            "echo \"$HERD_SPAWN_EXTRA|$HERD_TASK_ID|$HOME\"; env | grep -c '^HERD_TASK_ID='";
+        let mut env = Environment::inherited(&["HERD_TASK_ID"]);
+        env.set("HERD_SPAWN_EXTRA".into(), "first".into());
+        env.set("HERD_SPAWN_EXTRA".into(), "extra value".into());
+        // The attempt's own value wins over one the runner sets.
+        env.set("HERD_TASK_ID".into(), "t0".into());
+        let script = "echo \"$HERD_SPAWN_EXTRA|$HERD_TASK_ID|$HOME\"; \
+             env | grep -c -e '^HERD_TASK_ID=' -e '^HERD_SPAWN_EXTRA='";
         for pidfd in [true, false] {
             let (status, out, _) = run(
                 &["sh", "-c", script],
@@ -354,13 +414,13 @@ mod tests {
             .await;
             assert!(status.success());
             let home = std::env::var("HOME").unwrap_or_default();
-            assert_eq!(out, format!("extra value|t7|{home}\n1\n"), "pidfd: {pidfd}");
+            assert_eq!(out, format!("extra value|t7|{home}\n2\n"), "pidfd: {pidfd}");
         }
     }
 
     #[tokio::test]
     async fn exit_codes_signals_and_both_streams_come_back() {
-        let env = Environment::new(&[], &[]);
+        let env = Environment::inherited(&[]);
         for pidfd in [true, false] {
             let (status, out, err) = run(
                 &["sh", "-c", "echo out; echo err >&2; exit 3"],
@@ -374,21 +434,24 @@ mod tests {
                 (Some(3), "out\n", "err\n")
             );
             let (status, _, _) = run(&["sh", "-c", "kill -TERM $$"], &env, &[], pidfd).await;
-            assert_eq!(status.signal(), Some(libc_sigterm()), "pidfd: {pidfd}");
+            assert_eq!(
+                status.signal(),
+                Some(Signal::SIGTERM as i32),
+                "pidfd: {pidfd}"
+            );
         }
-    }
-
-    fn libc_sigterm() -> i32 {
-        Signal::SIGTERM as i32
     }
 
     /// Its own process group, no signal blocked, SIGPIPE not ignored (herd
     /// ignores it, as every Rust program does).
     #[tokio::test]
     async fn the_child_leads_its_own_group_with_signals_as_new() {
-        let env = Environment::new(&[], &[]);
+        let env = Environment::inherited(&[]);
+        // The masks are read by the process the shell becomes (`exec`), not
+        // of the shell from a child: dash blocks every signal while it
+        // forks, and a child reading it then sees them blocked.
         let script =
-            "cut -d' ' -f5 /proc/$$/stat; echo $$; grep -E '^Sig(Blk|Ign)' /proc/$$/status";
+            "cut -d' ' -f5 /proc/$$/stat; echo $$; exec grep -E '^Sig(Blk|Ign)' /proc/self/status";
         let (status, out, _) = run(&["sh", "-c", script], &env, &[], true).await;
         assert!(status.success());
         let lines: Vec<&str> = out.lines().collect();
@@ -409,25 +472,44 @@ mod tests {
         std::fs::write(&tool, "#!/bin/sh\necho found me\n").unwrap();
         std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
         let path = format!("/nonexistent:{}:/usr/bin:/bin", dir.path().display());
-        let env = Environment::new(&[("PATH".into(), path.into())], &[]);
+        let mut env = Environment::inherited(&[]);
+        env.set("PATH".into(), path.into());
         let (status, out, _) = run(&["herd-spawn-tool"], &env, &[], true).await;
         assert!(status.success());
         assert_eq!(out, "found me\n");
 
         let missing = spawn(&argv(&["herd-no-such-tool"]), &env, &[], null().as_fd());
-        assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
-        let plain = Environment::new(&[], &[]);
+        let missing = missing.unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+        assert!(missing.to_string().contains("PATH"), "{missing}");
+        let plain = Environment::inherited(&[]);
         let missing = spawn(&argv(&["herd-no-such-tool"]), &plain, &[], null().as_fd());
         assert_eq!(missing.unwrap_err().kind(), io::ErrorKind::NotFound);
-        let nul = spawn(&argv(&["echo", "a\0b"]), &plain, &[], null().as_fd());
-        assert_eq!(nul.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// What no C string can hold fails the spawn, naming what held it.
+    #[test]
+    fn nul_bytes_are_refused_by_name() {
+        let plain = Environment::inherited(&[]);
+        let nul = spawn(&argv(&["echo", "a\0b"]), &plain, &[], null().as_fd()).unwrap_err();
+        assert_eq!(nul.kind(), io::ErrorKind::InvalidInput);
+        assert!(
+            nul.to_string()
+                .starts_with("argument 1 contains a NUL byte"),
+            "{nul}"
+        );
+        let mut env = Environment::inherited(&[]);
+        env.set("HERD_SPAWN_BAD".into(), "a\0b".into());
+        let nul = spawn(&argv(&["true"]), &env, &[], null().as_fd()).unwrap_err();
+        assert_eq!(nul.kind(), io::ErrorKind::InvalidInput);
+        assert!(nul.to_string().contains("\"HERD_SPAWN_BAD\""), "{nul}");
     }
 
     /// A child dropped before its exit was seen leaves no zombie once it
     /// exits.
     #[tokio::test]
     async fn a_dropped_child_is_reaped_when_it_exits() {
-        let env = Environment::new(&[], &[]);
+        let env = Environment::inherited(&[]);
         let child = spawn(&argv(&["sleep", "30"]), &env, &[], null().as_fd()).unwrap();
         let pid = child.pid();
         drop(child);
@@ -442,18 +524,23 @@ mod tests {
             Some(true),
             "running before the kill"
         );
+        // A pidfd of the test's own says when the child has exited (it
+        // stays readable, reaped or not).
+        let exited = watch_readable(
+            rustix::process::pidfd_open(rustix_pid(pid), rustix::process::PidfdFlags::empty())
+                .unwrap(),
+        )
+        .unwrap();
         nix::sys::signal::kill(pid, Signal::SIGKILL).unwrap();
-        // The background reaper runs on this runtime: yield to it until the
-        // process is gone (a zombie would stay).
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while state().is_some() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "pid {pid} left as {:?}",
-                state()
-            );
+        let _ready = exited.readable().await.unwrap();
+        // The background reaper is woken by the same exit, on this
+        // runtime: yielding lets it run.
+        for _ in 0..1_000 {
+            if state().is_none() {
+                return;
+            }
             tokio::task::yield_now().await;
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        panic!("pid {pid} left as {:?}", state());
     }
 }
