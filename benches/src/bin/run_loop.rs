@@ -6,6 +6,9 @@
 //! worker's start to the batch's end.
 //!
 //!   run_loop memory|sqlite N JOBS COMMAND [ARG...]
+//!
+//! The worker holds tasks claimed ahead as `herd run`'s does, sixteen per
+//! job at most; `HERD_BENCH_AHEAD` sets another number per job (0: none).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,8 +63,14 @@ async fn drain<S: Store<Payload = CommandTask>>(
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let template = Template::parse(argv, false).unwrap();
     let items: Vec<Item> = (1..=n).map(|i| Item::new(i.to_string())).collect();
+    let ahead: u32 = std::env::var("HERD_BENCH_AHEAD")
+        .ok()
+        .map(|a| a.parse().expect("HERD_BENCH_AHEAD: a number"))
+        .unwrap_or(16);
     let mut spec = BatchSpec::new("command");
-    spec.concurrency = jobs;
+    // As `herd run` does: a task held ahead counts against the batch's
+    // concurrency, so the batch allows the slots and the hand.
+    spec.concurrency = jobs.saturating_mul(1 + ahead);
     spec.tasks = herd_exec::command_tasks(&template, &items, 1);
     let batch = store.batch_insert(spec, clock.now()).await.unwrap().batch;
     let runner = Arc::new(CommandRunner::builder().build());
@@ -79,6 +88,7 @@ async fn drain<S: Store<Payload = CommandTask>>(
         clock,
         WorkerConfig {
             slots: jobs,
+            ahead: jobs.saturating_mul(ahead),
             batch: Some(batch),
             ..WorkerConfig::default()
         },

@@ -11,7 +11,9 @@
 //!    (`b12`), `HERD_TASK_ID` (`t345`), `HERD_ATTEMPT` (`1`) and `HERD_JOB`
 //!    (the index plus one) added to the environment (`posix_spawn`, the
 //!    inherited environment encoded once: see `spawn.rs`).
-//! 2. Both pipes are read at once, while waiting for the child to exit.
+//! 2. Both pipes are read at once. The child's exit is watched once both
+//!    have ended (most commands have exited by then and are reaped without
+//!    a pidfd), or from 10 ms on while they are open, or from cancellation.
 //! 3. On graceful cancellation, SIGTERM goes to the whole group; if the child
 //!    has not exited `policy.grace` later, SIGKILL does. Once it has exited,
 //!    whatever is left of the group gets SIGKILL too: a cancelled attempt
@@ -22,7 +24,8 @@
 //!    the child is reaped in the background when it exits.
 //! 5. After a normal exit, children the command left running may still hold
 //!    its pipes: reading stops [`output_wait`](CommandRunnerBuilder::output_wait)
-//!    after the exit (100 ms by default, nextest's leak timeout) and the end
+//!    after the exit is seen (100 ms by default, nextest's leak timeout; the
+//!    exit is seen at most 10 ms late, as above) and the end
 //!    says the output may be cut. Those processes are *not* killed: a
 //!    command that meant to start a daemon did so.
 //! 6. The sink hears [`ended`](OutputSink::ended); the report carries the
@@ -89,6 +92,11 @@ struct Config {
     /// What each command's environment starts from.
     environment: Environment,
 }
+
+/// How long a command runs before its exit is watched even though its
+/// output has not ended (see [`run_attempt`]): so the exit of a command
+/// whose children keep its pipes open is seen this much late at most.
+const WATCH_EXIT_AFTER: Duration = Duration::from_millis(10);
 
 /// The variables each attempt sets.
 const ATTEMPT_VARS: [&str; 4] = ["HERD_BATCH_ID", "HERD_TASK_ID", "HERD_ATTEMPT", "HERD_JOB"];
@@ -326,14 +334,22 @@ async fn run_attempt(
     let mut captured = None;
     let mut cancelled_at: Option<Instant> = None;
     let mut killed = false;
+    // The exit is watched once the output has ended (most commands have
+    // exited by then and are reaped at once), or from WATCH_EXIT_AFTER on
+    // for a command that keeps its pipes open, or a cancelled one.
+    let watch_exit = tokio::time::sleep(WATCH_EXIT_AFTER);
+    let mut watch_exit = std::pin::pin!(watch_exit);
+    let mut watching = false;
     let status = loop {
         let kill_at = cancelled_at.map(|at| at + grace);
         tokio::select! {
-            status = child.wait() => break status,
+            status = child.wait(), if watching || captured.is_some() => break status,
             out = &mut output, if captured.is_none() => captured = Some(out),
+            () = &mut watch_exit, if !watching && captured.is_none() => watching = true,
             () = cancel.cancelled(), if cancelled_at.is_none() => {
                 signal_group(guard.group, Signal::SIGTERM);
                 cancelled_at = Some(Instant::now());
+                watching = true;
             }
             () = tokio::time::sleep_until(kill_at.unwrap_or_else(Instant::now)), if kill_at.is_some() && !killed => {
                 signal_group(guard.group, Signal::SIGKILL);

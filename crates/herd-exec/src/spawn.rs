@@ -1,5 +1,6 @@
 //! Starting a command and waiting for it: `posix_spawn` with an
-//! environment prepared once, its exit watched through a pidfd.
+//! environment prepared once, its exit looked for when it is waited for
+//! and watched through a pidfd if it has not exited then.
 //!
 //! `std::process::Command` (and tokio's, over it) copies the whole
 //! environment into a map and back into C strings at every spawn once any
@@ -135,6 +136,12 @@ pub(crate) struct Child {
 
 #[derive(Debug)]
 enum Exit {
+    /// Not watched yet (see [`Child::wait`]).
+    Unwatched {
+        /// Through a pidfd when it is watched (false: the fallback, for
+        /// its tests).
+        pidfd: bool,
+    },
     /// Readable when the child has exited (Linux 5.3 on).
     Watch(AsyncFd<OwnedFd>),
     /// No pidfd: a blocking `waitpid` on tokio's blocking pool.
@@ -197,8 +204,8 @@ fn spawn_watched(
         .map(CString::as_c_str)
         .collect();
 
-    let (out_read, out_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
-    let (err_read, err_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+    let (out_read, out_write) = output_pipe()?;
+    let (err_read, err_write) = output_pipe()?;
     let mut actions = PosixSpawnFileActions::init()?;
     actions.add_dup2(stdin.as_raw_fd(), 0)?;
     actions.add_dup2(out_write.as_raw_fd(), 1)?;
@@ -217,22 +224,14 @@ fn spawn_watched(
     let pid = posix_spawnp(&program, &actions, &attr, &args, &envp)?;
     drop((out_write, err_write));
 
-    let watch = match pidfd {
-        true => rustix::process::pidfd_open(rustix_pid(pid), rustix::process::PidfdFlags::empty()),
-        false => Err(rustix::io::Errno::NOSYS),
-    };
-    let exit = match watch.map_err(io::Error::from).and_then(watch_readable) {
-        Ok(fd) => Exit::Watch(fd),
-        Err(_) => Exit::Thread(tokio::task::spawn_blocking(move || wait_blocking(pid))),
-    };
     let mut child = Child {
         pid,
         output: None,
-        exit,
+        exit: Exit::Unwatched { pidfd },
     };
     match (
-        pipe::Receiver::from_owned_fd(out_read),
-        pipe::Receiver::from_owned_fd(err_read),
+        pipe::Receiver::from_owned_fd_unchecked(out_read),
+        pipe::Receiver::from_owned_fd_unchecked(err_read),
     ) {
         (Ok(out), Ok(err)) => {
             child.output = Some((out, err));
@@ -244,6 +243,32 @@ fn spawn_watched(
             let _ = nix::sys::signal::killpg(pid, Signal::SIGKILL);
             Err(error)
         }
+    }
+}
+
+/// A pipe for one of the child's output streams: (read end, write end),
+/// both closed on exec. herd's read end does not block; the child's end
+/// does, as programs expect of their stdout. Made so here rather than by
+/// `pipe::Receiver::from_owned_fd`, which checks the descriptor's type
+/// and reads and sets its flags: three system calls a pipe instead of one.
+fn output_pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    use rustix::pipe::PipeFlags;
+    let (read, write) = rustix::pipe::pipe_with(PipeFlags::CLOEXEC | PipeFlags::NONBLOCK)?;
+    rustix::fs::fcntl_setfl(&write, rustix::fs::OFlags::empty())?;
+    Ok((read, write))
+}
+
+/// How to learn of `pid`'s exit: a pidfd registered with the runtime, or
+/// where there are none (or `pidfd` is false), a blocking `waitpid` on
+/// tokio's blocking pool.
+fn watch(pid: Pid, pidfd: bool) -> Exit {
+    let fd = match pidfd {
+        true => rustix::process::pidfd_open(rustix_pid(pid), rustix::process::PidfdFlags::empty()),
+        false => Err(rustix::io::Errno::NOSYS),
+    };
+    match fd.map_err(io::Error::from).and_then(watch_readable) {
+        Ok(fd) => Exit::Watch(fd),
+        Err(_) => Exit::Thread(tokio::task::spawn_blocking(move || wait_blocking(pid))),
     }
 }
 
@@ -296,10 +321,22 @@ impl Child {
 
     /// Waits for the child to exit and reaps it. Cancel-safe: a wait that
     /// is dropped loses nothing, and the next one goes on.
+    ///
+    /// The exit is watched from the first wait on, not from the spawn: a
+    /// caller that reads the output to its end first finds most commands
+    /// already exited, and reaps them without a pidfd (whose opening,
+    /// registration and closing were four of the thirty-odd system calls
+    /// herd made for a command).
     pub(crate) async fn wait(&mut self) -> io::Result<ExitStatus> {
         loop {
             match &mut self.exit {
                 Exit::Done(status) => return Ok(*status),
+                Exit::Unwatched { pidfd } => {
+                    self.exit = match try_reap(self.pid)? {
+                        Some(status) => Exit::Done(status),
+                        None => watch(self.pid, *pidfd),
+                    };
+                }
                 Exit::Thread(handle) => {
                     let status = handle.await.map_err(io::Error::other)??;
                     self.exit = Exit::Done(status);
@@ -339,29 +376,35 @@ fn rustix_pid(pid: Pid) -> rustix::process::Pid {
 impl Drop for Child {
     fn drop(&mut self) {
         let pid = self.pid;
-        match std::mem::replace(&mut self.exit, Exit::Done(ExitStatus::from_raw(0))) {
-            Exit::Done(_) | Exit::Thread(_) => {}
-            Exit::Watch(fd) => {
-                if let Ok(Some(_)) = try_reap(pid) {
+        let exit = std::mem::replace(&mut self.exit, Exit::Done(ExitStatus::from_raw(0)));
+        // Reaped already, or by the blocking wait.
+        if matches!(exit, Exit::Done(_) | Exit::Thread(_)) {
+            return;
+        }
+        if let Ok(Some(_)) = try_reap(pid) {
+            return;
+        }
+        // Reaped when it exits, so that it leaves no zombie; at a
+        // runtime's shutdown, when herd exits.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let exit = match exit {
+            Exit::Unwatched { pidfd } => watch(pid, pidfd),
+            exit => exit,
+        };
+        let Exit::Watch(fd) = exit else { return };
+        runtime.spawn(async move {
+            loop {
+                let Ok(mut ready) = fd.readable().await else {
                     return;
-                }
-                // Reaped when it exits, so that it leaves no zombie; at a
-                // runtime's shutdown, when herd exits.
-                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                    runtime.spawn(async move {
-                        loop {
-                            let Ok(mut ready) = fd.readable().await else {
-                                return;
-                            };
-                            match try_reap(pid) {
-                                Ok(None) => ready.clear_ready(),
-                                _ => return,
-                            }
-                        }
-                    });
+                };
+                match try_reap(pid) {
+                    Ok(None) => ready.clear_ready(),
+                    _ => return,
                 }
             }
-        }
+        });
     }
 }
 

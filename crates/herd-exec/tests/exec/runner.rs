@@ -448,3 +448,19 @@ async fn leftover_children_do_not_hold_the_attempt() {
     }
     h.shutdown().await;
 }
+
+/// A command that closes its output and runs on: the attempt ends with its
+/// exit, not with its output (the exit is watched once the output ended).
+#[tokio::test]
+async fn a_command_that_closes_its_output_is_waited_for() {
+    let h = Harness::new(1, |b| b).await;
+    let script = "echo before; exec >/dev/null 2>&1; sleep 0.2; exit 3";
+    let inserted = h.submit(vec![sh(script, &[])], |_| {}).await;
+    h.finished(inserted.batch).await;
+    let task = h.task(inserted.tasks[0]).await;
+    assert_eq!(task.state, TaskState::Failed);
+    let message = task.message.unwrap();
+    assert!(message.starts_with("exit code 3"), "{message}");
+    assert!(!message.contains("output may be cut"), "{message}");
+    h.shutdown().await;
+}
