@@ -188,6 +188,10 @@ pub(crate) struct TaskWrite<'a> {
     pub ra: Option<i64>,
     pub rs: Option<i64>,
     pub d: u32,
+    /// Which of the columns above differ from the row as the transaction
+    /// read it (or last wrote it): one bit each, in [`TaskWrite::COLUMNS`]
+    /// order; all of them when that row is not known.
+    pub changed: u16,
     /// The output to keep, for dialects that write it with the row
     /// ([`Tx::write_all`] on PostgreSQL); others use [`Tx::outputs_write`].
     pub o: Option<&'a str>,
@@ -196,6 +200,54 @@ pub(crate) struct TaskWrite<'a> {
     pub batch: i64,
     pub priority: i32,
     pub cost: u32,
+}
+
+impl TaskWrite<'_> {
+    /// The columns a task write sets, in the order of [`TaskWrite::changed`]'s bits.
+    pub const COLUMNS: [&'static str; 14] = [
+        "state",
+        "reason",
+        "message",
+        "attempt",
+        "first_attempt",
+        "lost",
+        "worker_id",
+        "lease_until",
+        "cancel_mode",
+        "cancel_reason",
+        "run_at",
+        "ready_seq",
+        "deps_left",
+        "started_at",
+    ];
+
+    /// Every column changed.
+    pub const ALL: u16 = (1 << Self::COLUMNS.len()) - 1;
+
+    /// The columns in which `self` differs from `was`.
+    fn changed_from(&self, was: &TaskWrite<'_>) -> u16 {
+        let differs = [
+            self.s != was.s,
+            self.r != was.r,
+            self.m != was.m,
+            self.a != was.a,
+            self.fa != was.fa,
+            self.l != was.l,
+            self.w != was.w,
+            self.lu != was.lu,
+            self.cm != was.cm,
+            self.cr != was.cr,
+            self.ra != was.ra,
+            self.rs != was.rs,
+            self.d != was.d,
+            self.st != was.st,
+        ];
+        differs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d)
+            .fold(0, |mask, (i, _)| mask | 1 << i)
+    }
 }
 
 /// An attempt that ended: its one row in `attempts`, written at its end
@@ -667,6 +719,9 @@ pub(crate) struct Work {
     pub batches: BTreeMap<BatchId, BatchRow>,
     pub tasks: HashMap<TaskId, TaskRow>,
     dirty_tasks: BTreeSet<TaskId>,
+    /// The dirty tasks' rows as the database holds them (as read, or as
+    /// last written in this transaction): a write sets only what changed.
+    read: HashMap<TaskId, TaskRow>,
     dirty_batches: BTreeSet<BatchId>,
     events: Vec<Event>,
     attempts_ended: Vec<AttemptEnd>,
@@ -696,6 +751,7 @@ impl Work {
             batches: BTreeMap::new(),
             tasks: HashMap::new(),
             dirty_tasks: BTreeSet::new(),
+            read: HashMap::new(),
             dirty_batches: BTreeSet::new(),
             events: Vec::new(),
             attempts_ended: Vec::new(),
@@ -816,8 +872,11 @@ impl Work {
     }
 
     pub fn task_mut(&mut self, id: TaskId) -> &mut TaskRow {
-        self.dirty_tasks.insert(id);
-        self.tasks.get_mut(&id).expect("task loaded")
+        let row = self.tasks.get_mut(&id).expect("task loaded");
+        if self.dirty_tasks.insert(id) {
+            self.read.insert(id, row.clone());
+        }
+        row
     }
 
     fn emit(&mut self, batch: BatchId, kind: EventKind) {
@@ -1340,9 +1399,10 @@ impl Work {
     /// Writes every changed row so that later reads in the transaction see it.
     pub async fn write_rows<T: Tx>(&mut self, tx: &mut T) -> Result<()> {
         let dirty_tasks = std::mem::take(&mut self.dirty_tasks);
+        let read = std::mem::take(&mut self.read);
         let dirty_batches = std::mem::take(&mut self.dirty_batches);
         encode_histograms(&mut self.batches, &dirty_batches);
-        let tasks = task_writes(&self.tasks, &self.outputs, &dirty_tasks);
+        let tasks = task_writes(&self.tasks, &read, &self.outputs, &dirty_tasks);
         if !tasks.is_empty() {
             tx.tasks_write(&tasks).await?;
         }
@@ -1362,10 +1422,11 @@ impl Work {
     /// sequence numbers. The caller commits.
     pub async fn write<T: Tx>(mut self, tx: &mut T) -> Result<Written> {
         let dirty_tasks = std::mem::take(&mut self.dirty_tasks);
+        let read = std::mem::take(&mut self.read);
         let dirty_batches = std::mem::take(&mut self.dirty_batches);
         encode_histograms(&mut self.batches, &dirty_batches);
         let set = WriteSet {
-            tasks: task_writes(&self.tasks, &self.outputs, &dirty_tasks),
+            tasks: task_writes(&self.tasks, &read, &self.outputs, &dirty_tasks),
             batches: dirty_batches.iter().map(|id| &self.batches[id]).collect(),
             attempts_ended: &self.attempts_ended,
             outputs: &self.outputs,
@@ -1384,9 +1445,11 @@ impl Work {
     }
 }
 
-/// The rows of the changed tasks, as written back.
+/// The rows of the changed tasks, as written back, each with the columns
+/// that differ from its row in `read`.
 fn task_writes<'a>(
     tasks: &'a HashMap<TaskId, TaskRow>,
+    read: &'a HashMap<TaskId, TaskRow>,
     outputs: &'a [(TaskId, String)],
     dirty: &BTreeSet<TaskId>,
 ) -> Vec<TaskWrite<'a>> {
@@ -1394,30 +1457,40 @@ fn task_writes<'a>(
     dirty
         .iter()
         .map(|id| {
-            let t = &tasks[id];
-            TaskWrite {
-                id: id.0,
-                s: t.state.as_str(),
-                r: t.reason.map(|r| r.to_string()),
-                m: t.message.as_deref(),
-                a: t.attempt.0,
-                fa: t.first_attempt.0,
-                l: t.lost,
-                w: t.worker.map(|w| w.0),
-                lu: t.lease_until.map(|at| at.0),
-                st: t.started_at.map(|at| at.0),
-                cm: t.cancel.map(|(mode, _)| cancel_mode_str(mode)),
-                cr: t.cancel.map(|(_, reason)| reason.to_string()),
-                ra: t.run_at.map(|at| at.0),
-                rs: t.ready_seq,
-                d: t.deps_left,
-                o: outputs.get(id).copied(),
-                batch: t.batch.0,
-                priority: t.priority.0,
-                cost: t.cost,
-            }
+            let mut write = task_write(&tasks[id], outputs.get(id).copied());
+            write.changed = match read.get(id) {
+                Some(was) => write.changed_from(&task_write(was, None)),
+                None => TaskWrite::ALL,
+            };
+            write
         })
         .collect()
+}
+
+/// `t` as written back, every column marked changed.
+fn task_write<'a>(t: &'a TaskRow, output: Option<&'a str>) -> TaskWrite<'a> {
+    TaskWrite {
+        id: t.id.0,
+        s: t.state.as_str(),
+        r: t.reason.map(|r| r.to_string()),
+        m: t.message.as_deref(),
+        a: t.attempt.0,
+        fa: t.first_attempt.0,
+        l: t.lost,
+        w: t.worker.map(|w| w.0),
+        lu: t.lease_until.map(|at| at.0),
+        st: t.started_at.map(|at| at.0),
+        cm: t.cancel.map(|(mode, _)| cancel_mode_str(mode)),
+        cr: t.cancel.map(|(_, reason)| reason.to_string()),
+        ra: t.run_at.map(|at| at.0),
+        rs: t.ready_seq,
+        d: t.deps_left,
+        changed: TaskWrite::ALL,
+        o: output,
+        batch: t.batch.0,
+        priority: t.priority.0,
+        cost: t.cost,
+    }
 }
 
 /// Encodes the histograms of the changed batches for writing.
@@ -1500,5 +1573,69 @@ mod tests {
             ]
         );
         assert_eq!(rows[1].body, "b - queued\nb - queued");
+    }
+
+    fn queued_row(id: i64) -> TaskRow {
+        TaskRow {
+            id: TaskId(id),
+            batch: BatchId(1),
+            index: 0,
+            key: None,
+            priority: Priority(0),
+            cost: 1,
+            state: TaskState::Queued,
+            reason: None,
+            message: None,
+            attempt: Attempt(0),
+            first_attempt: Attempt(1),
+            lost: 0,
+            worker: None,
+            lease_until: None,
+            started_at: None,
+            cancel: None,
+            run_at: None,
+            ready_seq: Some(7),
+            deps_left: 0,
+            rule: DependencyRule::Success,
+            dependents: 0,
+            upstream: 0,
+        }
+    }
+
+    /// A write marks exactly the columns that differ from the row as read,
+    /// and a task dirtied twice is compared with the row as read, not with
+    /// its first change.
+    #[test]
+    fn task_writes_mark_what_changed() {
+        let mut work = Work::new(Timestamp(100));
+        work.adopt(queued_row(1));
+        work.adopt(queued_row(2));
+        work.start(TaskId(1), WorkerId(3), Timestamp(200));
+        work.task_mut(TaskId(1)).message = Some("again".into());
+        let dirty = std::mem::take(&mut work.dirty_tasks);
+        let read = std::mem::take(&mut work.read);
+        let writes = task_writes(&work.tasks, &read, &[], &dirty);
+        assert_eq!(writes.len(), 1, "an untouched task is not written");
+        let changed: Vec<&str> = TaskWrite::COLUMNS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| writes[0].changed & 1 << i != 0)
+            .map(|(_, c)| *c)
+            .collect();
+        assert_eq!(
+            changed,
+            [
+                "state",
+                "message",
+                "attempt",
+                "worker_id",
+                "lease_until",
+                "started_at"
+            ]
+        );
+        // A row never read is written whole.
+        let unread = HashMap::new();
+        let writes = task_writes(&work.tasks, &unread, &[], &dirty);
+        assert_eq!(writes[0].changed, TaskWrite::ALL);
     }
 }

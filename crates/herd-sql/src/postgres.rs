@@ -1623,6 +1623,7 @@ mod tests {
             ra: Some(8),
             rs: Some(9),
             d: 10,
+            changed: TaskWrite::ALL,
             o: Some("output"),
             batch: 11,
             priority: -12,
