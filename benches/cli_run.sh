@@ -9,7 +9,7 @@
 # captured (to a file). Each is measured HERD_BENCH_ROUNDS times (default 3,
 # the tools taking turns) and the median is printed; the echo runs, which
 # take about a second each and swing by a tenth between rounds,
-# HERD_BENCH_ECHO_ROUNDS times (default 5). herd runs with its
+# HERD_BENCH_ECHO_ROUNDS times (default 9). herd runs with its
 # durable record on: a fresh SQLite store, every task and attempt written.
 # Installs GNU parallel (apt) and rust-parallel (cargo) when missing.
 set -euo pipefail
@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 true_jobs=${HERD_BENCH_TRUE:-10000}
 echo_jobs=${HERD_BENCH_ECHO:-2000}
 rounds=${HERD_BENCH_ROUNDS:-3}
-echo_rounds=${HERD_BENCH_ECHO_ROUNDS:-5}
+echo_rounds=${HERD_BENCH_ECHO_ROUNDS:-9}
 
 apt_install() {
     if command -v apt-get >/dev/null; then
