@@ -3,7 +3,9 @@
 //! in the same file, through the same driver (sqlx, one connection), in
 //! the same run. `benches/pg_floor.sh` is the same for PostgreSQL.
 //!
-//!   sqlite_floor [TASKS]
+//! ```text
+//! sqlite_floor [TASKS]
+//! ```
 //!
 //! herd's own schema (a store opened on a fresh file applies its
 //! migrations) holds one live batch of TASKS (default 200,000) queued
