@@ -507,6 +507,26 @@ fn changed_values(t: &TaskWrite<'_>) -> Vec<Value> {
         .collect()
 }
 
+/// An attempt row's values, in the order of its `INSERT`.
+fn attempt_values(a: &AttemptEnd) -> [Value; 14] {
+    [
+        a.t.value(),
+        i64::from(a.a).value(),
+        a.w.value(),
+        a.st.value(),
+        a.at.value(),
+        a.o.value(),
+        a.r.as_deref().value(),
+        a.x.value(),
+        a.e.as_deref().value(),
+        a.so.as_deref().value(),
+        a.se.as_deref().value(),
+        a.z.value(),
+        a.ot.value(),
+        a.et.value(),
+    ]
+}
+
 /// SQLite's limit on the parameters of one statement.
 const MAX_PARAMETERS: usize = 32_766;
 
@@ -1627,34 +1647,62 @@ impl Tx for SqliteTx {
         .await
     }
 
+    /// Values that every row shares (a turn's attempts mostly ended alike:
+    /// the same worker, outcome, exit code, no error) are bound once and
+    /// selected with the rows that carry the rest.
     async fn attempts_end(&mut self, rows: &[AttemptEnd]) -> Result<()> {
-        self.values(
-            "INSERT INTO attempts (task_id, attempt, worker_id, started_at, finished_at, \
-             outcome, reason, exit_code, error, stdout_tail, stderr_tail, compressed, \
-             stdout_total, stderr_total)",
-            "",
-            rows,
-            14,
-            |s, a| {
-                row!(s;
-                    a.t,
-                    i64::from(a.a),
-                    a.w,
-                    a.st,
-                    a.at,
-                    a.o,
-                    a.r.clone(),
-                    a.x,
-                    a.e.clone(),
-                    a.so.as_deref(),
-                    a.se.as_deref(),
-                    a.z,
-                    a.ot,
-                    a.et,
-                )
-            },
-        )
-        .await
+        const INSERT: &str = "INSERT INTO attempts (task_id, attempt, worker_id, started_at, \
+             finished_at, outcome, reason, exit_code, error, stdout_tail, stderr_tail, \
+             compressed, stdout_total, stderr_total)";
+        let values: Vec<[Value; 14]> = rows.iter().map(attempt_values).collect();
+        let shared: [bool; 14] =
+            std::array::from_fn(|k| values.iter().all(|v| v[k] == values[0][k]));
+        let width = shared.iter().filter(|s| !**s).count();
+        let per_statement = (MAX_PARAMETERS / width.max(1)).min(ROWS_PER_STATEMENT);
+        if rows.len() < 2 || width == shared.len() || rows.len() > per_statement {
+            return self
+                .values(INSERT, "", &values, 14, |s, v| {
+                    for (k, value) in v.iter().enumerate() {
+                        if k > 0 {
+                            s.sql.push_str(", ");
+                        }
+                        s.bind(value.clone())?;
+                    }
+                    Ok(())
+                })
+                .await;
+        }
+        let script = &mut self.pending;
+        script.sql.push_str(INSERT);
+        script.sql.push_str(" SELECT ");
+        let mut from = 0;
+        for (k, is_shared) in shared.iter().enumerate() {
+            if k > 0 {
+                script.sql.push_str(", ");
+            }
+            if *is_shared {
+                script.bind(values[0][k].clone())?;
+            } else {
+                from += 1;
+                script.sql.push_str("j.column");
+                script.sql.push_str(&from.to_string());
+            }
+        }
+        script.sql.push_str(" FROM (VALUES ");
+        for (i, row) in values.into_iter().enumerate() {
+            script.sql.push_str(if i == 0 { "(" } else { ", (" });
+            let varying = row.into_iter().zip(shared).filter(|(_, s)| !s);
+            for (n, (value, _)) in varying.enumerate() {
+                if n > 0 {
+                    script.sql.push_str(", ");
+                }
+                script.bind(value)?;
+            }
+            script.sql.push(')');
+        }
+        script.sql.push_str(") AS j");
+        script.end();
+        Ok(())
     }
 
     /// Everything waits for the commit, sent with it in one round trip:
