@@ -8,8 +8,8 @@
 //! ```
 //!
 //! herd's own schema (a store opened on a fresh file applies its
-//! migrations) holds one live batch of TASKS (default 200,000) queued
-//! tasks. A turn is what a worker's store call does in one transaction, in
+//! migrations) holds one live batch of TASKS (default 200,000, at least
+//! 12,000) queued tasks. A turn is what a worker's store call does in one transaction, in
 //! herd's two round trips: `BEGIN IMMEDIATE` with the reads (the running
 //! tasks it reports, by lease; the queued tasks it claims, in queue order,
 //! with their payloads), then the writes with the `COMMIT`: the reported
@@ -39,12 +39,23 @@ type Result<T, E = Box<dyn std::error::Error + Send + Sync>> = std::result::Resu
 /// Transactions timed per measure at one row per transaction.
 const SINGLE_TRANSACTIONS: usize = 3_000;
 
+/// The fewest queued tasks (and bare rows) the measures need.
+const MIN_TASKS: usize = 4 * SINGLE_TRANSACTIONS;
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let tasks: usize = match std::env::args().nth(1) {
         Some(n) => n.parse()?,
         None => 200_000,
     };
+    // Half the rows go to the measure at 100 per transaction, and the one
+    // at 1 per transaction takes its transactions' worth after them.
+    if tasks < MIN_TASKS {
+        return Err(format!(
+            "TASKS is {tasks}: give at least {MIN_TASKS}, so that no measure runs out of rows"
+        )
+        .into());
+    }
     let rounds: usize = std::env::var("HERD_FLOOR_ROUNDS")
         .ok()
         .map(|r| r.parse())
@@ -145,7 +156,10 @@ async fn bares(conn: &mut SqliteConnection, per: usize, count: usize) -> Result<
 /// `rows` (which must be `expected`) per second since `started`.
 fn per_second(rows: usize, expected: usize, started: Instant) -> Result<f64> {
     if rows != expected {
-        return Err(format!("{rows} rows of {expected}: the queue ran dry").into());
+        return Err(format!(
+            "{rows} rows of {expected}: the queue ran dry; give more tasks (sqlite_floor TASKS)"
+        )
+        .into());
     }
     Ok(rows as f64 / started.elapsed().max(Duration::from_nanos(1)).as_secs_f64())
 }

@@ -188,6 +188,7 @@ macro_rules! store_conformance {
             batch_list_pages_newest_first,
             task_list_pages_by_index,
             attempts_keep_their_logs,
+            reports_together_keep_each_its_own_start,
             event_list_reads_after_a_seq,
             batch_purge_removes_only_finished_batches,
             complete_and_claim_is_complete_then_claim,
@@ -3970,6 +3971,52 @@ pub mod cases {
             matches!(err, StoreError::UnknownBatch(id) if id == nowhere),
             "{err}"
         );
+        h.finish().await;
+    }
+
+    /// Attempts reported in one call, alike but for how long each ran,
+    /// keep each its own start (the report's time less its duration) and
+    /// end: a store that writes rows which change alike together must not
+    /// give them one start.
+    pub async fn reports_together_keep_each_its_own_start<S: SuiteStore>(store: S) {
+        let mut h = Harness::new(store).await;
+        let retains = h.store.retains_finished_tasks();
+        let ins = h
+            .insert(batch(3, vec![task("a"), task("b"), task("c")]), T0)
+            .await;
+        let claim = h.claim(3, 3, secs(1)).await;
+        let keys = ["a", "b", "c"];
+        let reports = keys
+            .iter()
+            .zip(1..)
+            .map(|(key, ran)| {
+                report(
+                    fence(claimed(&claim, key)),
+                    success(None),
+                    Duration::from_secs(ran),
+                )
+            })
+            .collect();
+        let applied = h.complete(reports, secs(10)).await;
+        assert_eq!(
+            applied.results,
+            [Ok(Succeeded), Ok(Succeeded), Ok(Succeeded)]
+        );
+        if retains {
+            for (task, ran) in ins.tasks.iter().zip(1..) {
+                let attempts = h.attempts(*task).await;
+                assert_eq!(attempts.len(), 1, "{attempts:#?}");
+                assert_eq!(
+                    (
+                        attempts[0].started_at,
+                        attempts[0].finished_at,
+                        attempts[0].state
+                    ),
+                    (secs(10 - ran), Some(secs(10)), Some(Succeeded)),
+                    "the attempt that ran {ran} s"
+                );
+            }
+        }
         h.finish().await;
     }
 

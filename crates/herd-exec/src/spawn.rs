@@ -548,6 +548,41 @@ mod tests {
         assert!(nul.to_string().contains("\"HERD_SPAWN_BAD\""), "{nul}");
     }
 
+    /// A child still running when it is first waited for is watched until
+    /// it exits, through a pidfd or (false) a blocking wait. (Waited for
+    /// after its output ends, as `run` does, a child has mostly exited and
+    /// is reaped at once, so this is where both watches are sure to run.)
+    #[tokio::test]
+    async fn a_running_child_is_watched_until_it_exits() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("go");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let fifo_arg = fifo.to_str().unwrap();
+        let env = Environment::inherited(&[]);
+        for pidfd in [true, false] {
+            let null = null();
+            let args = ["sh", "-c", "read x < \"$1\"; exit 4", "sh", fifo_arg];
+            let mut child = spawn_watched(&argv(&args), &env, &[], null.as_fd(), pidfd).unwrap();
+            let mut wait = std::pin::pin!(child.wait());
+            // It waits for a writer on the FIFO: it cannot have exited.
+            assert!(futures::poll!(wait.as_mut()).is_pending(), "pidfd: {pidfd}");
+            // Opened for reading too, so that opening it never blocks, even
+            // if the child has not come to its end of it.
+            let mut go = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo)
+                .unwrap();
+            std::io::Write::write_all(&mut go, b"go\n").unwrap();
+            let status = wait.await.unwrap();
+            assert_eq!(status.code(), Some(4), "pidfd: {pidfd}");
+        }
+    }
+
     /// A child dropped before its exit was seen leaves no zombie once it
     /// exits.
     #[tokio::test]
