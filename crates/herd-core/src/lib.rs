@@ -11,7 +11,7 @@ pub mod conformance;
 pub mod model;
 pub mod scheduler;
 pub mod store;
-mod util;
+pub mod util;
 
 pub use model::*;
 pub use store::BatchInfo;

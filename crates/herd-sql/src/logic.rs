@@ -9,7 +9,7 @@
 //! arrays, one per column, so that a claim or a completion of a hundred tasks costs a
 //! handful of statements, not a round trip per task.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -19,6 +19,7 @@ use herd_core::model::{
     WorkerId, batch_outcome,
 };
 use herd_core::store::{AttemptLog, CancelMode, Fence, StoreError};
+use herd_core::util::IdMap;
 
 use crate::logs::StoredLog;
 
@@ -717,17 +718,17 @@ struct Finish {
 pub(crate) struct Work {
     pub now: Timestamp,
     pub batches: BTreeMap<BatchId, BatchRow>,
-    pub tasks: HashMap<TaskId, TaskRow>,
+    pub tasks: IdMap<TaskId, TaskRow>,
     dirty_tasks: BTreeSet<TaskId>,
     /// The dirty tasks' rows as the database holds them (as read, or as
     /// last written in this transaction): a write sets only what changed.
-    read: HashMap<TaskId, TaskRow>,
+    read: IdMap<TaskId, TaskRow>,
     dirty_batches: BTreeSet<BatchId>,
     events: Vec<Event>,
     attempts_ended: Vec<AttemptEnd>,
     outputs: Vec<(TaskId, String)>,
     /// Logs reported with completions, until their attempts' rows are written.
-    logs: HashMap<TaskId, AttemptLog>,
+    logs: IdMap<TaskId, AttemptLog>,
     /// Tasks became ready: wake workers.
     pub work_ready: bool,
     /// Running attempts must be cancelled: wake workers to renew leases.
@@ -749,14 +750,14 @@ impl Work {
         Work {
             now,
             batches: BTreeMap::new(),
-            tasks: HashMap::new(),
+            tasks: IdMap::default(),
             dirty_tasks: BTreeSet::new(),
-            read: HashMap::new(),
+            read: IdMap::default(),
             dirty_batches: BTreeSet::new(),
             events: Vec::new(),
             attempts_ended: Vec::new(),
             outputs: Vec::new(),
-            logs: HashMap::new(),
+            logs: IdMap::default(),
             work_ready: false,
             control_pending: false,
         }
@@ -1211,7 +1212,7 @@ impl Work {
                 break;
             }
             let ids: Vec<TaskId> = ended.iter().map(|(t, _)| *t).collect();
-            let states: HashMap<TaskId, TaskState> = ended.into_iter().collect();
+            let states: IdMap<TaskId, TaskState> = ended.into_iter().collect();
             let mut links = tx.tasks_dependents(&ids).await?;
             links.sort_unstable_by_key(|(up, dep)| (*up, dep.id));
             for (upstream, row) in links {
@@ -1448,12 +1449,12 @@ impl Work {
 /// The rows of the changed tasks, as written back, each with the columns
 /// that differ from its row in `read`.
 fn task_writes<'a>(
-    tasks: &'a HashMap<TaskId, TaskRow>,
-    read: &'a HashMap<TaskId, TaskRow>,
+    tasks: &'a IdMap<TaskId, TaskRow>,
+    read: &'a IdMap<TaskId, TaskRow>,
     outputs: &'a [(TaskId, String)],
     dirty: &BTreeSet<TaskId>,
 ) -> Vec<TaskWrite<'a>> {
-    let outputs: HashMap<TaskId, &str> = outputs.iter().map(|(t, o)| (*t, o.as_str())).collect();
+    let outputs: IdMap<TaskId, &str> = outputs.iter().map(|(t, o)| (*t, o.as_str())).collect();
     dirty
         .iter()
         .map(|id| {
@@ -1634,7 +1635,7 @@ mod tests {
             ]
         );
         // A row never read is written whole.
-        let unread = HashMap::new();
+        let unread = IdMap::default();
         let writes = task_writes(&work.tasks, &unread, &[], &dirty);
         assert_eq!(writes[0].changed, TaskWrite::ALL);
     }

@@ -1,6 +1,6 @@
 //! [`SqlStore`]: the [`Store`] contract over a SQL dialect.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -18,6 +18,7 @@ use herd_core::store::{
     Renewal, Rerun, Signals, Stale, Store, StoreError, TaskInfo, TaskQuery, TaskRecord, Upstream,
     WorkerInfo,
 };
+use herd_core::util::IdMap;
 
 use crate::history::History;
 use crate::logic::{
@@ -399,7 +400,7 @@ where
             }
         };
         let mut heads: BTreeMap<BatchId, VecDeque<TaskId>> = BTreeMap::new();
-        let mut payloads: HashMap<TaskId, String> = HashMap::new();
+        let mut payloads: IdMap<TaskId, String> = IdMap::default();
         if request.max_tasks > 0 {
             for (row, payload) in rows {
                 let batch = row.batch;
@@ -888,7 +889,7 @@ where
             return Err(StoreError::Unfinished(batch));
         }
         let rows = tx.tasks_of_batch(batch).await?;
-        let position: HashMap<TaskId, usize> =
+        let position: IdMap<TaskId, usize> =
             rows.iter().enumerate().map(|(i, t)| (t.id, i)).collect();
         let mut upstream: Vec<Vec<usize>> = vec![Vec::new(); rows.len()];
         for (task, up) in tx.deps_of_batch(batch).await? {
