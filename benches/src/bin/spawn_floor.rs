@@ -39,12 +39,7 @@ fn main() {
                 };
                 let mut argv = argv.clone();
                 argv.push((i + 1).to_string());
-                runner.run(
-                    task,
-                    argv,
-                    Duration::from_secs(5),
-                    Cancellation::new(),
-                )
+                runner.run(task, argv, Duration::from_secs(5), Cancellation::new())
             })
             .buffer_unordered(jobs)
             .for_each(|_| async {}),
