@@ -6,7 +6,7 @@
 //!
 //! Each run gets its number (1 to N) as the last argument, as `herd run`
 //! and `xargs -n1` append the item: the command does what it does under
-//! them (GNU `true` given an argument loads the locale, a third more
+//! them (GNU `true` given an argument loads the locale: a quarter more
 //! time than without).
 
 use std::time::{Duration, Instant};
