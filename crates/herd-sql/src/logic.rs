@@ -225,23 +225,24 @@ impl TaskWrite<'_> {
     /// Every column changed.
     pub const ALL: u16 = (1 << Self::COLUMNS.len()) - 1;
 
-    /// The columns in which `self` differs from `was`.
-    fn changed_from(&self, was: &TaskWrite<'_>) -> u16 {
+    /// The columns in which task row `now` differs from `was`, compared
+    /// as rows (nothing formatted or allocated for it).
+    fn changed_between(now: &TaskRow, was: &TaskRow) -> u16 {
         let differs = [
-            self.s != was.s,
-            self.r != was.r,
-            self.m != was.m,
-            self.a != was.a,
-            self.fa != was.fa,
-            self.l != was.l,
-            self.w != was.w,
-            self.lu != was.lu,
-            self.cm != was.cm,
-            self.cr != was.cr,
-            self.ra != was.ra,
-            self.rs != was.rs,
-            self.d != was.d,
-            self.st != was.st,
+            now.state != was.state,
+            now.reason != was.reason,
+            now.message != was.message,
+            now.attempt != was.attempt,
+            now.first_attempt != was.first_attempt,
+            now.lost != was.lost,
+            now.worker != was.worker,
+            now.lease_until != was.lease_until,
+            now.cancel.map(|(mode, _)| mode) != was.cancel.map(|(mode, _)| mode),
+            now.cancel.map(|(_, reason)| reason) != was.cancel.map(|(_, reason)| reason),
+            now.run_at != was.run_at,
+            now.ready_seq != was.ready_seq,
+            now.deps_left != was.deps_left,
+            now.started_at != was.started_at,
         ];
         differs
             .iter()
@@ -1458,11 +1459,11 @@ fn task_writes<'a>(
     dirty
         .iter()
         .map(|id| {
-            let mut write = task_write(&tasks[id], outputs.get(id).copied());
-            write.changed = match read.get(id) {
-                Some(was) => write.changed_from(&task_write(was, None)),
-                None => TaskWrite::ALL,
-            };
+            let now = &tasks[id];
+            let mut write = task_write(now, outputs.get(id).copied());
+            if let Some(was) = read.get(id) {
+                write.changed = TaskWrite::changed_between(now, was);
+            }
             write
         })
         .collect()
