@@ -7,8 +7,9 @@
 //!
 //!   run_loop memory|sqlite N JOBS COMMAND [ARG...]
 //!
-//! The worker holds tasks claimed ahead as `herd run`'s does, sixteen per
-//! job at most; `HERD_BENCH_AHEAD` sets another number per job (0: none).
+//! The worker is `herd run`'s (`herd_exec::local::command_worker`), holding
+//! tasks claimed ahead as it does; `HERD_BENCH_AHEAD` sets another number
+//! per job (0: none).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,7 +67,7 @@ async fn drain<S: Store<Payload = CommandTask>>(
     let ahead: u32 = std::env::var("HERD_BENCH_AHEAD")
         .ok()
         .map(|a| a.parse().expect("HERD_BENCH_AHEAD: a number"))
-        .unwrap_or(16);
+        .unwrap_or(herd_exec::local::AHEAD_PER_JOB);
     let mut spec = BatchSpec::new("command");
     // As `herd run` does: a task held ahead counts against the batch's
     // concurrency, so the batch allows the slots and the hand.
@@ -87,10 +88,8 @@ async fn drain<S: Store<Payload = CommandTask>>(
         router,
         clock,
         WorkerConfig {
-            slots: jobs,
             ahead: jobs.saturating_mul(ahead),
-            batch: Some(batch),
-            ..WorkerConfig::default()
+            ..herd_exec::local::command_worker(jobs, batch)
         },
     );
     'wait: loop {

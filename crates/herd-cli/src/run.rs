@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herd_core::scheduler::{Router, WorkerConfig, WorkerHandle, spawn_worker};
+use herd_core::scheduler::{Router, WorkerHandle, spawn_worker};
 use herd_core::store::{BatchQuery, Store, StoreError};
 use herd_core::{
     BatchId, BatchInfo, BatchSpec, BatchState, Clock, ErrorPolicy, EventKind, OnFailure, Priority,
@@ -24,17 +24,6 @@ use crate::store::{BatchRef, Location, with_store};
 
 /// The flow of every batch `herd run` creates.
 pub const FLOW: &str = "command";
-
-/// Cost units the worker may hold claimed beyond its slots, per job, at
-/// most (`WorkerConfig::ahead`; it holds fewer when attempts take longer,
-/// `WorkerConfig::HOLD_FOR`): refilled once half have started, so that a
-/// store call reports and claims several tasks. 10,000 `/bin/true` at
-/// `-j2`, beside `xargs -P2` at 4.8-5.2 s, single runs taking turns
-/// (2026-12-05, docs/design/cli.md): four per job 6.0-6.3 s; sixteen,
-/// thirty-two and sixty-four 5.4-6.0 s, no order among them beyond the
-/// noise. Thirty-two also took the peak RSS to 18-20 MB (the SQLite
-/// writer then kept 64 prepared scripts, one per shape of turn).
-const AHEAD: u32 = 16;
 
 /// What `herd run` stores with a batch (in its policy's `meta`), so that
 /// `--resume` and `herd retry` run it the same way.
@@ -244,9 +233,9 @@ fn plan(args: &RunArgs) -> Result<Plan, CliError> {
     spec.name = args.name.clone();
     spec.priority = priority;
     // `--jobs` commands run at once (the worker's slots); the batch lets
-    // the worker hold `AHEAD` times as many more claimed, ready to start
-    // (docs/design/cli.md, "Claiming ahead").
-    spec.concurrency = jobs.saturating_mul(AHEAD + 1);
+    // the worker hold more claimed, ready to start (docs/design/cli.md,
+    // "Claiming ahead").
+    spec.concurrency = herd_exec::local::batch_concurrency(jobs);
     spec.policy.retry = retry;
     spec.policy.timeout = timeout;
     spec.policy.grace = grace;
@@ -376,11 +365,6 @@ async fn release_dead_workers<S: Store>(store: &S, batch: BatchId) -> Result<(),
     Ok(herd_exec::local::release_dead_workers(store, Some(batch)).await?)
 }
 
-/// This host's name, as workers register it.
-pub fn hostname() -> String {
-    herd_exec::local::hostname()
-}
-
 /// How a run ended.
 enum End {
     /// The batch reached a terminal state.
@@ -439,13 +423,7 @@ where
         store.clone(),
         router,
         clock.clone(),
-        WorkerConfig {
-            slots: settings.jobs.max(1),
-            ahead: settings.jobs.max(1).saturating_mul(AHEAD),
-            host: hostname(),
-            batch: Some(batch),
-            ..WorkerConfig::default()
-        },
+        herd_exec::local::command_worker(settings.jobs, batch),
     );
 
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -1077,8 +1077,15 @@ async fn holding_worker(
     let store = Arc::new(MemoryStore::<String, String>::retaining());
     let payloads = ["a", "b", "c", "d", "e", "f"].map(String::from).to_vec();
     let clock = Arc::new(SystemClock);
-    let (_, inserted, worker) =
-        one_slot_holding(store.clone(), clock, gate.clone(), payloads, 2).await;
+    let (_, inserted, worker) = one_slot_holding(
+        store.clone(),
+        clock,
+        gate.clone(),
+        payloads,
+        2,
+        WorkerConfig::HOLD_FOR,
+    )
+    .await;
     (store, inserted.batch, inserted.tasks, worker)
 }
 
@@ -1193,6 +1200,7 @@ async fn one_slot_holding<R: Runner<MemoryStore<String, String>> + 'static>(
     runner: Arc<R>,
     payloads: Vec<String>,
     ahead: u32,
+    hold_for: Duration,
 ) -> (broadcast::Receiver<Events>, Inserted, WorkerHandle) {
     let router = Arc::new(Router::new());
     router.lock().await.add_flow(Arc::from("flow"), runner);
@@ -1208,6 +1216,7 @@ async fn one_slot_holding<R: Runner<MemoryStore<String, String>> + 'static>(
         WorkerConfig {
             slots: 1,
             ahead,
+            hold_for,
             ..WorkerConfig::default()
         },
     );
@@ -1220,6 +1229,7 @@ async fn one_slot_sleeping(
     takes: Duration,
     payloads: Vec<String>,
     ahead: u32,
+    hold_for: Duration,
 ) -> (
     Arc<MemoryStore<String, String>>,
     broadcast::Receiver<Events>,
@@ -1234,16 +1244,19 @@ async fn one_slot_sleeping(
         Arc::new(Sleep(takes)),
         payloads,
         ahead,
+        hold_for,
     )
     .await;
     (store, events, inserted.batch, worker)
 }
 
 /// The most tasks the store had running for a worker with one slot that
-/// may hold `ahead` ahead, over tasks that each take `takes` (paused time).
-async fn most_claimed_at_once(takes: Duration, ahead: u32) -> u64 {
+/// may hold `ahead` ahead for `hold_for`, over tasks that each take
+/// `takes` (paused time).
+async fn most_claimed_at_once(takes: Duration, ahead: u32, hold_for: Duration) -> u64 {
     let payloads = (0..24).map(|i| i.to_string()).collect();
-    let (_store, mut events, batch, worker) = one_slot_sleeping(takes, payloads, ahead).await;
+    let (_store, mut events, batch, worker) =
+        one_slot_sleeping(takes, payloads, ahead, hold_for).await;
     let (mut running, mut most) = (0i64, 0i64);
     loop {
         let group = events.recv().await.unwrap();
@@ -1294,9 +1307,17 @@ impl<S: Store<Payload = String, Output = String>> Runner<S> for Sleep {
 #[tokio::test(start_paused = true)]
 async fn a_worker_holds_tasks_only_while_attempts_are_short() {
     let short = WorkerConfig::HOLD_WHILE_UNDER / 10;
-    assert_eq!(most_claimed_at_once(short, 2).await, 3, "1 running, 2 held");
+    assert_eq!(
+        most_claimed_at_once(short, 2, WorkerConfig::HOLD_FOR).await,
+        3,
+        "1 running, 2 held"
+    );
     let long = WorkerConfig::HOLD_WHILE_UNDER * 2;
-    assert_eq!(most_claimed_at_once(long, 2).await, 1, "none held");
+    assert_eq!(
+        most_claimed_at_once(long, 2, WorkerConfig::HOLD_FOR).await,
+        1,
+        "none held"
+    );
 }
 
 /// A worker holds no more than its slots start in `HOLD_FOR` at the pace
@@ -1307,16 +1328,43 @@ async fn the_hand_is_bounded_in_time() {
     // Timers tick in whole milliseconds: durations that round to none.
     assert_eq!(WorkerConfig::HOLD_FOR, Duration::from_millis(20));
     let quick = Duration::from_millis(2);
-    assert_eq!(most_claimed_at_once(quick, 8).await, 9, "1 running, 8 held");
+    assert_eq!(
+        most_claimed_at_once(quick, 8, WorkerConfig::HOLD_FOR).await,
+        9,
+        "1 running, 8 held"
+    );
     let slower = Duration::from_millis(8);
     assert_eq!(
-        most_claimed_at_once(slower, 8).await,
+        most_claimed_at_once(slower, 8, WorkerConfig::HOLD_FOR).await,
         3,
         "1 running, 2 held"
     );
     let slow = WorkerConfig::HOLD_FOR * 2;
     assert!(slow < WorkerConfig::HOLD_WHILE_UNDER);
-    assert_eq!(most_claimed_at_once(slow, 8).await, 2, "1 running, 1 held");
+    assert_eq!(
+        most_claimed_at_once(slow, 8, WorkerConfig::HOLD_FOR).await,
+        2,
+        "1 running, 1 held"
+    );
+}
+
+/// A worker told to hold tasks longer (`herd run`'s, alone on its batch)
+/// holds as many more at the same pace, `ahead` at most.
+#[tokio::test(start_paused = true)]
+async fn a_longer_hold_holds_more() {
+    let slower = Duration::from_millis(8);
+    let hold_for = Duration::from_millis(40);
+    assert_eq!(
+        most_claimed_at_once(slower, 8, hold_for).await,
+        6,
+        "1 running, 5 held"
+    );
+    let hold_for = Duration::from_millis(200);
+    assert_eq!(
+        most_claimed_at_once(slower, 8, hold_for).await,
+        9,
+        "1 running, 8 held: `ahead` bounds it"
+    );
 }
 
 /// With tasks held, a store call reports several ended attempts and
@@ -1326,8 +1374,13 @@ async fn the_hand_is_bounded_in_time() {
 #[tokio::test(start_paused = true)]
 async fn held_tasks_make_store_calls_report_several() {
     let payloads = (0..60).map(|i| i.to_string()).collect();
-    let (_store, mut events, _batch, worker) =
-        one_slot_sleeping(Duration::from_millis(1), payloads, 8).await;
+    let (_store, mut events, _batch, worker) = one_slot_sleeping(
+        Duration::from_millis(1),
+        payloads,
+        8,
+        WorkerConfig::HOLD_FOR,
+    )
+    .await;
     // Each operation's events come as one group: count the groups that
     // record a task's end, and the ends.
     let (mut reports, mut ended) = (0, 0);
@@ -1362,8 +1415,13 @@ async fn reports_wait_for_the_refill_only_briefly() {
             }
         })
         .collect();
-    let (store, _events, batch, worker) =
-        one_slot_sleeping(Duration::from_millis(1), payloads, 8).await;
+    let (store, _events, batch, worker) = one_slot_sleeping(
+        Duration::from_millis(1),
+        payloads,
+        8,
+        WorkerConfig::HOLD_FOR,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let info = store.batch_get(batch).await.unwrap();
     assert_eq!(

@@ -5,9 +5,46 @@
 //! its tasks again now rather than when the leases expire.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
+use herd_core::scheduler::WorkerConfig;
 use herd_core::store::{Store, StoreError, TaskQuery};
 use herd_core::{BatchId, Clock, SystemClock, TaskState};
+
+/// Cost units the worker of a local command batch may hold claimed beyond
+/// its slots, per job, at most ([`WorkerConfig::ahead`]; fewer when the
+/// commands take longer, [`HOLD_FOR`]). The hand is refilled once half of
+/// it has started, with the reports of the commands that ended: the
+/// larger the hand, the fewer store calls (docs/design/cli.md, "Claiming
+/// ahead").
+pub const AHEAD_PER_JOB: u32 = 64;
+
+/// How long the last task of a full hand waits, about
+/// ([`WorkerConfig::hold_for`]). Longer than a shared worker's default: the
+/// worker of `herd run` is alone on its batch, so a held task keeps no
+/// other worker waiting, and commands of a millisecond then share a store
+/// call by sixties rather than by sixteens.
+pub const HOLD_FOR: Duration = Duration::from_millis(100);
+
+/// The concurrency a batch run by such a worker with `jobs` slots is
+/// stored with: the store counts a held task as running, so the batch lets
+/// the worker hold its hand beside its slots.
+pub fn batch_concurrency(jobs: u32) -> u32 {
+    jobs.max(1).saturating_mul(AHEAD_PER_JOB + 1)
+}
+
+/// The configuration of the worker that runs `batch`'s commands in this
+/// process, `jobs` at once, holding tasks ahead as above.
+pub fn command_worker(jobs: u32, batch: BatchId) -> WorkerConfig {
+    WorkerConfig {
+        slots: jobs.max(1),
+        ahead: jobs.max(1).saturating_mul(AHEAD_PER_JOB),
+        hold_for: HOLD_FOR,
+        host: hostname(),
+        batch: Some(batch),
+        ..WorkerConfig::default()
+    }
+}
 
 /// This host's name, as workers register it.
 pub fn hostname() -> String {

@@ -66,12 +66,19 @@ pub struct WorkerConfig {
     /// that one store call reports and claims several tasks. It holds
     /// tasks only while its attempts are short (under
     /// [`WorkerConfig::HOLD_WHILE_UNDER`] on average), and no more than
-    /// its slots start in [`WorkerConfig::HOLD_FOR`] at that pace: a task
+    /// its slots start in [`WorkerConfig::hold_for`] at that pace: a task
     /// held is leased, counts against its batch's concurrency, and waits;
     /// long attempts would leave it waiting long, where another worker
     /// could run it. A stopping worker gives the tasks it holds back
     /// ([`AttemptOutcome::Released`]).
     pub ahead: u32,
+    /// How long the last of a full hand waits, about: the hand holds no
+    /// more than the worker's slots start in this time, at the pace its
+    /// attempts end ([`WorkerConfig::ahead`] at most, one unit at least).
+    /// So the shorter the attempts, the more tasks a store call serves,
+    /// while a held task waits about as long whatever their length.
+    /// [`WorkerConfig::HOLD_FOR`] by default.
+    pub hold_for: Duration,
 }
 
 impl WorkerConfig {
@@ -79,21 +86,18 @@ impl WorkerConfig {
     /// ahead ([`WorkerConfig::ahead`]).
     pub const HOLD_WHILE_UNDER: Duration = Duration::from_millis(50);
 
-    /// How long the last of a full hand waits, about: the hand holds no
-    /// more than the worker's slots start in this time, at the pace its
-    /// attempts end ([`WorkerConfig::ahead`] at most, one unit at least).
-    /// So the shorter the attempts, the more tasks a store call serves,
-    /// while a held task waits about as long whatever their length.
+    /// [`WorkerConfig::hold_for`] by default: a held task waits no longer
+    /// than a short attempt could take.
     pub const HOLD_FOR: Duration = Duration::from_millis(20);
 
     /// The cost units to hold ahead when attempts take `pace` on average
     /// and `slots` run at once; `ahead` at most.
-    fn hand(ahead: u32, slots: u32, pace: Duration) -> u32 {
-        let per_slot = Self::HOLD_FOR.as_nanos() / pace.as_nanos().max(1);
+    fn hand(&self, slots: u32, pace: Duration) -> u32 {
+        let per_slot = self.hold_for.as_nanos() / pace.as_nanos().max(1);
         let units = u32::try_from(per_slot.saturating_mul(u128::from(slots))).unwrap_or(u32::MAX);
-        match ahead {
+        match self.ahead {
             0 => 0,
-            _ => units.clamp(1, ahead),
+            ahead => units.clamp(1, ahead),
         }
     }
 }
@@ -109,6 +113,7 @@ impl Default for WorkerConfig {
             pool: None,
             batch: None,
             ahead: 0,
+            hold_for: Self::HOLD_FOR,
         }
     }
 }
@@ -583,7 +588,7 @@ impl<S: Store> Worker<S> {
             // reports and claims several tasks rather than one.
             let holding = !stopping && state.short_attempts();
             let hand = match (holding, state.pace) {
-                (true, Some(pace)) => WorkerConfig::hand(self.config.ahead, pool.share(), pace),
+                (true, Some(pace)) => self.config.hand(pool.share(), pace),
                 _ => 0,
             };
             let refill = holding && state.in_hand_cost <= hand / 2;
