@@ -224,6 +224,7 @@ impl ExecutorBuilder {
                         // In memory a report and a claim cost no wait
                         // worth hiding.
                         ahead: 0,
+                        hold_for: WorkerConfig::HOLD_FOR,
                     },
                 )
             })
