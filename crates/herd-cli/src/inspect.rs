@@ -517,6 +517,9 @@ fn batch_json(b: &BatchInfo) -> Value {
         "state": b.state.to_string(),
         "command": command_of(b),
         "priority": b.priority.0,
+        // The commands `herd run` runs at once; its batch's concurrency
+        // also counts the tasks its worker holds claimed ahead.
+        "jobs": Settings::of(b).ok().map(|s| s.jobs),
         "concurrency": b.concurrency,
         "tasks": c.total(),
         "counts": {
