@@ -482,6 +482,10 @@ pub(crate) struct UpstreamRow {
 /// One write transaction in a dialect: the statements the logic needs, each
 /// over a set of rows.
 pub(crate) trait Tx: Send {
+    /// Whether task writes set only the columns that changed
+    /// ([`TaskWrite::changed`]): then a transaction keeps each dirty
+    /// task's row as the database holds it, to compare with.
+    const WRITES_CHANGED_COLUMNS: bool;
     /// The batch with this idempotency key.
     fn batch_by_key(&mut self, key: &str) -> impl Future<Output = Result<Option<BatchId>>> + Send;
     /// Inserts a batch; returns its row, held by the transaction.
@@ -722,8 +726,10 @@ pub(crate) struct Work {
     pub tasks: IdMap<TaskId, TaskRow>,
     dirty_tasks: BTreeSet<TaskId>,
     /// The dirty tasks' rows as the database holds them (as read, or as
-    /// last written in this transaction): a write sets only what changed.
+    /// last written in this transaction), for a dialect that writes only
+    /// what changed ([`Tx::WRITES_CHANGED_COLUMNS`]; `keep_read`).
     read: IdMap<TaskId, TaskRow>,
+    keep_read: bool,
     dirty_batches: BTreeSet<BatchId>,
     events: Vec<Event>,
     attempts_ended: Vec<AttemptEnd>,
@@ -747,13 +753,15 @@ pub(crate) struct Written {
 }
 
 impl Work {
-    pub fn new(now: Timestamp) -> Work {
+    /// The work of one transaction of `T`'s dialect.
+    pub fn new<T: Tx>(now: Timestamp) -> Work {
         Work {
             now,
             batches: BTreeMap::new(),
             tasks: IdMap::default(),
             dirty_tasks: BTreeSet::new(),
             read: IdMap::default(),
+            keep_read: T::WRITES_CHANGED_COLUMNS,
             dirty_batches: BTreeSet::new(),
             events: Vec::new(),
             attempts_ended: Vec::new(),
@@ -875,7 +883,7 @@ impl Work {
 
     pub fn task_mut(&mut self, id: TaskId) -> &mut TaskRow {
         let row = self.tasks.get_mut(&id).expect("task loaded");
-        if self.dirty_tasks.insert(id) {
+        if self.dirty_tasks.insert(id) && self.keep_read {
             self.read.insert(id, row.clone());
         }
         row
@@ -1606,14 +1614,21 @@ mod tests {
 
     /// A write marks exactly the columns that differ from the row as read,
     /// and a task dirtied twice is compared with the row as read, not with
-    /// its first change.
+    /// its first change; only a dialect that writes changed columns keeps
+    /// the rows as read.
     #[test]
     fn task_writes_mark_what_changed() {
-        let mut work = Work::new(Timestamp(100));
-        work.adopt(queued_row(1));
-        work.adopt(queued_row(2));
-        work.start(TaskId(1), WorkerId(3), Timestamp(200));
-        work.task_mut(TaskId(1)).message = Some("again".into());
+        let dirtied = |mut work: Work| {
+            work.adopt(queued_row(1));
+            work.adopt(queued_row(2));
+            work.start(TaskId(1), WorkerId(3), Timestamp(200));
+            work.task_mut(TaskId(1)).message = Some("again".into());
+            work
+        };
+        // PostgreSQL writes task rows whole: nothing is kept to compare.
+        let work = dirtied(Work::new::<crate::postgres::PgTx>(Timestamp(100)));
+        assert!(work.read.is_empty());
+        let mut work = dirtied(Work::new::<crate::sqlite::SqliteTx>(Timestamp(100)));
         let dirty = std::mem::take(&mut work.dirty_tasks);
         let read = std::mem::take(&mut work.read);
         let writes = task_writes(&work.tasks, &read, &[], &dirty);

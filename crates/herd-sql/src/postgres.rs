@@ -983,6 +983,9 @@ impl Dialect for Postgres {
 }
 
 impl Tx for PgTx {
+    // Task rows are written whole, from typed arrays, in one statement.
+    const WRITES_CHANGED_COLUMNS: bool = false;
+
     async fn open(&mut self, claim: Option<ClaimOpen>, tasks: &[TaskId]) -> Result<Opened> {
         if claim.is_none() && tasks.is_empty() {
             return Ok(Opened::default());

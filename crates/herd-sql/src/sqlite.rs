@@ -1168,6 +1168,9 @@ impl Dialect for Sqlite {
 }
 
 impl Tx for SqliteTx {
+    // Rows that change the same columns go in one statement, setting those.
+    const WRITES_CHANGED_COLUMNS: bool = true;
+
     async fn open(&mut self, claim: Option<ClaimOpen>, tasks: &[TaskId]) -> Result<Opened> {
         if claim.is_none() && tasks.is_empty() {
             return Ok(Opened::default());

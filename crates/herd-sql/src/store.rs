@@ -256,7 +256,7 @@ where
         if running.is_empty() {
             return Ok(Arc::new(Vec::new()));
         }
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         let batches: Vec<BatchId> = running.iter().map(|(_, b)| *b).collect();
         work.lock(&mut tx, &batches).await?;
         let ids: Vec<TaskId> = running.into_iter().map(|(t, _)| t).collect();
@@ -625,7 +625,7 @@ where
                 created_at: now,
             })
             .await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         let batch = work.adopt_batch(row);
         work.emit_batch_created(batch, state);
         let tasks = std::mem::take(&mut spec.tasks);
@@ -651,7 +651,7 @@ where
         now: Timestamp,
     ) -> Result<Appended> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         work.lock(&mut tx, &[batch]).await?;
         let b = work.batch(batch)?;
         if b.stopped.is_some() {
@@ -678,7 +678,7 @@ where
 
     async fn batch_seal(&self, batch: BatchId, now: Timestamp) -> Result<Events> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         work.lock(&mut tx, &[batch]).await?;
         work.batch_mut(batch)?.open = false;
         work.finish_batch_if_done(batch);
@@ -687,7 +687,7 @@ where
 
     async fn task_claim(&self, request: ClaimRequest, now: Timestamp) -> Result<Claim<P, O>> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         let (scan, heads) = work
             .open(&mut tx, Some(claim_open(&request, now)), &[])
             .await?;
@@ -718,7 +718,7 @@ where
             return Ok(renewal);
         }
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         let ids: Vec<TaskId> = running.iter().map(|f| f.task).collect();
         work.open(&mut tx, None, &ids).await?;
         tx.worker_heartbeat(worker, now).await?;
@@ -748,7 +748,7 @@ where
         now: Timestamp,
     ) -> Result<Applied> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         let ids: Vec<TaskId> = completions.iter().map(|c| c.fence.task).collect();
         work.open(&mut tx, None, &ids).await?;
         let results = self.complete_in(&mut tx, &mut work, completions).await?;
@@ -764,7 +764,7 @@ where
         now: Timestamp,
     ) -> std::result::Result<(Applied, Result<Claim<P, O>>), StoreError> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         let ids: Vec<TaskId> = completions.iter().map(|c| c.fence.task).collect();
         // Every batch either step touches, locked at once in id order: the
         // claim's scan comes before the completions, and finds what they
@@ -805,7 +805,7 @@ where
 
     async fn task_cancel(&self, task: TaskId, mode: CancelMode, now: Timestamp) -> Result<Events> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         work.open(&mut tx, None, &[task]).await?;
         let t = work.tasks.get(&task).ok_or(StoreError::UnknownTask(task))?;
         match t.state {
@@ -839,7 +839,7 @@ where
         now: Timestamp,
     ) -> Result<Events> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         work.lock(&mut tx, &[batch]).await?;
         if !work.batch(batch)?.state.is_terminal() {
             let b = work.batch_mut(batch)?;
@@ -853,7 +853,7 @@ where
 
     async fn batch_pause(&self, batch: BatchId, now: Timestamp) -> Result<Events> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         work.lock(&mut tx, &[batch]).await?;
         if !work.batch(batch)?.state.is_terminal() {
             work.batch_mut(batch)?.paused = true;
@@ -864,7 +864,7 @@ where
 
     async fn batch_resume(&self, batch: BatchId, now: Timestamp) -> Result<Events> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         work.lock(&mut tx, &[batch]).await?;
         let b = work.batch(batch)?;
         if b.paused && !b.state.is_terminal() {
@@ -883,7 +883,7 @@ where
 
     async fn batch_rerun(&self, batch: BatchId, downstream: bool, now: Timestamp) -> Result<Rerun> {
         let mut tx = self.dialect.begin().await?;
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         work.lock(&mut tx, &[batch]).await?;
         if !work.batch(batch)?.state.is_terminal() {
             return Err(StoreError::Unfinished(batch));
@@ -950,7 +950,7 @@ where
         if due.is_empty() {
             return Ok(Arc::new(Vec::new()));
         }
-        let mut work = Work::new(now);
+        let mut work = Work::new::<D::Tx>(now);
         work.lock(&mut tx, &due).await?;
         work.expire(&mut tx, &due).await?;
         self.finish_op(tx, work).await
