@@ -750,6 +750,27 @@ impl Script {
         self.sql.push('?');
         Ok(())
     }
+
+    /// Appends ` FROM (VALUES (…), (…)) AS j`, a placeholder for each value
+    /// of each row, read as `j.column1`, `j.column2`, ….
+    fn bind_rows<R: IntoIterator<Item = Value>>(
+        &mut self,
+        rows: impl IntoIterator<Item = R>,
+    ) -> Result<()> {
+        self.sql.push_str(" FROM (VALUES ");
+        for (i, row) in rows.into_iter().enumerate() {
+            self.sql.push_str(if i == 0 { "(" } else { ", (" });
+            for (n, value) in row.into_iter().enumerate() {
+                if n > 0 {
+                    self.sql.push_str(", ");
+                }
+                self.bind(value)?;
+            }
+            self.sql.push(')');
+        }
+        self.sql.push_str(") AS j");
+        Ok(())
+    }
 }
 
 /// The connection every write goes through. Held with this process's write
@@ -1613,17 +1634,11 @@ impl Tx for SqliteTx {
                 script.bind(id_list(members.iter().map(|(t, _)| t.id)))?;
                 script.sql.push_str("))");
             } else {
-                script.sql.push_str(" FROM (VALUES ");
-                for (i, (t, values)) in members.into_iter().enumerate() {
-                    script.sql.push_str(if i == 0 { "(" } else { ", (" });
-                    script.bind(t.id)?;
-                    for (value, _) in values.into_iter().zip(&shared).filter(|(_, s)| !**s) {
-                        script.sql.push_str(", ");
-                        script.bind(value)?;
-                    }
-                    script.sql.push(')');
-                }
-                script.sql.push_str(") AS j WHERE tasks.id = j.column1");
+                script.bind_rows(members.into_iter().map(|(t, values)| {
+                    let varying = values.into_iter().zip(&shared).filter(|(_, s)| !**s);
+                    std::iter::once(Value::Int(t.id)).chain(varying.map(|(v, _)| v))
+                }))?;
+                script.sql.push_str(" WHERE tasks.id = j.column1");
             }
             script.end();
         }
@@ -1690,19 +1705,10 @@ impl Tx for SqliteTx {
                 script.sql.push_str(&from.to_string());
             }
         }
-        script.sql.push_str(" FROM (VALUES ");
-        for (i, row) in values.into_iter().enumerate() {
-            script.sql.push_str(if i == 0 { "(" } else { ", (" });
+        script.bind_rows(values.into_iter().map(|row| {
             let varying = row.into_iter().zip(shared).filter(|(_, s)| !s);
-            for (n, (value, _)) in varying.enumerate() {
-                if n > 0 {
-                    script.sql.push_str(", ");
-                }
-                script.bind(value)?;
-            }
-            script.sql.push(')');
-        }
-        script.sql.push_str(") AS j");
+            varying.map(|(v, _)| v)
+        }))?;
         script.end();
         Ok(())
     }
