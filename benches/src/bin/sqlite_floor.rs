@@ -30,6 +30,7 @@
 
 use std::time::{Duration, Instant};
 
+use herd_benches::sqlite_bare;
 use herd_sql::SqliteStore;
 use sqlx::Connection;
 use sqlx::sqlite::SqliteConnection;
@@ -127,19 +128,7 @@ async fn fresh(path: &str, tasks: usize) -> Result<SqliteConnection> {
     .bind(tasks as i64)
     .execute(&mut conn)
     .await?;
-    sqlx::raw_sql("CREATE TABLE bare (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
-        .execute(&mut conn)
-        .await?;
-    sqlx::raw_sql("CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued'")
-        .execute(&mut conn)
-        .await?;
-    sqlx::query(
-        "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) \
-         INSERT INTO bare (id, state) SELECT i, 'queued' FROM s",
-    )
-    .bind(tasks as i64)
-    .execute(&mut conn)
-    .await?;
+    sqlite_bare::fill(&mut conn, tasks).await?;
     Ok(conn)
 }
 
@@ -148,7 +137,7 @@ async fn bares(conn: &mut SqliteConnection, per: usize, count: usize) -> Result<
     let started = Instant::now();
     let mut rows = 0;
     for _ in 0..count {
-        rows += bare(conn, per).await?;
+        rows += sqlite_bare::step(conn, per).await?;
     }
     per_second(rows, per * count, started)
 }
@@ -162,22 +151,6 @@ fn per_second(rows: usize, expected: usize, started: Instant) -> Result<f64> {
         .into());
     }
     Ok(rows as f64 / started.elapsed().max(Duration::from_nanos(1)).as_secs_f64())
-}
-
-/// The bare loop's transaction: claims and completes up to `per` rows.
-async fn bare(conn: &mut SqliteConnection, per: usize) -> Result<usize> {
-    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
-    let ids: Vec<i64> =
-        sqlx::query_scalar("SELECT id FROM bare WHERE state = 'queued' ORDER BY id LIMIT ?")
-            .bind(per as i64)
-            .fetch_all(&mut *tx)
-            .await?;
-    sqlx::query("UPDATE bare SET state = 'done' WHERE id IN (SELECT value FROM json_each(?))")
-        .bind(serde_json::to_string(&ids)?)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(ids.len())
 }
 
 /// `count` turns of `per` tasks (the first claims only; each after reports

@@ -331,40 +331,13 @@ impl Bench for SqliteBench {
     }
 
     async fn bare_fill(store: &Self::Store, n: usize) -> Result<()> {
-        let pool = store.pool();
-        sqlx::query("CREATE TABLE bare (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
-            .execute(pool)
-            .await?;
-        sqlx::query("CREATE INDEX bare_queued ON bare (id) WHERE state = 'queued'")
-            .execute(pool)
-            .await?;
-        sqlx::query(
-            "WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < ?) \
-             INSERT INTO bare (id, state) SELECT i, 'queued' FROM s",
-        )
-        .bind(n as i64)
-        .execute(pool)
-        .await?;
-        Ok(())
+        let mut conn = store.pool().acquire().await?;
+        herd_benches::sqlite_bare::fill(&mut conn, n).await
     }
 
     async fn bare_step(store: &Self::Store, batch: usize) -> Result<usize> {
-        let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        let ids: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM bare WHERE state = 'queued' ORDER BY id LIMIT ?")
-                .bind(batch as i64)
-                .fetch_all(&mut *tx)
-                .await?;
-        if !ids.is_empty() {
-            sqlx::query(
-                "UPDATE bare SET state = 'done' WHERE id IN (SELECT value FROM json_each(?))",
-            )
-            .bind(serde_json::to_string(&ids)?)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(ids.len())
+        let mut conn = store.pool().acquire().await?;
+        herd_benches::sqlite_bare::step(&mut conn, batch).await
     }
 }
 
