@@ -490,7 +490,12 @@ fn time(t: Timestamp) -> String {
 }
 
 fn command_of(info: &BatchInfo) -> String {
-    if let Ok(settings) = Settings::of(info) {
+    command_text(info, Settings::of(info).ok().as_ref())
+}
+
+/// The batch's command, from its `herd run` settings if it has them.
+fn command_text(info: &BatchInfo, settings: Option<&Settings>) -> String {
+    if let Some(settings) = settings {
         return settings.command.join(" ");
     }
     // A server's batch: its command template as created.
@@ -511,15 +516,16 @@ fn command_of(info: &BatchInfo) -> String {
 
 fn batch_json(b: &BatchInfo) -> Value {
     let c = &b.counts;
+    let settings = Settings::of(b).ok();
     json!({
         "batch": b.id.to_string(),
         "name": b.name,
         "state": b.state.to_string(),
-        "command": command_of(b),
+        "command": command_text(b, settings.as_ref()),
         "priority": b.priority.0,
         // The commands `herd run` runs at once; its batch's concurrency
         // also counts the tasks its worker holds claimed ahead.
-        "jobs": Settings::of(b).ok().map(|s| s.jobs),
+        "jobs": settings.map(|s| s.jobs),
         "concurrency": b.concurrency,
         "tasks": c.total(),
         "counts": {
