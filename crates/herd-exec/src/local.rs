@@ -23,7 +23,7 @@ pub const AHEAD_PER_JOB: u32 = 64;
 /// ([`WorkerConfig::hold_for`]). Longer than a shared worker's default: the
 /// worker of `herd run` is alone on its batch, so a held task keeps no
 /// other worker waiting, and commands of a millisecond then share a store
-/// call by sixties rather than by sixteens.
+/// call by some fifty rather than by sixteen.
 pub const HOLD_FOR: Duration = Duration::from_millis(100);
 
 /// The concurrency a batch run by such a worker with `jobs` slots is
